@@ -1,0 +1,5 @@
+"""``python -m forgeline`` runs the CLI."""
+
+from forgeline.entrypoints.cli.main import main
+
+main()

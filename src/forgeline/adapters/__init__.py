@@ -1,0 +1,1 @@
+"""Adapters: ports implemented over real programs, databases and HTTP services."""

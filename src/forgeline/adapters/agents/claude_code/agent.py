@@ -1,0 +1,51 @@
+"""ClaudeCodeAgent: capabilities only so far; execution lands with its own issue."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from forgeline.adapters.agents.probe import probe_binary
+from forgeline.domain.agent import AgentCapabilities, AgentEvent, AgentProvider, AgentRequest
+from forgeline.domain.errors import AgentUnavailableError
+
+PERMISSION_MODES = ("bypassPermissions", "acceptEdits", "default", "plan")
+
+
+class ClaudeCodeAgent:
+    """Drives the ``claude`` CLI."""
+
+    def __init__(self, *, binary: str = "claude") -> None:
+        self._binary = binary
+
+    @property
+    def name(self) -> str:
+        """``claude-code``."""
+        return AgentProvider.CLAUDE_CODE.value
+
+    async def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        """Not yet implemented: raises ``AgentUnavailableError``."""
+        request.validate()
+        raise AgentUnavailableError(
+            "claude-code execution is not implemented yet", provider=self.name
+        )
+        yield  # pragma: no cover - makes this an async generator
+
+    async def cancel(self, run_id: str) -> None:
+        """Nothing runs yet, so nothing to cancel."""
+
+    async def capabilities(self) -> AgentCapabilities:
+        """Probe ``claude --version``."""
+        probe = await probe_binary(self._binary)
+        return AgentCapabilities(
+            provider=self.name,
+            available=probe.available,
+            version=probe.version,
+            detail=probe.detail,
+            resume=True,
+            streaming=True,
+            permission_modes=PERMISSION_MODES,
+            models=("opus", "sonnet", "haiku"),
+        )
+
+    async def aclose(self) -> None:
+        """No shared resources."""

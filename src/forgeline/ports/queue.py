@@ -1,0 +1,129 @@
+"""The WorkQueue port: durable, leased, fenced work items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from forgeline.domain.task import Lease, TaskStatus, WorkTask
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What :meth:`WorkQueue.enqueue` did: the task, and whether it is new."""
+
+    task: WorkTask
+    created: bool
+
+
+class WorkQueue(Protocol):
+    """A queue whose tasks survive crashes and run exactly once to completion.
+
+    - ``enqueue`` with an ``idempotency_key`` already used returns the existing task
+      (``created=False``).
+    - ``claim`` returns up to ``limit`` eligible tasks (``queued``, ``run_after`` passed,
+      no other ``running`` task with the same ``concurrency_key``; first in, first out
+      within a key; higher priority first), each leased to ``worker`` for ``lease_s``
+      seconds with a fresh fencing token. It returns an empty list when nothing is eligible.
+    - ``heartbeat``, ``complete`` and ``fail`` take the :class:`Lease`; if the lease is no
+      longer the task's current one (expired and re-claimed), they raise ``LeaseLostError``.
+      ``heartbeat`` extends the lease and returns the task, whose ``cancel_requested``
+      tells the worker to stop.
+    - ``fail(retryable=True)`` re-queues with exponential backoff and jitter until
+      ``max_attempts``; then, or with ``retryable=False``, the task is ``failed`` for good.
+    - ``cancel`` ends a queued task at once (``cancelled``) and marks a running one
+      ``cancel_requested``; the worker learns it at its next heartbeat or through
+      :meth:`wait_for_cancel`, within a second. Cancelling a final task raises
+      ``TaskStateError``.
+    - ``recover_expired`` puts tasks whose lease ran out back in the queue (counting the
+      lost attempt) and returns how many.
+    - Every wait is bounded by its ``timeout_s``; database errors surface as ``StorageError``.
+    """
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        max_attempts: int = 3,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> Enqueued:
+        """Add a task (or return the one with the same idempotency key)."""
+        ...
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        kinds: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` eligible tasks to ``worker``."""
+        ...
+
+    async def heartbeat(self, lease: Lease, *, lease_s: float) -> WorkTask:
+        """Extend the lease; the returned task says whether cancel was requested."""
+        ...
+
+    async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
+        """Mark the task completed with an optional result."""
+        ...
+
+    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
+        """Record a failed attempt: re-queue with backoff, or fail for good."""
+        ...
+
+    async def finish_cancelled(
+        self, lease: Lease, result: Mapping[str, Any] | None = None
+    ) -> WorkTask:
+        """The worker stopped a task whose cancel was requested: mark it ``cancelled``."""
+        ...
+
+    async def release(self, lease: Lease) -> WorkTask:
+        """Give a running task back to the queue without counting an attempt (shutdown)."""
+        ...
+
+    async def cancel(self, task_id: str) -> WorkTask:
+        """Cancel a queued task now, or ask the worker of a running one to stop."""
+        ...
+
+    async def get(self, task_id: str) -> WorkTask:
+        """The task, or ``TaskNotFoundError``."""
+        ...
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        concurrency_key: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkTask]:
+        """Tasks matching every given filter, newest first."""
+        ...
+
+    async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:
+        """How many tasks are in ``status`` (for caps and metrics)."""
+        ...
+
+    async def recover_expired(self) -> int:
+        """Re-queue tasks whose lease expired; how many."""
+        ...
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Return when work may be available, or after ``timeout_s``."""
+        ...
+
+    async def wait_for_cancel(self, task_id: str, timeout_s: float) -> bool:
+        """Return True as soon as cancel of ``task_id`` is requested, False after ``timeout_s``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections; idempotent."""
+        ...

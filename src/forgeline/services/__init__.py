@@ -1,0 +1,1 @@
+"""Services: the use cases (build, project, worker) written against ports only."""

@@ -1,0 +1,63 @@
+"""The agent provider registry: which CodeAgents exist, and which is the default."""
+
+from __future__ import annotations
+
+import threading
+
+from forgeline.domain.errors import DuplicateProviderError, UnknownProviderError
+from forgeline.ports.agent import CodeAgent
+
+
+class ProviderRegistry:
+    """Named :class:`CodeAgent` adapters; the first one registered is the default.
+
+    Thread-safe: registration and lookup hold one lock, so concurrent callers never see a
+    half-registered provider, a lost entry or a changed default.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._agents: dict[str, CodeAgent] = {}
+
+    def register(self, agent: CodeAgent) -> None:
+        """Add ``agent`` under its name; ``DuplicateProviderError`` if the name is taken."""
+        with self._lock:
+            if agent.name in self._agents:
+                raise DuplicateProviderError(agent.name)
+            self._agents[agent.name] = agent
+
+    def get(self, name: str | None = None) -> CodeAgent:
+        """The named provider, or the default when ``name`` is None or empty."""
+        with self._lock:
+            if not name:
+                if not self._agents:
+                    raise UnknownProviderError("(default)", ())
+                return next(iter(self._agents.values()))
+            try:
+                return self._agents[name]
+            except KeyError:
+                raise UnknownProviderError(name, tuple(self._agents)) from None
+
+    @property
+    def default_name(self) -> str | None:
+        """The name of the first provider registered, if any."""
+        with self._lock:
+            return next(iter(self._agents), None)
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order (the default first)."""
+        with self._lock:
+            return list(self._agents)
+
+    def agents(self) -> list[CodeAgent]:
+        """Registered agents, in registration order."""
+        with self._lock:
+            return list(self._agents.values())
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._agents
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._agents)

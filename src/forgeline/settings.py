@@ -1,0 +1,149 @@
+"""Settings: environment variables with the ``FORGELINE_`` prefix, optionally a TOML file.
+
+Read once, in the composition root (``forgeline.bootstrap``), never at import time. A
+settings file named by ``FORGELINE_CONFIG_FILE`` (TOML, keys without the prefix, e.g.
+``port = 9000``) may mirror the environment; the environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of forgeline; DESIGN.md lists the public ones and their defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FORGELINE_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- where things live ---------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".forgeline"), description="database, bare repos, key files, checkouts"
+    )
+    database_url: str = Field("", description="sqlite:///… (default) or postgresql://…")
+    auto_migrate: bool = Field(True, description="apply schema migrations at start-up")
+
+    # --- the API ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1 * MiB, description="larger request bodies get 413")
+    max_queued_per_project: int = Field(20, ge=1, description="more queued builds get 429")
+
+    # --- workers ---------------------------------------------------------------------------
+    workers: int = Field(2, ge=0, description="in-process workers of `forgeline serve`")
+    lease_seconds: float = Field(30.0, gt=0, description="a dead worker's build waits this long")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: running builds may finish")
+
+    # --- agents ----------------------------------------------------------------------------
+    claude_bin: str = "claude"
+    opencode_bin: str = "opencode"
+    opencode_url: str | None = Field(
+        None, description="connect to this server instead of starting one"
+    )
+    opencode_config: Path | None = Field(
+        None, description="JSON handed on as OPENCODE_CONFIG_CONTENT"
+    )
+    claude_permission_mode: Literal["bypassPermissions", "acceptEdits", "default", "plan"] = (
+        "bypassPermissions"
+    )
+    claude_max_retries: int = Field(2, ge=0, description="CLAUDE_CODE_MAX_RETRIES for the CLI")
+    agent_line_limit: int = Field(64 * MiB, ge=64 * 1024, description="largest stream-json line")
+    agent_idle_timeout_s: float = Field(
+        600.0, gt=0, description="no event for this long ends a run"
+    )
+    debug_raw_events: bool = Field(False, description="attach the provider's message as data.raw")
+
+    # --- where commands run ----------------------------------------------------------------
+    workspace: Literal["local", "kubernetes"] = "local"
+    kubectl_bin: str = "kubectl"
+    kube_context: str | None = None
+    kube_namespace: str = "default"
+    kube_pod: str | None = None
+    kube_container: str | None = None
+
+    # --- git -------------------------------------------------------------------------------
+    git_base_url: str = Field("", description="default <data dir>/git: bare repositories on disk")
+    git_author_name: str = "forgeline"
+    git_author_email: str = "forgeline@localhost"
+    git_token_credential: str = Field("git-token", description="credential used for https pushes")
+
+    # --- CI and templates ------------------------------------------------------------------
+    woodpecker_url: str | None = None
+    woodpecker_token_credential: str = "woodpecker-token"  # noqa: S105 - a name, not a value
+    template_path: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    # --- secrets ---------------------------------------------------------------------------
+    master_key: SecretStr | None = None
+    callback_secret: SecretStr | None = None
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_retry_period_s: float = Field(24 * 3600.0, gt=0)
+
+    # --- logs ------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("callback_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("template_path", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(os.pathsep) if p]
+        return value
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        # Defaults that depend on the data directory are filled here, once, so every later
+        # reader sees the same absolute paths whatever the current directory becomes.
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'forgeline.db'}"
+        if not self.git_base_url:
+            self.git_base_url = str(self.data_dir / "git")
+        return self
+
+    @property
+    def uses_postgres(self) -> bool:
+        """True when the database is PostgreSQL (many workers, many machines)."""
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the optional TOML settings file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("FORGELINE_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
