@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from forgeline.adapters.sql import database
+from forgeline.adapters.sql.database import Database, open_database
+from forgeline.adapters.sql.migrate import migrate
 from forgeline.logs import Redactor
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
@@ -34,24 +35,30 @@ class Container:
 
     settings: Settings
     registry: ProviderRegistry
+    database: Database
     redactor: Redactor = field(default_factory=Redactor)
 
     async def ping_database(self) -> None:
         """Raise ``StorageError`` unless the database answers (readiness)."""
-        await database.ping(self.settings.database_url)
+        await self.database.ping()
 
     async def aclose(self) -> None:
         """Release every adapter's resources; idempotent."""
         for agent in self.registry.agents():
             await agent.aclose()
+        await self.database.aclose()
 
 
 @asynccontextmanager
 async def open_container(settings: Settings) -> AsyncIterator[Container]:
     """Build the container, prepare the data directory, and close everything on exit."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    container = Container(settings=settings, registry=build_registry(settings))
+    database = open_database(settings.database_url)
+    await database.open()
+    container = Container(settings=settings, registry=build_registry(settings), database=database)
     try:
+        if settings.auto_migrate:
+            await migrate(database)
         yield container
     finally:
         await container.aclose()

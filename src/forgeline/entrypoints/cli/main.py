@@ -12,6 +12,7 @@ from rich.table import Table
 
 from forgeline import __version__
 from forgeline.bootstrap import build_registry
+from forgeline.entrypoints.cli import db as db_cli
 from forgeline.settings import Settings
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(db_cli.app, name="db")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
