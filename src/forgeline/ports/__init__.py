@@ -4,11 +4,12 @@ from forgeline.ports.agent import CodeAgent
 from forgeline.ports.ci import CIProvider, PipelineStatus
 from forgeline.ports.credentials import CredentialInfo, CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
-from forgeline.ports.store import Store
+from forgeline.ports.store import ApiToken, Store, StoredEvent
 from forgeline.ports.templates import TemplateInfo, TemplateProvider, TemplateVariable
 from forgeline.ports.workspace import CommandResult, Process, Workspace
 
 __all__ = [
+    "ApiToken",
     "CIProvider",
     "CodeAgent",
     "CommandResult",
@@ -18,6 +19,7 @@ __all__ = [
     "PipelineStatus",
     "Process",
     "Store",
+    "StoredEvent",
     "TemplateInfo",
     "TemplateProvider",
     "TemplateVariable",

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
-from forgeline.domain.agent import AgentEvent
+from forgeline.domain.agent import AgentEvent, event_from_dict
 from forgeline.domain.project import Project
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: its place, its type and its public JSON, kept as text so a
+    replay can send it without decoding and re-encoding."""
+
+    seq: int
+    type: str
+    body: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's public JSON shape."""
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+    def event(self) -> AgentEvent:
+        """The typed event."""
+        return event_from_dict(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token's record; the token itself is never stored, only its hash."""
+
+    id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None = None
 
 
 class Store(Protocol):
@@ -30,7 +62,7 @@ class Store(Protocol):
         ...
 
     async def update_project(self, project: Project) -> Project:
-        """Replace a project's stored fields."""
+        """Replace a project's stored fields; ``ProjectNotFoundError`` if it is gone."""
         ...
 
     async def append_event(self, task_id: str, event: AgentEvent) -> AgentEvent:
@@ -39,7 +71,7 @@ class Store(Protocol):
 
     async def list_events(
         self, task_id: str, *, after_seq: int = 0, limit: int = 1000
-    ) -> Sequence[AgentEvent]:
+    ) -> Sequence[StoredEvent]:
         """Events of the task with ``seq > after_seq``, in order."""
         ...
 
@@ -47,6 +79,18 @@ class Store(Protocol):
         """Return when the task may have events after ``after_seq``, or after ``timeout_s``."""
         ...
 
+    async def add_token(self, token_id: str, name: str, token_hash: str) -> ApiToken:
+        """Record a new API token by its hash."""
+        ...
+
+    async def find_token(self, token_hash: str) -> ApiToken | None:
+        """The token with that hash (and mark it used), or None."""
+        ...
+
+    async def count_tokens(self) -> int:
+        """How many API tokens exist."""
+        ...
+
     async def aclose(self) -> None:
-        """Close connections; idempotent."""
+        """Release resources; idempotent (the database handle is closed by its owner)."""
         ...

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from forgeline.domain.errors import ConfigurationError, StorageError
 
@@ -159,26 +159,24 @@ class PostgresDatabase:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]] | None = None
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
 
     async def open(self) -> None:
         """Open the pool and wait until it has its first connection."""
         await self._opened()
 
-    async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]]:
+    async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]:
         if self._pool is not None:
             return self._pool
         from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]] = (
-            AsyncConnectionPool(
-                self.url,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="forgeline",
-            )
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            self.url,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="forgeline",
         )
         try:
             await pool.open(wait=True, timeout=10.0)
@@ -189,7 +187,7 @@ class PostgresDatabase:
         return pool
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
         """Borrow a connection from the pool."""
         pool = await self._opened()
         async with pool.connection() as conn:

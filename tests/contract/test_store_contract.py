@@ -1,0 +1,109 @@
+"""The Store contract, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
+from forgeline.adapters.sql.migrate import migrate
+from forgeline.adapters.store import build_store
+from forgeline.domain import AgentEvent, MessageData, Project
+from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError
+from forgeline.ports.store import Store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A migrated, empty store of each dialect."""
+    db: Database
+    if request.param == "sqlite":
+        db = SqliteDatabase(tmp_path / "t.db")
+    else:
+        db = PostgresDatabase(request.getfixturevalue("pg_url"))
+    await db.open()
+    await migrate(db)
+    try:
+        yield build_store(db)
+    finally:
+        await db.aclose()
+
+
+def _msg(text: str) -> AgentEvent:
+    return AgentEvent(data=MessageData(role="assistant", text=text), provider="claude-code")
+
+
+async def test_projects_round_trip(store: Store) -> None:
+    """A created project reads back with every field; names are unique."""
+    project = Project(
+        name="myapp",
+        repo_url="/srv/git/myapp.git",
+        template="astro-landing",
+        variables={"title": "Hi", "n": 3},
+        credentials={"ANTHROPIC_API_KEY": "anthropic-key"},
+        settings={"domain": "example.com"},
+    )
+    created = await store.create_project(project)
+    assert created.name == "myapp"
+    assert created.variables == {"title": "Hi", "n": 3}
+    assert created.credentials == {"ANTHROPIC_API_KEY": "anthropic-key"}
+    assert created.created_at is not None
+    with pytest.raises(ProjectExistsError):
+        await store.create_project(project)
+    await store.create_project(Project(name="another", repo_url="/x"))
+    assert [p.name for p in await store.list_projects()] == ["another", "myapp"]
+    with pytest.raises(ProjectNotFoundError):
+        await store.get_project("nope")
+
+
+async def test_update_project(store: Store) -> None:
+    """update_project replaces fields; updating a missing project is an error."""
+    await store.create_project(Project(name="p1", repo_url="/a", state="creating"))
+    from dataclasses import replace
+
+    updated = await store.update_project(
+        replace(await store.get_project("p1"), state="ready", settings={"k": "v"})
+    )
+    assert updated.state == "ready"
+    assert updated.settings == {"k": "v"}
+    with pytest.raises(ProjectNotFoundError):
+        await store.update_project(Project(name="ghost", repo_url="/g"))
+
+
+async def test_events_are_dense_per_task(store: Store) -> None:
+    """Concurrent appends to one task get seq 1..n without gaps; tasks are independent."""
+    results = await asyncio.gather(*(store.append_event("t1", _msg(str(i))) for i in range(20)))
+    assert sorted(e.seq for e in results) == list(range(1, 21))
+    other = await store.append_event("t2", _msg("x"))
+    assert other.seq == 1
+    assert other.task_id == "t2"
+    stored = await store.list_events("t1")
+    assert [e.seq for e in stored] == list(range(1, 21))
+    assert stored[0].to_dict()["task_id"] == "t1"
+    assert stored[0].event().data == results[[e.seq for e in results].index(1)].data
+    tail = await store.list_events("t1", after_seq=18)
+    assert [e.seq for e in tail] == [19, 20]
+    assert [e.seq for e in await store.list_events("t1", after_seq=2, limit=3)] == [3, 4, 5]
+
+
+async def test_wait_for_events_wakes_on_append(store: Store) -> None:
+    """A watcher is woken by an append instead of sleeping out its timeout."""
+    waiter = asyncio.create_task(store.wait_for_events("t9", 0, timeout_s=30))
+    await asyncio.sleep(0)
+    await store.append_event("t9", _msg("hello"))
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_tokens(store: Store) -> None:
+    """Tokens are found by hash only, and marked used."""
+    assert await store.count_tokens() == 0
+    await store.add_token("id1", "admin", "hash-1")
+    assert await store.count_tokens() == 1
+    found = await store.find_token("hash-1")
+    assert found is not None
+    assert found.name == "admin"
+    assert found.last_used_at is not None
+    assert await store.find_token("hash-2") is None
