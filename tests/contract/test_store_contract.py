@@ -100,10 +100,10 @@ async def test_wait_for_events_wakes_on_append(store: Store) -> None:
 async def test_tokens(store: Store) -> None:
     """Tokens are found by hash only, and marked used."""
     assert await store.count_tokens() == 0
-    await store.add_token("id1", "admin", "hash-1")
+    await store.add_token("id1", "admin", "hash-1", "admin")
     assert await store.count_tokens() == 1
     found = await store.find_token("hash-1")
     assert found is not None
-    assert found.name == "admin"
+    assert (found.name, found.role) == ("admin", "admin")
     assert found.last_used_at is not None
     assert await store.find_token("hash-2") is None

@@ -37,6 +37,7 @@ class ApiToken:
 
     id: str
     name: str
+    role: str
     created_at: datetime
     last_used_at: datetime | None = None
 
@@ -79,7 +80,7 @@ class Store(Protocol):
         """Return when the task may have events after ``after_seq``, or after ``timeout_s``."""
         ...
 
-    async def add_token(self, token_id: str, name: str, token_hash: str) -> ApiToken:
+    async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
         """Record a new API token by its hash."""
         ...
 

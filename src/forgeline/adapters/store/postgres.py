@@ -145,17 +145,17 @@ class PostgresStore:
         """Return on an in-process append to the task, or after a short poll interval."""
         await self._signals.wait(task_id, timeout_s)
 
-    async def add_token(self, token_id: str, name: str, token_hash: str) -> ApiToken:
+    async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
         """Record a new API token by its hash."""
         try:
             async with self._db.connection() as conn:
                 await conn.execute(
-                    "insert into api_tokens (id, name, token_hash) values (%s,%s,%s)",
-                    (token_id, name, token_hash),
+                    "insert into api_tokens (id, name, token_hash, role) values (%s,%s,%s,%s)",
+                    (token_id, name, token_hash, role),
                 )
         except psycopg.Error as exc:
             raise _error("insert", exc) from exc
-        return ApiToken(id=token_id, name=name, created_at=utcnow())
+        return ApiToken(id=token_id, name=name, role=role, created_at=utcnow())
 
     async def find_token(self, token_hash: str) -> ApiToken | None:
         """The token with that hash, marked used now; or None."""
@@ -163,7 +163,7 @@ class PostgresStore:
             async with self._db.connection() as conn:
                 cur = await conn.execute(
                     "update api_tokens set last_used_at = now() where token_hash = %s"
-                    " returning id, name, created_at, last_used_at",
+                    " returning id, name, role, created_at, last_used_at",
                     (token_hash,),
                 )
                 row = await cur.fetchone()
@@ -174,8 +174,9 @@ class PostgresStore:
         return ApiToken(
             id=row[0],
             name=row[1],
-            created_at=parse_time(row[2]) or utcnow(),
-            last_used_at=parse_time(row[3]),
+            role=row[2],
+            created_at=parse_time(row[3]) or utcnow(),
+            last_used_at=parse_time(row[4]),
         )
 
     async def count_tokens(self) -> int:

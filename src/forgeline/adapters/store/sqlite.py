@@ -136,28 +136,29 @@ class SqliteStore:
         """Return on an in-process append to the task, or after a short poll interval."""
         await self._signals.wait(task_id, timeout_s)
 
-    async def add_token(self, token_id: str, name: str, token_hash: str) -> ApiToken:
+    async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
         """Record a new API token by its hash."""
         now = utcnow()
         await self._write(
             lambda c: c.execute(
-                "insert into api_tokens (id, name, token_hash, created_at) values (?,?,?,?)",
-                (token_id, name, token_hash, format_time(now)),
+                "insert into api_tokens (id, name, token_hash, role, created_at)"
+                " values (?,?,?,?,?)",
+                (token_id, name, token_hash, role, format_time(now)),
             )
         )
-        return ApiToken(id=token_id, name=name, created_at=now)
+        return ApiToken(id=token_id, name=name, role=role, created_at=now)
 
     async def find_token(self, token_hash: str) -> ApiToken | None:
         """The token with that hash, marked used now; or None."""
         now = format_time(utcnow())
 
-        def find(conn: sqlite3.Connection) -> tuple[str, str, str] | None:
+        def find(conn: sqlite3.Connection) -> tuple[str, str, str, str] | None:
             row = conn.execute(
                 "update api_tokens set last_used_at = ? where token_hash = ?"
-                " returning id, name, created_at",
+                " returning id, name, role, created_at",
                 (now, token_hash),
             ).fetchone()
-            return None if row is None else (row[0], row[1], row[2])
+            return None if row is None else (row[0], row[1], row[2], row[3])
 
         row = await self._write(find)
         if row is None:
@@ -165,7 +166,8 @@ class SqliteStore:
         return ApiToken(
             id=row[0],
             name=row[1],
-            created_at=parse_time(row[2]) or utcnow(),
+            role=row[2],
+            created_at=parse_time(row[3]) or utcnow(),
             last_used_at=parse_time(now),
         )
 

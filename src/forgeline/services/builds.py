@@ -1,0 +1,93 @@
+"""BuildService: accept build requests, show and cancel build tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from forgeline.domain.errors import CapacityError, UnknownProviderError, ValidationError
+from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
+from forgeline.ports.queue import Enqueued, WorkQueue
+from forgeline.ports.store import Store
+from forgeline.services.registry import ProviderRegistry
+
+#: The queue ``kind`` of build tasks.
+BUILD_KIND = "build"
+#: Attempts of a build whose worker died or whose infrastructure failed (never of an
+#: agent that ran and failed: that is an answer, not an accident).
+BUILD_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """What the worker needs to run a build: the project and the spec."""
+
+    project: str
+    spec: BuildSpec
+
+    def to_payload(self) -> dict[str, Any]:
+        """The queued task's payload."""
+        return {"project": self.project, "spec": self.spec.to_payload()}
+
+    @classmethod
+    def from_task(cls, task: WorkTask) -> BuildRequest:
+        """The request a build task carries."""
+        return cls(project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"]))
+
+
+class BuildService:
+    """Validates build requests and puts them in the queue, one line per project."""
+
+    def __init__(
+        self,
+        *,
+        queue: WorkQueue,
+        store: Store,
+        registry: ProviderRegistry,
+        max_queued_per_project: int,
+        check_callback_url: Callable[[str], Any] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._registry = registry
+        self._max_queued = max_queued_per_project
+        self._check_callback_url = check_callback_url
+
+    async def submit(
+        self, project_name: str, spec: BuildSpec, *, idempotency_key: str | None = None
+    ) -> Enqueued:
+        """Queue a build of ``project_name``; the same idempotency key gives the same task.
+
+        Raises ``ProjectNotFoundError`` (404), ``ValidationError`` (422: blank prompt, bad
+        timeout, unknown provider, refused callback URL) or ``CapacityError`` (429).
+        """
+        spec.validate()
+        project = await self._store.get_project(project_name)
+        if spec.provider:
+            try:
+                self._registry.get(spec.provider)
+            except UnknownProviderError as exc:
+                raise ValidationError(exc.message) from exc
+        if spec.callback_url and self._check_callback_url is not None:
+            self._check_callback_url(spec.callback_url)
+        queued = await self._queue.count(status=TaskStatus.QUEUED, concurrency_key=project.name)
+        if queued >= self._max_queued:
+            raise CapacityError(
+                f"project {project.name!r} has {queued} queued builds (the cap is {self._max_queued})"
+            )
+        return await self._queue.enqueue(
+            BUILD_KIND,
+            BuildRequest(project.name, spec).to_payload(),
+            max_attempts=BUILD_MAX_ATTEMPTS,
+            idempotency_key=f"{project.name}:{idempotency_key}" if idempotency_key else None,
+            concurrency_key=project.name,
+        )
+
+    async def get(self, task_id: str) -> WorkTask:
+        """The task, or ``TaskNotFoundError``."""
+        return await self._queue.get(task_id)
+
+    async def cancel(self, task_id: str) -> WorkTask:
+        """Cancel a queued build now, or ask its worker to stop a running one."""
+        return await self._queue.cancel(task_id)
