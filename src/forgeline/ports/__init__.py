@@ -3,7 +3,7 @@
 from forgeline.ports.agent import CodeAgent
 from forgeline.ports.ci import CIProvider, PipelineStatus
 from forgeline.ports.credentials import CredentialInfo, CredentialStore
-from forgeline.ports.queue import Enqueued, WorkQueue
+from forgeline.ports.queue import Enqueued, NewTask, WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateInfo, TemplateProvider, TemplateVariable
 from forgeline.ports.workspace import CommandResult, Process, Workspace
@@ -15,6 +15,7 @@ __all__ = [
     "CredentialInfo",
     "CredentialStore",
     "Enqueued",
+    "NewTask",
     "PipelineStatus",
     "Process",
     "Store",
