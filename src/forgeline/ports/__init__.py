@@ -1,28 +1,5 @@
-"""Ports: the operation-shaped interfaces that services depend on and adapters implement."""
+"""Ports: the operation-shaped interfaces that services depend on and adapters implement.
 
-from forgeline.ports.agent import CodeAgent
-from forgeline.ports.ci import CIProvider, PipelineStatus
-from forgeline.ports.credentials import CredentialInfo, CredentialStore
-from forgeline.ports.queue import Enqueued, WorkQueue
-from forgeline.ports.store import ApiToken, Store, StoredEvent
-from forgeline.ports.templates import TemplateInfo, TemplateProvider, TemplateVariable
-from forgeline.ports.workspace import CommandResult, Process, Workspace
-
-__all__ = [
-    "ApiToken",
-    "CIProvider",
-    "CodeAgent",
-    "CommandResult",
-    "CredentialInfo",
-    "CredentialStore",
-    "Enqueued",
-    "PipelineStatus",
-    "Process",
-    "Store",
-    "StoredEvent",
-    "TemplateInfo",
-    "TemplateProvider",
-    "TemplateVariable",
-    "WorkQueue",
-    "Workspace",
-]
+Import each port from its own module (``forgeline.ports.queue`` …); this package
+re-exports nothing, so adding a port never touches a shared file.
+"""

@@ -11,6 +11,19 @@ from forgeline.domain.task import Lease, TaskStatus, WorkTask
 
 
 @dataclass(frozen=True, slots=True)
+class NewTask:
+    """One task to add with :meth:`WorkQueue.enqueue_many` (the arguments of ``enqueue``)."""
+
+    kind: str
+    payload: Mapping[str, Any]
+    priority: int = 0
+    run_after: datetime | None = None
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Enqueued:
     """What :meth:`WorkQueue.enqueue` did: the task, and whether it is new."""
 
@@ -22,7 +35,8 @@ class WorkQueue(Protocol):
     """A queue whose tasks survive crashes and run exactly once to completion.
 
     - ``enqueue`` with an ``idempotency_key`` already used returns the existing task
-      (``created=False``).
+      (``created=False``); ``enqueue_many`` does the same for many tasks in one round trip
+      and one transaction. Enqueueing wakes idle workers (``wait_for_work``).
     - ``claim`` returns up to ``limit`` eligible tasks (``queued``, ``run_after`` passed,
       no other ``running`` task with the same ``concurrency_key``; first in, first out
       within a key; higher priority first), each leased to ``worker`` for ``lease_s``
@@ -37,8 +51,15 @@ class WorkQueue(Protocol):
       ``cancel_requested``; the worker learns it at its next heartbeat or through
       :meth:`wait_for_cancel`, within a second. Cancelling a final task raises
       ``TaskStateError``.
-    - ``recover_expired`` puts tasks whose lease ran out back in the queue (counting the
-      lost attempt) and returns how many.
+    - ``release`` gives a running task back without counting the attempt (worker shutdown);
+      a released task whose cancel was requested becomes ``cancelled``.
+    - ``recover_expired`` puts tasks whose lease ran out back in the queue (the lost attempt
+      counts: past ``max_attempts`` the task is ``failed``; one whose cancel was requested is
+      ``cancelled``) and returns how many it changed. Workers call it every few seconds;
+      it is cheap when nothing expired.
+    - Transient connection failures (a database restart) are retried inside the adapter
+      for a bounded time; retried writes are idempotent (a retried ``complete`` of a task
+      already completed under the same lease returns it).
     - Every wait is bounded by its ``timeout_s``; database errors surface as ``StorageError``.
     """
 
@@ -56,6 +77,10 @@ class WorkQueue(Protocol):
         """Add a task (or return the one with the same idempotency key)."""
         ...
 
+    async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        """Add many tasks at once; results in the order of ``tasks``."""
+        ...
+
     async def claim(
         self,
         worker: str,
@@ -64,7 +89,11 @@ class WorkQueue(Protocol):
         limit: int = 1,
         kinds: Sequence[str] | None = None,
     ) -> list[Lease]:
-        """Lease up to ``limit`` eligible tasks to ``worker``."""
+        """Lease up to ``limit`` eligible tasks to ``worker`` in one statement.
+
+        At most one task per concurrency key is leased, and only the oldest queued one of
+        its key, when no task of that key is running. ``kinds`` restricts the task kinds.
+        """
         ...
 
     async def heartbeat(self, lease: Lease, *, lease_s: float) -> WorkTask:

@@ -1,0 +1,95 @@
+"""What both queue adapters share: input checks, JSON, retry back-off, lease sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forgeline.domain.errors import ValidationError
+from forgeline.ports.queue import NewTask
+
+#: Longest accepted lease: a lease is renewed by heartbeats, so a long one only delays
+#: recovery after a crash.
+MAX_LEASE_S = 24 * 3600.0
+#: Largest batch one ``claim`` may lease.
+MAX_CLAIM = 1000
+#: Largest page ``list`` returns.
+MAX_LIST = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential back-off with jitter for retryable failures.
+
+    Attempt ``n`` (1-based) waits ``min(max_s, base_s * 2**(n-1))``, of which the upper
+    half is random ("equal jitter"): tasks that failed together do not retry together,
+    and no retry comes sooner than half the nominal delay.
+    """
+
+    base_s: float = 5.0
+    max_s: float = 600.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retrying after failed attempt number ``attempt``."""
+        nominal = min(self.max_s, self.base_s * 2.0 ** max(0, min(attempt - 1, 60)))
+        return nominal / 2 + (rng or random).uniform(0, nominal / 2)
+
+
+def new_task_id() -> str:
+    """A fresh task id; chosen by the client so that a retried insert is idempotent."""
+    return str(uuid.uuid4())
+
+
+def check_new_task(task: NewTask) -> NewTask:
+    """Raise ``ValidationError`` for a task that can never be stored or run."""
+    if not task.kind or not task.kind.strip():
+        raise ValidationError("a task needs a kind")
+    if task.max_attempts < 1:
+        raise ValidationError(f"max_attempts must be at least 1, got {task.max_attempts}")
+    if task.run_after is not None and task.run_after.tzinfo is None:
+        raise ValidationError("run_after must be timezone-aware")
+    for name, key in (
+        ("idempotency_key", task.idempotency_key),
+        ("concurrency_key", task.concurrency_key),
+    ):
+        if key is not None and not key:
+            raise ValidationError(f"{name} must not be empty")
+    return task
+
+
+def check_lease_s(lease_s: float) -> float:
+    """Raise ``ValidationError`` unless ``lease_s`` is a usable lease length."""
+    if not math.isfinite(lease_s) or not 0 < lease_s <= MAX_LEASE_S:
+        raise ValidationError(f"lease_s must be in (0, {MAX_LEASE_S:g}], got {lease_s!r}")
+    return lease_s
+
+
+def check_limit(limit: int, maximum: int) -> int:
+    """Raise ``ValidationError`` unless ``1 <= limit <= maximum``."""
+    if not 1 <= limit <= maximum:
+        raise ValidationError(f"limit must be in [1, {maximum}], got {limit}")
+    return limit
+
+
+def dump_json(value: Mapping[str, Any] | None, what: str) -> str | None:
+    """``value`` as JSON text; ``ValidationError`` if it is not JSON-serializable."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} is not a JSON object: {exc}") from exc
+
+
+def kinds_list(kinds: Sequence[str] | None) -> list[str] | None:
+    """``kinds`` as a list, refusing an empty filter (it would match nothing, surely a bug)."""
+    if kinds is None:
+        return None
+    if isinstance(kinds, str) or not kinds:
+        raise ValidationError("kinds must be a non-empty sequence of kind names")
+    return list(kinds)

@@ -1,0 +1,582 @@
+"""The PostgreSQL work queue: workers on many machines, one database.
+
+- Claims lease up to ``limit`` tasks in one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP
+  LOCKED)`` statement, like procrastinate's ``fetch_job`` but batched like pgqueuer: one
+  round trip hands a worker all the tasks its free slots can take.
+- Wake-ups come by LISTEN/NOTIFY on a dedicated connection (``forgeline_work`` from an
+  insert trigger and from writes that make work eligible; ``forgeline_cancel`` carrying
+  the task id). The listener reconnects on its own; while it is down, and after it comes
+  back (notifications may have been missed), waits fall back to polling.
+- A database restart breaks the pool's connections: every operation is retried on
+  connection-level errors for up to ``reconnect_timeout_s``, and every write is safe to
+  retry (client-chosen task ids; fenced writes recognise their own earlier success).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import PoolTimeout
+
+from forgeline.adapters.queue import queries
+from forgeline.adapters.queue._common import (
+    MAX_CLAIM,
+    MAX_LIST,
+    Backoff,
+    check_lease_s,
+    check_limit,
+    check_new_task,
+    dump_json,
+    kinds_list,
+    new_task_id,
+)
+from forgeline.adapters.sql.database import PostgresDatabase
+from forgeline.domain.errors import (
+    ForgelineError,
+    LeaseLostError,
+    StorageError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from forgeline.domain.task import Lease, TaskStatus, WorkTask
+from forgeline.ports.queue import Enqueued, NewTask
+
+if TYPE_CHECKING:
+    Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+T = TypeVar("T")
+
+WORK_CHANNEL = "forgeline_work"
+CANCEL_CHANNEL = "forgeline_cancel"
+
+_SQL = queries.load("postgres")
+_log = structlog.get_logger(__name__)
+
+
+def _task(row: DictRow) -> WorkTask:
+    return WorkTask(
+        id=row["id"],
+        kind=row["kind"],
+        payload=row["payload"],
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        run_after=row["run_after"],
+        concurrency_key=row["concurrency_key"],
+        idempotency_key=row["idempotency_key"],
+        worker=row["worker"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        cancel_requested=row["cancel_requested"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        last_error=row["last_error"],
+        result=row["result"],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    # psycopg messages may quote the connection string; keep the first line, drop URLs.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if "://" not in text else type(exc).__name__
+
+
+class _Listener:
+    """One LISTEN connection per queue object, kept open by a named background task.
+
+    ``connected`` is False while it is (re)connecting; each (re)connect wakes every waiter,
+    because notifications sent while it was away are lost.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_work: Callable[[], None],
+        on_cancel: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        *,
+        health_s: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._on_work = on_work
+        self._on_cancel = on_cancel
+        self._on_reconnect = on_reconnect
+        self._health_s = health_s
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.connected = False
+
+    async def start(self, *, wait_s: float) -> None:
+        """Start listening (once); wait up to ``wait_s`` for the first connection."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="forgeline-queue-listener")
+        if wait_s > 0 and not self._ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait_s)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=5
+                )
+                async with conn:
+                    await conn.execute(f"listen {WORK_CHANNEL}")
+                    await conn.execute(f"listen {CANCEL_CHANNEL}")
+                    self.connected = True
+                    self._ready.set()
+                    self._on_reconnect()
+                    delay = 0.1
+                    while True:
+                        async for note in conn.notifies(timeout=self._health_s):
+                            if note.channel == CANCEL_CHANNEL:
+                                self._on_cancel(note.payload)
+                            else:
+                                self._on_work()
+                        # Quiet for a while: make sure the connection is still alive.
+                        await conn.execute("select 1")
+            except (psycopg.Error, OSError) as exc:
+                if self.connected:
+                    _log.warning("queue listener lost its connection", error=_first_line(exc))
+                self.connected = False
+                self._on_reconnect()  # waiters fall back to polling right away
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
+                delay = min(delay * 2, 2.0)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+
+
+class PostgresWorkQueue:
+    """:class:`~forgeline.ports.queue.WorkQueue` on a shared :class:`PostgresDatabase`."""
+
+    def __init__(
+        self,
+        db: PostgresDatabase,
+        *,
+        backoff: Backoff | None = None,
+        reconnect_timeout_s: float = 60.0,
+        poll_interval_s: float = 0.5,
+        listen_poll_interval_s: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``poll_interval_s`` applies while the listener is down; ``listen_poll_interval_s``
+        is the safety-net poll while it is up."""
+        self._db = db
+        self._backoff = backoff or Backoff()
+        self._reconnect_s = reconnect_timeout_s
+        self._poll_s = poll_interval_s
+        self._listen_poll_s = listen_poll_interval_s
+        self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        self._listener = _Listener(db.url, self._notify_work, self._notify_cancel, self._wake_all)
+        # Work notifications: a counter and an event replaced at each notification, so a
+        # waiter sees every notification after the last claim that came back short.
+        self._work_seq = 0
+        self._seen_seq = -1
+        self._work_event = asyncio.Event()
+        self._cancel_waiters: dict[str, set[asyncio.Event]] = {}
+        self._closed = False
+
+    # -- notifications --------------------------------------------------------------------
+
+    def _notify_work(self) -> None:
+        self._work_seq += 1
+        self._work_event.set()
+        self._work_event = asyncio.Event()
+
+    def _notify_cancel(self, task_id: str) -> None:
+        for event in self._cancel_waiters.get(task_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        self._notify_work()
+        for events in self._cancel_waiters.values():
+            for event in events:
+                event.set()
+
+    def _wait_s(self) -> float:
+        return self._listen_poll_s if self._listener.connected else self._poll_s
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, op: Callable[[Conn], Awaitable[T]], what: str) -> T:
+        """Run ``op`` on a pooled connection, retrying connection failures for a while.
+
+        A restart of PostgreSQL breaks every pooled connection; the pool replaces broken
+        ones when they come back, so a bounded retry loop rides out the outage.
+        """
+        if self._closed:
+            raise StorageError("the work queue is closed")
+        deadline = time.monotonic() + self._reconnect_s
+        delay = 0.05
+        while True:
+            try:
+                async with self._db.connection() as conn:
+                    return await op(conn)
+            except ForgelineError:
+                raise
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Connection lost, server shutting down or starting, serialization failure.
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+                _log.info("queue database unavailable, retrying", op=what, error=_first_line(exc))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
+                delay = min(delay * 2, 1.0)
+            except psycopg.errors.UniqueViolation as exc:
+                # Only a claim racing another one on a concurrency key can get here (the
+                # unique index of running keys); the retry sees the other claim committed.
+                if what != "claim" or time.monotonic() > deadline:
+                    raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+            except psycopg.Error as exc:
+                raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+
+    @staticmethod
+    async def _rows(
+        conn: Conn, query: str | sql.Composed, params: Mapping[str, Any]
+    ) -> list[DictRow]:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def _fetch(self, conn: Conn, task_id: str) -> WorkTask:
+        rows = await self._rows(conn, _SQL["get_task"], {"id": task_id})
+        if not rows:
+            raise TaskNotFoundError(task_id)
+        return _task(rows[0])
+
+    async def _fenced(
+        self,
+        lease: Lease,
+        name: str,
+        params: Mapping[str, Any],
+        *,
+        done: TaskStatus | None = None,
+    ) -> WorkTask:
+        """A write that only applies while ``lease`` is current; else ``LeaseLostError``.
+
+        ``done`` is the status this write leaves a task in: finding the task already so
+        under the same token means a retry of this very write (its first try committed but
+        the answer was lost with the connection), which is not an error.
+        """
+
+        async def op(conn: Conn) -> WorkTask:
+            rows = await self._rows(
+                conn, _SQL[name], {**params, "id": lease.task_id, "token": lease.token}
+            )
+            if rows:
+                task = _task(rows[0])
+                if task.concurrency_key is not None and task.status is not TaskStatus.RUNNING:
+                    # The key is free: the next task of the key may run now.
+                    await conn.execute(_SQL["notify_work"])
+                elif task.status is TaskStatus.QUEUED:
+                    await conn.execute(_SQL["notify_work"])
+                return task
+            task = await self._fetch(conn, lease.task_id)
+            if done is not None and task.status is done and task.lease_token == lease.token:
+                return task
+            raise LeaseLostError(lease.task_id, lease.token)
+
+        return await self._run(op, name)
+
+    # -- the port -------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        max_attempts: int = 3,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> Enqueued:
+        """Add a task (or return the one with the same idempotency key): one round trip."""
+        check_new_task(
+            NewTask(
+                kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
+            )
+        )
+        params = {
+            "id": new_task_id(),
+            "kind": kind,
+            "payload": dump_json(payload, "payload"),
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "run_after": run_after,
+            "concurrency_key": concurrency_key,
+            "idempotency_key": idempotency_key,
+        }
+
+        async def op(conn: Conn) -> Enqueued:
+            rows = await self._rows(conn, _SQL["insert_task"], params)
+            if rows:
+                return Enqueued(_task(rows[0]), created=True)
+            existing = await self._rows(
+                conn, _SQL["get_existing"], {"ids": [params["id"]], "keys": [idempotency_key]}
+            )
+            # Our own id means a retried insert whose first try committed: ours, created.
+            mine = [r for r in existing if r["id"] == params["id"]]
+            row = (mine or existing)[0]
+            return Enqueued(_task(row), created=bool(mine))
+
+        return await self._run(op, "enqueue")
+
+    async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        """Add many tasks in one statement; results in the order of ``tasks``."""
+        if not tasks:
+            return []
+        for task in tasks:
+            check_new_task(task)
+        ids = [new_task_id() for _ in tasks]
+        params = {
+            "ids": ids,
+            "kinds": [t.kind for t in tasks],
+            "payloads": [dump_json(t.payload, "payload") for t in tasks],
+            "priorities": [t.priority for t in tasks],
+            "max_attempts": [t.max_attempts for t in tasks],
+            "run_afters": [t.run_after for t in tasks],
+            "concurrency_keys": [t.concurrency_key for t in tasks],
+            "idempotency_keys": [t.idempotency_key for t in tasks],
+        }
+
+        async def op(conn: Conn) -> list[Enqueued]:
+            by_id = {r["id"]: r for r in await self._rows(conn, _SQL["insert_tasks"], params)}
+            created = set(by_id)
+            missing = [i for i in ids if i not in by_id]
+            by_key: dict[str, DictRow] = {}
+            if missing:
+                keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+                for row in await self._rows(
+                    conn, _SQL["get_existing"], {"ids": missing, "keys": keys}
+                ):
+                    if row["id"] in missing:
+                        by_id[row["id"]] = row  # a retry: ours
+                        created.add(row["id"])
+                    if row["idempotency_key"] is not None:
+                        by_key[row["idempotency_key"]] = row
+            out: list[Enqueued] = []
+            for task_id, task in zip(ids, tasks, strict=True):
+                # Rows not inserted and not ours can only be idempotency-key clashes.
+                row = by_id.get(task_id) or by_key[task.idempotency_key or ""]
+                out.append(
+                    Enqueued(_task(row), created=row["id"] in created and row["id"] == task_id)
+                )
+            return out
+
+        return await self._run(op, "enqueue_many")
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        kinds: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` eligible tasks to ``worker`` in one statement."""
+        check_lease_s(lease_s)
+        check_limit(limit, MAX_CLAIM)
+        # Listen before the first claim, so work enqueued after an empty claim wakes us.
+        await self._listener.start(wait_s=0)
+        params = {"worker": worker, "lease_s": lease_s, "limit": limit, "kinds": kinds_list(kinds)}
+        seq_before = self._work_seq
+
+        async def op(conn: Conn) -> list[DictRow]:
+            return await self._rows(conn, _SQL["claim"], params)
+
+        rows = await self._run(op, "claim")
+        if len(rows) < limit:
+            self._seen_seq = seq_before
+        tasks = sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
+        return [
+            Lease(task=t, worker=worker, token=t.lease_token, expires_at=t.lease_expires_at)  # type: ignore[arg-type]  # set by claim
+            for t in tasks
+        ]
+
+    async def heartbeat(self, lease: Lease, *, lease_s: float) -> WorkTask:
+        """Extend the lease; the returned task says whether cancel was requested."""
+        check_lease_s(lease_s)
+        return await self._fenced(lease, "heartbeat", {"lease_s": lease_s})
+
+    async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
+        """Mark the task completed with an optional result."""
+        params = {"result": dump_json(result, "result")}
+        return await self._fenced(lease, "complete", params, done=TaskStatus.COMPLETED)
+
+    async def finish_cancelled(
+        self, lease: Lease, result: Mapping[str, Any] | None = None
+    ) -> WorkTask:
+        """The worker stopped the task: mark it ``cancelled``."""
+        params = {"result": dump_json(result, "result")}
+        return await self._fenced(lease, "finish_cancelled", params, done=TaskStatus.CANCELLED)
+
+    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
+        """Record a failed attempt: re-queue with back-off, or fail for good."""
+        params = {
+            "error": error,
+            "retryable": retryable,
+            "delay_s": self._backoff.delay(lease.task.attempts, self._rng),
+        }
+        return await self._fenced(lease, "fail", params)
+
+    async def release(self, lease: Lease) -> WorkTask:
+        """Give a running task back to the queue without counting an attempt."""
+        return await self._fenced(lease, "release", {})
+
+    async def cancel(self, task_id: str) -> WorkTask:
+        """Cancel a queued task now, or ask the worker of a running one to stop."""
+
+        async def op(conn: Conn) -> WorkTask:
+            for name in ("cancel_queued", "cancel_running"):
+                rows = await self._rows(conn, _SQL[name], {"id": task_id})
+                if rows:
+                    return _task(rows[0])
+            task = await self._fetch(conn, task_id)
+            if task.status is TaskStatus.RUNNING:  # finished between our two statements
+                return task
+            raise TaskStateError(task_id, task.status.value, "cancel")
+
+        return await self._run(op, "cancel")
+
+    async def get(self, task_id: str) -> WorkTask:
+        """The task, or ``TaskNotFoundError``."""
+        return await self._run(lambda conn: self._fetch(conn, task_id), "get")
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        concurrency_key: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkTask]:
+        """Tasks matching every given filter, newest first."""
+        check_limit(limit, MAX_LIST)
+        where, params = _filters(status=status, kind=kind, concurrency_key=concurrency_key)
+        query = sql.SQL("select * from tasks{} order by seq desc limit %(limit)s").format(where)
+
+        async def op(conn: Conn) -> list[WorkTask]:
+            return [_task(r) for r in await self._rows(conn, query, {**params, "limit": limit})]
+
+        return await self._run(op, "list")
+
+    async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:
+        """How many tasks are in ``status``."""
+        where, params = _filters(status=status, concurrency_key=concurrency_key)
+        query = sql.SQL("select count(*) as n from tasks{}").format(where)
+
+        async def op(conn: Conn) -> int:
+            return int((await self._rows(conn, query, params))[0]["n"])
+
+        return await self._run(op, "count")
+
+    async def recover_expired(self) -> int:
+        """Re-queue tasks whose lease expired; how many changed."""
+
+        async def op(conn: Conn) -> int:
+            rows = await self._rows(conn, _SQL["recover_expired"], {})
+            if rows:
+                await conn.execute(_SQL["notify_work"])
+            return len(rows)
+
+        return await self._run(op, "recover_expired")
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Return on a work notification, or a poll that finds due work, or after ``timeout_s``.
+
+        A notification that arrived since the last claim that came back short counts: the
+        worker would otherwise sleep through work enqueued between its claim and this call.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        await self._listener.start(wait_s=min(1.0, max(0.0, timeout_s)))
+        while True:
+            if self._work_seq != self._seen_seq:
+                self._seen_seq = self._work_seq
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            event = self._work_event
+            try:
+                await asyncio.wait_for(event.wait(), min(self._wait_s(), remaining))
+            except TimeoutError:
+                if await self._run(self._has_work, "wait_for_work"):
+                    return
+
+    async def _has_work(self, conn: Conn) -> bool:
+        cur = await conn.execute(_SQL["has_work"])
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def wait_for_cancel(self, task_id: str, timeout_s: float) -> bool:
+        """True as soon as cancel of ``task_id`` is requested, False after ``timeout_s``."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        await self._listener.start(wait_s=min(1.0, max(0.0, timeout_s)))
+        event = asyncio.Event()
+        self._cancel_waiters.setdefault(task_id, set()).add(event)
+
+        async def requested(conn: Conn) -> bool:
+            cur = await conn.execute(_SQL["cancel_state"], {"id": task_id})
+            row = await cur.fetchone()
+            if row is None:
+                raise TaskNotFoundError(task_id)
+            return bool(row[0])
+
+        try:
+            while True:
+                event.clear()
+                if await self._run(requested, "wait_for_cancel"):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(self._wait_s(), remaining))
+        finally:
+            waiters = self._cancel_waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._cancel_waiters[task_id]
+
+    async def aclose(self) -> None:
+        """Stop listening; the pool belongs to the composition root. Idempotent."""
+        self._closed = True
+        await self._listener.aclose()
+
+
+def _filters(
+    *, status: TaskStatus | None = None, kind: str | None = None, concurrency_key: str | None = None
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """A ``where`` clause of the given filters and its parameters."""
+    clauses: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    for column, value in (("status", status), ("kind", kind), ("concurrency_key", concurrency_key)):
+        if value is not None:
+            clauses.append(
+                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+            )
+            params[column] = value.value if isinstance(value, TaskStatus) else value
+    if not clauses:
+        return sql.SQL(""), params
+    return sql.SQL(" where ") + sql.SQL(" and ").join(clauses), params

@@ -1,0 +1,433 @@
+"""The SQLite work queue: one machine, no set-up, several worker processes on one file.
+
+Every write runs in ``BEGIN IMMEDIATE`` (see :class:`SqliteDatabase`), which takes the
+database's single write lock up front: two processes never both select the same queued
+task, and the busy timeout makes them wait their turn instead of failing. WAL mode lets
+readers (``get``, ``list``, the polls below) run while a writer works.
+
+SQLite cannot notify other processes, so ``wait_for_work`` and ``wait_for_cancel`` poll
+with a short interval; an ``enqueue`` or ``cancel`` made through this very object wakes
+its own waiters at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from forgeline.adapters.queue import queries
+from forgeline.adapters.queue._common import (
+    MAX_CLAIM,
+    MAX_LIST,
+    Backoff,
+    check_lease_s,
+    check_limit,
+    check_new_task,
+    dump_json,
+    kinds_list,
+    new_task_id,
+)
+from forgeline.adapters.sql.database import SqliteDatabase
+from forgeline.domain.errors import (
+    ForgelineError,
+    LeaseLostError,
+    StorageError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from forgeline.domain.task import Lease, TaskStatus, WorkTask
+from forgeline.ports.queue import Enqueued, NewTask
+
+T = TypeVar("T")
+
+_SQL = queries.load("sqlite")
+
+
+def _ts(moment: datetime) -> str:
+    """Fixed-width UTC text: comparing two of them as text compares the times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _task(row: sqlite3.Row) -> WorkTask:
+    return WorkTask(
+        id=row["id"],
+        kind=row["kind"],
+        payload=json.loads(row["payload"]),
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        run_after=datetime.fromisoformat(row["run_after"]),
+        concurrency_key=row["concurrency_key"],
+        idempotency_key=row["idempotency_key"],
+        worker=row["worker"],
+        lease_token=row["lease_token"],
+        lease_expires_at=_dt(row["lease_expires_at"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        last_error=row["last_error"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+    )
+
+
+class SqliteWorkQueue:
+    """:class:`~forgeline.ports.queue.WorkQueue` on a shared :class:`SqliteDatabase`."""
+
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        backoff: Backoff | None = None,
+        poll_interval_s: float = 0.05,
+        cancel_poll_interval_s: float = 0.2,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._backoff = backoff or Backoff()
+        self._poll_s = poll_interval_s
+        self._cancel_poll_s = cancel_poll_interval_s
+        self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        # Wakes this process's own waiters at once; other processes find out by polling.
+        self._work_event = asyncio.Event()
+        self._cancel_events: dict[str, asyncio.Event] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(self._db.write, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(self._db.read, fn)
+
+    @staticmethod
+    async def _call(
+        run: Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]],
+        fn: Callable[[sqlite3.Connection], T],
+    ) -> T:
+        try:
+            return await run(fn)
+        except ForgelineError:
+            raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"queue database error: {exc}") from exc
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(UTC)
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, task_id: str) -> WorkTask:
+        row = conn.execute(_SQL["get_task"], {"id": task_id}).fetchone()
+        if row is None:
+            raise TaskNotFoundError(task_id)
+        return _task(row)
+
+    def _fenced(
+        self,
+        lease: Lease,
+        query: str,
+        params: Mapping[str, Any],
+        *,
+        done: TaskStatus | None = None,
+    ) -> Callable[[sqlite3.Connection], WorkTask]:
+        """A write that only applies while ``lease`` is current; else ``LeaseLostError``.
+
+        ``done`` is the status this write leaves a task in: finding the task already so
+        under the same token means a retry of this very write, which is not an error.
+        """
+
+        def run(conn: sqlite3.Connection) -> WorkTask:
+            row = conn.execute(
+                query, {**params, "id": lease.task_id, "token": lease.token}
+            ).fetchone()
+            if row is not None:
+                return _task(row)
+            task = self._fetch(conn, lease.task_id)
+            if done is not None and task.status is done and task.lease_token == lease.token:
+                return task
+            raise LeaseLostError(lease.task_id, lease.token)
+
+        return run
+
+    # -- the port -------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        run_after: datetime | None = None,
+        max_attempts: int = 3,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> Enqueued:
+        """Add a task (or return the one with the same idempotency key)."""
+        new = NewTask(
+            kind=kind,
+            payload=payload,
+            priority=priority,
+            run_after=run_after,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+        )
+        (done,) = await self.enqueue_many([new])
+        return done
+
+    async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        """Add many tasks in one transaction; results in the order of ``tasks``."""
+        if not tasks:
+            return []
+        rows = [self._insert_params(check_new_task(task)) for task in tasks]
+
+        def run(conn: sqlite3.Connection) -> list[Enqueued]:
+            now = _ts(self._now())
+            out: list[Enqueued] = []
+            for params in rows:
+                params["now"] = now
+                params["run_after"] = params["run_after"] or now
+                row = conn.execute(_SQL["insert_task"] + " returning *", params).fetchone()
+                if row is not None:
+                    out.append(Enqueued(_task(row), created=True))
+                    continue
+                existing = conn.execute(
+                    _SQL["get_task_by_idempotency_key"],
+                    {"idempotency_key": params["idempotency_key"]},
+                ).fetchone()
+                if existing is None:  # an id clash: a uuid4 is never reused, so it is ours
+                    existing = conn.execute(_SQL["get_task"], {"id": params["id"]}).fetchone()
+                out.append(Enqueued(_task(existing), created=existing["id"] == params["id"]))
+            return out
+
+        result = await self._write(run)
+        self._work_event.set()
+        return result
+
+    @staticmethod
+    def _insert_params(task: NewTask) -> dict[str, Any]:
+        return {
+            "id": new_task_id(),
+            "kind": task.kind,
+            "payload": dump_json(task.payload, "payload"),
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "run_after": None if task.run_after is None else _ts(task.run_after),
+            "concurrency_key": task.concurrency_key,
+            "idempotency_key": task.idempotency_key,
+        }
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        limit: int = 1,
+        kinds: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` eligible tasks to ``worker`` in one transaction."""
+        check_lease_s(lease_s)
+        check_limit(limit, MAX_CLAIM)
+        kinds_json = None if kinds is None else json.dumps(kinds_list(kinds))
+
+        def run(conn: sqlite3.Connection) -> list[WorkTask]:
+            now = self._now()
+            rows = conn.execute(
+                _SQL["claim"],
+                {
+                    "worker": worker,
+                    "now": _ts(now),
+                    "expires_at": _ts(now + timedelta(seconds=lease_s)),
+                    "kinds": kinds_json,
+                    "limit": limit,
+                },
+            ).fetchall()
+            return [_task(row) for row in rows]
+
+        tasks = await self._write(run)
+        tasks.sort(key=lambda t: (-t.priority, t.created_at))
+        return [
+            Lease(task=t, worker=worker, token=t.lease_token, expires_at=t.lease_expires_at)  # type: ignore[arg-type]  # set by claim
+            for t in tasks
+        ]
+
+    async def heartbeat(self, lease: Lease, *, lease_s: float) -> WorkTask:
+        """Extend the lease; the returned task says whether cancel was requested."""
+        check_lease_s(lease_s)
+        now = self._now()
+        params = {"now": _ts(now), "expires_at": _ts(now + timedelta(seconds=lease_s))}
+        return await self._write(self._fenced(lease, _SQL["heartbeat"], params))
+
+    async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
+        """Mark the task completed with an optional result."""
+        params = {"now": _ts(self._now()), "result": dump_json(result, "result")}
+        task = await self._write(
+            self._fenced(lease, _SQL["complete"], params, done=TaskStatus.COMPLETED)
+        )
+        self._key_freed(task)
+        return task
+
+    async def finish_cancelled(
+        self, lease: Lease, result: Mapping[str, Any] | None = None
+    ) -> WorkTask:
+        """The worker stopped the task: mark it ``cancelled``."""
+        params = {"now": _ts(self._now()), "result": dump_json(result, "result")}
+        task = await self._write(
+            self._fenced(lease, _SQL["finish_cancelled"], params, done=TaskStatus.CANCELLED)
+        )
+        self._key_freed(task)
+        return task
+
+    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
+        """Record a failed attempt: re-queue with back-off, or fail for good."""
+        now = self._now()
+        delay = self._backoff.delay(lease.task.attempts, self._rng)
+        params = {
+            "now": _ts(now),
+            "run_after": _ts(now + timedelta(seconds=delay)),
+            "retryable": retryable,
+            "error": error,
+        }
+        task = await self._write(self._fenced(lease, _SQL["fail"], params))
+        self._key_freed(task)
+        return task
+
+    async def release(self, lease: Lease) -> WorkTask:
+        """Give a running task back to the queue without counting an attempt."""
+        task = await self._write(self._fenced(lease, _SQL["release"], {"now": _ts(self._now())}))
+        self._work_event.set()
+        return task
+
+    async def cancel(self, task_id: str) -> WorkTask:
+        """Cancel a queued task now, or ask the worker of a running one to stop."""
+
+        def run(conn: sqlite3.Connection) -> WorkTask:
+            params = {"id": task_id, "now": _ts(self._now())}
+            for name in ("cancel_queued", "cancel_running"):
+                row = conn.execute(_SQL[name], params).fetchone()
+                if row is not None:
+                    return _task(row)
+            task = self._fetch(conn, task_id)
+            raise TaskStateError(task_id, task.status.value, "cancel")
+
+        task = await self._write(run)
+        event = self._cancel_events.get(task_id)
+        if event is not None:
+            event.set()
+        return task
+
+    async def get(self, task_id: str) -> WorkTask:
+        """The task, or ``TaskNotFoundError``."""
+        return await self._read(lambda conn: self._fetch(conn, task_id))
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        concurrency_key: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkTask]:
+        """Tasks matching every given filter, newest first."""
+        check_limit(limit, MAX_LIST)
+        where, params = _filters(status=status, kind=kind, concurrency_key=concurrency_key)
+        sql = f"select * from tasks{where} order by seq desc limit :limit"  # noqa: S608  # fixed fragments
+
+        def run(conn: sqlite3.Connection) -> list[WorkTask]:
+            return [_task(row) for row in conn.execute(sql, {**params, "limit": limit})]
+
+        return await self._read(run)
+
+    async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:
+        """How many tasks are in ``status``."""
+        where, params = _filters(status=status, concurrency_key=concurrency_key)
+        sql = f"select count(*) from tasks{where}"  # noqa: S608  # fixed fragments
+        return await self._read(lambda conn: int(conn.execute(sql, params).fetchone()[0]))
+
+    async def recover_expired(self) -> int:
+        """Re-queue tasks whose lease expired; how many changed."""
+        rows = await self._write(
+            lambda conn: conn.execute(_SQL["recover_expired"], {"now": _ts(self._now())}).fetchall()
+        )
+        if rows:
+            self._work_event.set()
+        return len(rows)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Return when a due task is queued (polled), or after ``timeout_s``."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            self._work_event.clear()
+            if await self._read(self._has_work):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._work_event.wait(), min(self._poll_s, remaining))
+            except TimeoutError:
+                continue
+            return
+
+    def _has_work(self, conn: sqlite3.Connection) -> bool:
+        row = conn.execute(_SQL["has_work"], {"now": _ts(self._now())}).fetchone()
+        return bool(row[0])
+
+    async def wait_for_cancel(self, task_id: str, timeout_s: float) -> bool:
+        """True once cancel of ``task_id`` is requested (polled), False after ``timeout_s``."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        event = self._cancel_events.setdefault(task_id, asyncio.Event())
+        try:
+            while True:
+                row = await self._read(
+                    lambda conn: conn.execute(_SQL["cancel_state"], {"id": task_id}).fetchone()
+                )
+                if row is None:
+                    raise TaskNotFoundError(task_id)
+                if row["cancel_requested"]:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(self._cancel_poll_s, remaining))
+                event.clear()
+        finally:
+            if self._cancel_events.get(task_id) is event:
+                del self._cancel_events[task_id]
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the database handle belongs to the composition root."""
+
+    def _key_freed(self, task: WorkTask) -> None:
+        # A finished task of a concurrency key makes the next task of that key eligible;
+        # a retried one is queued again.
+        if task.concurrency_key is not None or task.status is TaskStatus.QUEUED:
+            self._work_event.set()
+
+
+def _filters(
+    *, status: TaskStatus | None = None, kind: str | None = None, concurrency_key: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A ``where`` clause of fixed fragments and its parameters."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, value in (("status", status), ("kind", kind), ("concurrency_key", concurrency_key)):
+        if value is not None:
+            clauses.append(f"{column} = :{column}")
+            params[column] = value.value if isinstance(value, TaskStatus) else value
+    return (" where " + " and ".join(clauses) if clauses else ""), params
