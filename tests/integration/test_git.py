@@ -7,7 +7,9 @@ basic auth on 127.0.0.1, and an ssh transport whose ``ssh`` is a local stand-in.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -608,3 +610,85 @@ async def test_a_hanging_remote_times_out_and_leaves_no_process(
     for pid in leftovers:  # clean up before failing, so one bad run leaves nothing behind
         os.kill(int(pid), signal.SIGKILL)
     assert leftovers == []
+
+
+async def test_cancelling_a_hanging_fetch_leaves_no_process(
+    run: LocalRun, bare: Path, tmp_path: Path
+) -> None:
+    """Cancelling the caller mid-fetch (a build cancelled by its user) kills git and its
+    transport at once."""
+    # The stand-in ssh tells us (SIGUSR1) that git is mid-fetch, then hangs.
+    path, _ = fake_ssh_path(tmp_path, delay=f"kill -USR1 {os.getpid()}; exec sleep 298.55")
+    git = GitCli(run, path=path, home=str(tmp_path), timeout_s=30, network_timeout_s=60)
+    remote = GitRemote(f"ssh://git@forge.example{bare}")
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, started.set)
+    try:
+        task = asyncio.create_task(
+            git.prepare_checkout("demo", remote, "main", str(tmp_path / "co" / "demo")),
+            name="prepare-checkout-under-test",
+        )
+        async with asyncio.timeout(30):
+            await started.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "sleep 298.55"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in leftovers:
+        os.kill(int(pid), signal.SIGKILL)
+    assert leftovers == []
+
+
+async def test_a_deleted_dot_git_fails_instead_of_using_an_enclosing_repository(
+    git: GitCli, bare: Path, tmp_path: Path
+) -> None:
+    """If the agent removes .git, has_changes and commit fail; they never fall back to a
+    repository above the checkout."""
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    sh("init", "--quiet", cwd=outer)
+    workdir = str(outer / "checkouts" / "demo")
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    shutil.rmtree(Path(workdir, ".git"))
+    Path(workdir, "a.txt").write_text("x\n")
+    with pytest.raises(GitError):
+        await git.has_changes(workdir)
+    with pytest.raises(GitError):
+        await git.commit(workdir, "Change", BOT)
+    assert sh("status", "--porcelain", cwd=outer) == "?? checkouts/"
+    assert (
+        subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"], cwd=outer, capture_output=True, check=False
+        ).returncode
+        != 0
+    )
+
+
+async def test_agent_excludes_do_not_hide_files_from_later_builds(
+    git: GitCli, bare: Path, workdir: str, tmp_path: Path
+) -> None:
+    """A .git/info/exclude written in one build is gone when the cache is reused."""
+    seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
+    remote = GitRemote(str(bare))
+    await git.prepare_checkout("demo", remote, "main", workdir)
+    Path(workdir, ".git", "info", "exclude").write_text("*.html\n")
+    await git.prepare_checkout("demo", remote, "main", workdir)
+    Path(workdir, "page.html").write_text("<p/>\n")
+    assert await git.has_changes(workdir)
+    sha = await git.commit(workdir, "Page", BOT)
+    assert "page.html" in sh("ls-tree", "--name-only", sha, cwd=workdir)
+
+
+async def test_unreachable_remote_is_a_clear_git_error(git: GitCli, tmp_path: Path) -> None:
+    """A remote that does not exist fails the checkout with git's explanation."""
+    remote = GitRemote(str(tmp_path / "missing.git"))
+    with pytest.raises(GitError) as caught:
+        await git.prepare_checkout("demo", remote, "main", str(tmp_path / "co" / "demo"))
+    assert not isinstance(caught.value, PushRejectedError)
+    assert "does not appear to be a git repository" in str(caught.value)
+    assert str(tmp_path / "missing.git") in str(caught.value)

@@ -107,7 +107,19 @@ _ALLOWED_LOCAL_CONFIG: Final = frozenset(
     }
 )
 
-_STALE_LOCKS: Final = ("index.lock", "HEAD.lock", "config.lock", "shallow.lock", "packed-refs.lock")
+# Removed from a cached checkout before it is reused: locks a killed git left behind
+# (only one build of a project runs at a time, so they are stale), and per-repository
+# ignore and attribute files an agent may have written, which would silently hide files
+# from the commits of every later build.
+_LEFTOVERS: Final = (
+    "index.lock",
+    "HEAD.lock",
+    "config.lock",
+    "shallow.lock",
+    "packed-refs.lock",
+    "info/exclude",
+    "info/attributes",
+)
 
 
 class _LocalStateError(GitError):
@@ -154,6 +166,8 @@ class GitCli:
             "GIT_ALLOW_PROTOCOL": "file:http:https:ssh",
             "GIT_SSH_COMMAND": ssh_command,
             "GIT_EDITOR": "true",
+            # refs/replace/* would let a planted ref change what a commit or tree "is".
+            "GIT_NO_REPLACE_OBJECTS": "1",
             **(extra_env or {}),
         }
 
@@ -236,10 +250,8 @@ class GitCli:
 
     async def _prepare(self, remote: GitRemote, branch: str, workdir: str) -> Checkout:
         git_dir = posixpath.join(workdir, ".git")
-        # A git killed mid-command (a worker's SIGKILL) leaves locks that would fail every
-        # later command; only one build of a project runs at a time, so they are stale.
-        locks = [posixpath.join(git_dir, name) for name in _STALE_LOCKS]
-        await self._run_checked(["rm", "-f", "--", *locks], cwd="/", op="rm stale locks")
+        leftovers = [posixpath.join(git_dir, name) for name in _LEFTOVERS]
+        await self._run_checked(["rm", "-f", "--", *leftovers], cwd="/", op="rm leftovers")
         # `git init` makes the directory (and parents), and is harmless on an existing
         # repository: one path for a fresh clone and for a cached checkout.
         await self._git(
