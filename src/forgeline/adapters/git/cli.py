@@ -559,11 +559,15 @@ class GitCli:
             raise GitError(f"git {op} did not finish within {timeout_s:g} s") from exc
         except WorkspaceError as exc:
             raise GitError(f"git {op}: {self._excerpt(exc.message.encode(), None)}") from exc
-        # argv is safe to log: it never holds a secret (see the module docstring).
+        # argv is safe to log: it never holds a secret (see the module docstring). The
+        # fixed `-c` options are left out as noise.
+        shown = list(argv[1:] if argv[0] == self._binary else argv)
+        while len(shown) > 1 and shown[0] == "-c":
+            shown = shown[2:]
         log.debug(
             "git.command",
             op=op,
-            argv=argv[len(_BASE_CONFIG) * 2 + 1 :] if argv[0] == self._binary else list(argv),
+            argv=shown,
             exit_code=result.exit_code,
             ms=round((time.monotonic() - started) * 1000),
         )
