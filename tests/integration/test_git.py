@@ -216,6 +216,23 @@ async def test_broken_cache_is_wiped_and_cloned_afresh(
     assert sorted(p.name for p in Path(workdir).iterdir()) == [".git", "a.txt"]
 
 
+async def test_cache_with_corrupt_objects_is_recloned(
+    git: GitCli, bare: Path, workdir: str, tmp_path: Path
+) -> None:
+    """A cache whose object files were truncated (a full disk, a crash) cannot even fetch;
+    it is wiped and cloned again instead of failing every later build."""
+    dev = tmp_path / "dev"
+    seed(bare, dev, {"a.txt": "1\n"})
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    for obj in Path(workdir, ".git", "objects").glob("??/*"):
+        obj.chmod(0o644)
+        obj.write_bytes(b"")
+    moved = seed(bare, dev, {"b.txt": "2\n"})
+    checkout = await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    assert checkout.head == moved
+    assert Path(workdir, "b.txt").read_text() == "2\n"
+
+
 async def test_commit_has_bot_author_summary_body_and_trailer(
     git: GitCli, bare: Path, workdir: str, tmp_path: Path
 ) -> None:

@@ -46,7 +46,7 @@ from forgeline.domain.git import (
     with_trailers,
 )
 from forgeline.logs import Redactor
-from forgeline.ports.git import Checkout, PushResult
+from forgeline.ports.git import Checkout, Git, PushResult
 from forgeline.ports.workspace import CommandResult, Workspace
 
 log = structlog.get_logger(__name__)
@@ -119,6 +119,19 @@ _LEFTOVERS: Final = (
     "packed-refs.lock",
     "info/exclude",
     "info/attributes",
+)
+
+
+# What git says when the *local* repository is damaged (as opposed to the network or the
+# remote failing); a fetch failing with one of these is worth a fresh clone.
+_LOCAL_DAMAGE: Final = (
+    "is corrupt",
+    "is empty",
+    "bad object",
+    "does not point to a valid object",
+    "invalid sha1 pointer",
+    "index file",
+    "unable to read",
 )
 
 
@@ -305,10 +318,14 @@ class GitCli:
             **self._local(workdir),
         )
         if not result.ok:
-            if "couldn't find remote ref" in _text(result.stderr):
+            stderr = _text(result.stderr)
+            if "couldn't find remote ref" in stderr:
                 return None
             detail = self._excerpt(result.stderr, remote)
-            raise GitError(f"fetch of {branch} from {remote.url} failed: {detail}")
+            damaged = any(hint in stderr for hint in _LOCAL_DAMAGE)
+            raise (_LocalStateError if damaged else GitError)(
+                f"fetch of {branch} from {remote.url} failed: {detail}"
+            )
         head = await self._resolve(workdir, tracking, env=self._local(workdir)["env"])
         if head is None:  # fetch said yes, the ref says no: a corrupt cache
             raise _LocalStateError(f"fetched {branch} but {tracking} is missing")
@@ -610,6 +627,11 @@ def _require_checkout_dir(workdir: str) -> None:
     _require_abs(workdir)
     if workdir.rstrip("/").count("/") < 2:
         raise ValidationError(f"refusing {workdir!r} as a checkout directory: too shallow")
+
+
+def _conforms_to_the_port(adapter: GitCli) -> Git:
+    # Never called: mypy proves here that GitCli implements the Git port.
+    return adapter
 
 
 __all__ = ["BASE_REF", "DEFAULT_NETWORK_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "GitCli"]
