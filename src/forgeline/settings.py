@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     git_author_name: str = "forgeline"
     git_author_email: str = "forgeline@localhost"
     git_token_credential: str = Field("git-token", description="credential used for https pushes")
+    git_bin: str = "git"
+    git_timeout_s: float = Field(120.0, gt=0, description="limit of a local git command")
+    git_network_timeout_s: float = Field(600.0, gt=0, description="limit of a clone, fetch or push")
 
     # --- CI and templates ------------------------------------------------------------------
     woodpecker_url: str | None = None
