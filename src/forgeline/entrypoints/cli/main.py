@@ -12,6 +12,7 @@ from rich.table import Table
 
 from forgeline import __version__
 from forgeline.bootstrap import build_registry
+from forgeline.entrypoints.cli.agent_run import agent_app
 from forgeline.settings import Settings
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(agent_app, name="agent")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
