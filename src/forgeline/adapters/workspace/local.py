@@ -186,7 +186,20 @@ async def terminate_tree(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_KILL_WAIT_S):
             await proc.wait()
+    _release_pipes(proc)
     return proc.returncode
+
+
+def _release_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close the child's pipes: lines nobody read by now are dropped.
+
+    ``asyncio.subprocess.Process`` has no public ``close``; its transport closes itself
+    only once every pipe reached EOF, which never happens for a stdout the reader stopped
+    reading (a line over the cap), and an unclosed transport leaks its pipes.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 class LocalWorkspace:
