@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
+from forgeline.adapters.workspace.kubernetes import KubernetesWorkspace
 from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
@@ -55,6 +56,8 @@ from tests.support.anthropic_server import (
 
 pytestmark = pytest.mark.claude
 
+FAKE_KUBECTL = Path(__file__).resolve().parents[1] / "support" / "fake_kubectl"
+
 AgentFactory = Callable[..., ClaudeCodeAgent]
 
 
@@ -77,6 +80,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_agent(claude_bin: Path, api: AnthropicServer, tmp_path: Path) -> AgentFactory:
     """Build ClaudeCodeAgents on the real CLI, the scripted API and a per-test state dir."""
+
     def factory(**overrides: Any) -> ClaudeCodeAgent:
         options: dict[str, Any] = {
             "workspace": LocalWorkspace(),
@@ -445,6 +449,43 @@ async def test_cancel_before_start_and_a_missing_workdir(
     events = await collect(agent, AgentRequest(prompt="x", workdir=str(tmp_path / "missing")))
     assert result_of(events).status is RunStatus.FAILED
     assert any(isinstance(e.data, ErrorData) and e.data.kind == "spawn_failed" for e in events)
+
+
+async def test_through_kubectl_exec_and_cancel_in_the_pod(
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+) -> None:
+    """Through the kubernetes workspace: a run succeeds, and a cancel during a Bash sleep
+    ends every process in the "pod" (killing kubectl alone would leave them)."""
+    workspace = KubernetesWorkspace(
+        pod="web-0",
+        namespace="builds",
+        kubectl=str(FAKE_KUBECTL),
+        kubectl_env={"PATH": os.environ["PATH"]},
+    )
+    agent = make_agent(workspace=workspace)
+    events = await collect(agent, AgentRequest(prompt="create hello.txt", workdir=str(repo)))
+    assert result_of(events).status is RunStatus.SUCCEEDED
+    assert (repo / "hello.txt").exists()
+    assert (await agent.capabilities()).version == "2.1.197"
+
+    seconds = unique_sleep()
+    api.script = bash_then_done(f"sleep {seconds}")
+    request = AgentRequest(prompt="sleep", workdir=str(repo))
+    stream = agent.execute(request)
+    seen: list[AgentEvent] = []
+    await wait_for_tool_use(stream, seen)
+    for _ in range(100):
+        if live(f"sleep {seconds}"):
+            break
+        await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await agent.cancel(request.run_id)
+    assert loop.time() - start < 5
+    seen += [e async for e in stream]
+    assert result_of(seen).status is RunStatus.CANCELLED
+    assert live(f"sleep {seconds}") == []
+    assert live(str(repo)) == []
 
 
 # --- the fake CLI: only what the real one cannot print --------------------------------------
