@@ -7,6 +7,7 @@ adapter swapped by passing it to :class:`Container` directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,9 +23,23 @@ def build_registry(settings: Settings) -> ProviderRegistry:
     """The agent providers, Claude Code first (the default)."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
+    from forgeline.adapters.workspace import build_workspace
 
+    workspace = build_workspace(settings)
     registry = ProviderRegistry()
-    registry.register(ClaudeCodeAgent(binary=settings.claude_bin))
+    registry.register(
+        ClaudeCodeAgent(
+            workspace=workspace,
+            state_dir=settings.claude_state_dir or str(settings.data_dir / "agents" / "claude"),
+            binary=settings.claude_bin,
+            environ=os.environ,
+            permission_mode=settings.claude_permission_mode,
+            max_retries=settings.claude_max_retries,
+            line_limit=settings.agent_line_limit,
+            idle_timeout_s=settings.agent_idle_timeout_s,
+            raw_events=settings.debug_raw_events,
+        )
+    )
     registry.register(OpenCodeAgent(binary=settings.opencode_bin))
     return registry
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         600.0, gt=0, description="no event for this long ends a run"
     )
     debug_raw_events: bool = Field(False, description="attach the provider's message as data.raw")
+    claude_state_dir: str | None = Field(
+        None,
+        description="per-project HOME/CLAUDE_CONFIG_DIR root, a path in the workspace; "
+        "default <data dir>/agents/claude",
+    )
 
     # --- where commands run ----------------------------------------------------------------
     workspace: Literal["local", "kubernetes"] = "local"

@@ -65,7 +65,10 @@ class AgentRequest:
 
     ``env`` holds extra variables for the child (the credentials a build carries); adapters
     add them to an explicit allow-list, never to an inherited environment. ``run_id`` names
-    the run for :meth:`CodeAgent.cancel`.
+    the run for :meth:`CodeAgent.cancel`. ``state_key`` names the agent state (config dir,
+    session transcripts) the run uses: runs with the same key can resume each other's
+    sessions; the worker passes the project name, and without one the adapter derives a
+    key from ``workdir``.
     """
 
     prompt: str
@@ -80,6 +83,7 @@ class AgentRequest:
     env: Mapping[str, str] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     task_id: str | None = None
+    state_key: str | None = None
 
     def validate(self) -> AgentRequest:
         """Raise a :class:`ValidationError` subclass for a request that can never run."""

@@ -30,7 +30,8 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── AgentUnavailableError       binary missing, server unreachable
     │   └── AgentProtocolError          output that breaks the protocol (e.g. a line over the cap)
     ├── WorkspaceError                  a command could not be run where builds run
-    │   └── CommandFailedError          ran, exited non-zero
+    │   ├── CommandFailedError          ran, exited non-zero
+    │   └── LineTooLongError            a command printed a line over the configured cap
     ├── GitError
     │   └── PushRejectedError
     ├── CredentialError                 wrong master key, tampered ciphertext
@@ -280,6 +281,16 @@ class CommandFailedError(WorkspaceError):
         self.command = command
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
+
+
+class LineTooLongError(WorkspaceError):
+    """A command printed a line longer than the reader's cap; the reader stopped there."""
+
+    code = "line_too_long"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"output line longer than the {limit}-byte limit")
+        self.limit = limit
 
 
 class GitError(ForgelineError):

@@ -1,10 +1,28 @@
-"""The Workspace port: where commands run (a local directory, or a pod through kubectl)."""
+"""The Workspace port: where commands run (a local directory, or a pod through kubectl).
+
+Git and the coding agents both run through this port, so a kubernetes workspace runs both
+inside the pod where the checkout lives. Two shapes of command exist:
+
+- :meth:`Workspace.run` for short commands run to their end (git, ``mkdir``, a version
+  check), with their output collected;
+- :meth:`Workspace.spawn` for long-lived ones whose stdout is streamed line by line (the
+  agent CLI), returning a :class:`Process` handle that can be interrupted and killed.
+
+Every spawned command is *tracked*: the workspace can find and end every process it started,
+including those that left its process group or session (the Claude Code Bash tool runs each
+command in a session of its own). See the adapters for how.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+#: The name of the environment variable that marks every process of one spawned command.
+#: Adapters add it to the child environment; it is inherited across fork, exec and setsid,
+#: which is what lets them find a command's escaped descendants. Not a secret.
+RUN_MARKER_VAR = "FORGELINE_RUN_TOKEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,14 +39,26 @@ class CommandResult:
         """True when the command exited 0."""
         return self.exit_code == 0
 
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of stderr, decoded."""
+        text = self.stderr.decode(errors="replace").rstrip()
+        return "\n".join(text.splitlines()[-lines:])
 
+
+@runtime_checkable
 class Process(Protocol):
     """A running command started by :meth:`Workspace.spawn`.
 
-    ``stdout_lines`` frames stdout into lines (without the newline) of at most the limit
-    given to ``spawn``; a longer line raises ``AgentProtocolError`` rather than blocking.
-    stderr is drained concurrently and kept (its tail), so a chatty stderr never blocks
-    the child.
+    Duties:
+
+    - :meth:`stdout_lines` frames stdout into lines (without the newline) of at most the
+      ``line_limit`` given to ``spawn``; a longer line raises ``LineTooLongError`` at once
+      rather than buffering without bound or blocking.
+    - stderr is drained concurrently and its tail kept, so a chatty stderr never blocks the
+      child and the last words of a crash can be reported.
+    - :meth:`kill` ends the command **and every process it started**, also those in their
+      own session or re-parented to init, also after the command itself has exited. It is
+      bounded in time, idempotent, and finishes its work even when the caller is cancelled.
     """
 
     @property
@@ -36,8 +66,13 @@ class Process(Protocol):
         """The local process id (of ``kubectl`` for the kubernetes workspace)."""
         ...
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the command ended (negative for a signal), else None."""
+        ...
+
     def stdout_lines(self) -> AsyncIterator[bytes]:
-        """Stdout, one line at a time, until EOF."""
+        """Stdout, one line at a time, until EOF. Call once."""
         ...
 
     def stderr_tail(self, lines: int = 20) -> str:
@@ -49,23 +84,31 @@ class Process(Protocol):
         ...
 
     async def interrupt(self) -> None:
-        """Ask politely (SIGINT) so the program can end cleanly and report."""
+        """Send SIGINT to the command itself so it can end cleanly and report; no-op once
+        it has ended."""
         ...
 
-    async def kill(self, grace_s: float = 2.0) -> int:
-        """End the command and **every process it started** (also ones in their own
-        session): SIGTERM, ``grace_s``, then SIGKILL. Bounded, idempotent, survives
-        cancellation of the caller; returns the exit code."""
+    async def kill(self, grace_s: float = 1.0) -> int | None:
+        """SIGTERM to the command and all its processes, ``grace_s`` to go, then SIGKILL.
+
+        Returns the command's exit code (None if it could not be learnt, e.g. a lost
+        connection to a pod).
+        """
         ...
 
 
+@runtime_checkable
 class Workspace(Protocol):
     """Runs commands with an explicit environment in a working directory.
 
-    The environment given is the whole environment of the child: nothing is inherited.
-    Git and agents both run through this port, so a kubernetes workspace runs both inside
-    the pod where the checkout lives.
+    The environment given is the whole environment of the child: nothing is inherited
+    (the adapter adds only :data:`RUN_MARKER_VAR`). Paths are paths *in the workspace*.
     """
+
+    @property
+    def name(self) -> str:
+        """``local`` or ``kubernetes`` (for logs and error messages)."""
+        ...
 
     async def spawn(
         self,
@@ -75,7 +118,7 @@ class Workspace(Protocol):
         env: Mapping[str, str],
         line_limit: int,
     ) -> Process:
-        """Start ``argv`` with stdin closed; raise ``WorkspaceError`` if it cannot start."""
+        """Start ``argv`` with stdin closed; ``WorkspaceError`` if it cannot start."""
         ...
 
     async def run(
@@ -87,5 +130,14 @@ class Workspace(Protocol):
         timeout_s: float,
         stdin: bytes | None = None,
     ) -> CommandResult:
-        """Run a short command to its end (killing it after ``timeout_s``)."""
+        """Run a short command to its end and collect its output.
+
+        A non-zero exit is returned, not raised (callers decide). After ``timeout_s`` the
+        command and all its processes are killed and ``WorkspaceError`` is raised;
+        ``WorkspaceError`` also when it cannot start.
+        """
+        ...
+
+    async def ensure_dir(self, path: str) -> None:
+        """Create directory ``path`` (and parents) if missing; ``WorkspaceError`` if not."""
         ...

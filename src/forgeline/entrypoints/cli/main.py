@@ -13,6 +13,7 @@ from rich.table import Table
 from forgeline import __version__
 from forgeline.bootstrap import build_registry
 from forgeline.entrypoints.cli import db as db_cli
+from forgeline.entrypoints.cli.agent_run import agent_app
 from forgeline.settings import Settings
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(agent_app, name="agent")
 app.add_typer(db_cli.app, name="db")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

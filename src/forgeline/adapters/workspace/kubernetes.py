@@ -1,0 +1,372 @@
+"""The kubernetes workspace: commands run in a configured pod through ``kubectl exec``.
+
+How a command is started: ``kubectl [--context C] --namespace N exec -i POD [-c CONTAINER]
+-- sh -c 'IFS= read -r line && eval "$line"'``, and the first line written to its stdin is a
+shell script that records the command's pid, changes directory and ``exec``\\ s ``env -i
+<the explicit environment> <argv>``. The environment (credentials included) thus travels
+over the exec stream, never in an argv that ``ps`` would show on either side. The command
+itself gets ``/dev/null`` as stdin (an open, idle stdin costs the Claude CLI 3 s a run),
+unless :meth:`KubernetesWorkspace.run` was given stdin data, which then follows the script
+line.
+
+How it is stopped: killing ``kubectl`` leaves the command running in the pod, so signals
+are delivered *inside* the pod by a second ``kubectl exec`` running :data:`_SIGNAL_SCRIPT`:
+SIGINT to the recorded pid; SIGTERM, then SIGKILL, to every process whose environment
+carries the run's marker (see ``proctree`` for why an environment marker: it survives
+``setsid``, which the Claude Bash tool uses for each command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from forgeline.adapters._aio import finish_despite_cancel
+from forgeline.adapters.workspace.local import (
+    StderrTail,
+    drain_stderr,
+    read_lines,
+    terminate_tree,
+)
+from forgeline.domain.errors import WorkspaceError
+from forgeline.ports.workspace import RUN_MARKER_VAR, CommandResult
+
+if TYPE_CHECKING:
+    from forgeline.settings import Settings
+
+#: Reads the script line from stdin and runs it; the rest of stdin is left to the command.
+_READER = 'IFS= read -r line && eval "$line"'
+#: Where, in the pod, the pid of each running command is recorded.
+_PID_DIR = "${TMPDIR:-/tmp}/.forgeline-runs"
+
+#: Signals the processes of one run inside the pod: ``$1`` token, ``$2`` mode (``root``:
+#: SIGINT to the command itself; ``sweep``: TERM, ``$3`` tenths of a second, then KILL to
+#: every marked process). Exit 0 once nothing marked is left. POSIX sh, procfs, and grep
+#: (``-z`` when it has it, one ``tr | grep`` per process otherwise).
+_SIGNAL_SCRIPT = r"""
+tok=$1; mode=$2; tenths=${3:-10}
+needle="FORGELINE_RUN_TOKEN=$tok"
+pidfile="${TMPDIR:-/tmp}/.forgeline-runs/$tok.pid"
+if printf 'a\0' | grep -qzxF a 2>/dev/null; then
+  marked() { grep -lzxF "$needle" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }
+else
+  marked() {
+    for d in /proc/[0-9]*; do
+      tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$needle" && echo "${d#/proc/}"
+    done
+  }
+fi
+if [ "$mode" = root ]; then
+  pid=$(cat "$pidfile" 2>/dev/null) || exit 0
+  if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF "$needle"; then
+    kill -s INT "$pid" 2>/dev/null
+  fi
+  exit 0
+fi
+for p in $(marked); do kill -s TERM "$p" 2>/dev/null; done
+i=0
+while [ -n "$(marked)" ] && [ "$i" -lt "$tenths" ]; do sleep 0.1; i=$((i + 1)); done
+i=0
+while [ -n "$(marked)" ] && [ "$i" -lt 20 ]; do
+  for p in $(marked); do kill -s KILL "$p" 2>/dev/null; done
+  sleep 0.1; i=$((i + 1))
+done
+rm -f "$pidfile"
+[ -z "$(marked)" ]
+"""
+
+
+def _word(value: str) -> str:
+    """Quote ``value`` as one sh word that fits on one line (newlines via ``$NL``)."""
+    if "\n" not in value:
+        return shlex.quote(value)
+    return "'" + value.replace("'", "'\\''").replace("\n", "'\"$NL\"'") + "'"
+
+
+def script_line(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    token: str,
+    stdin_from_stream: bool,
+) -> str:
+    """The one-line script the pod's shell reads and evaluates (see the module docstring)."""
+    assignments = " ".join(
+        _word(f"{key}={value}") for key, value in {**env, RUN_MARKER_VAR: token}.items()
+    )
+    command = " ".join(_word(arg) for arg in argv)
+    redirect = "" if stdin_from_stream else " </dev/null"
+    return (
+        "NL=$(printf '\\nx'); NL=${NL%x}; "
+        f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; '
+        f"cd {_word(cwd)} || exit 127; "
+        f"exec env -i {assignments} {command}{redirect}\n"
+    )
+
+
+class KubectlProcess:
+    """A command running in the pod, seen through the local ``kubectl exec`` process."""
+
+    def __init__(
+        self,
+        workspace: KubernetesWorkspace,
+        proc: asyncio.subprocess.Process,
+        local_token: str,
+        token: str,
+        line_limit: int,
+    ) -> None:
+        self._ws = workspace
+        self._proc = proc
+        self._local_token = local_token
+        self._token = token
+        self._line_limit = line_limit
+        self._stderr = StderrTail()
+        self._kill_task: asyncio.Task[int | None] | None = None
+        assert proc.stderr is not None  # noqa: S101 - always piped
+        self._stderr_task = asyncio.get_running_loop().create_task(
+            drain_stderr(proc.stderr, self._stderr), name=f"kubectl-stderr-{proc.pid}"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The local ``kubectl`` pid."""
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """``kubectl``'s exit code, which is the remote command's."""
+        return self._proc.returncode
+
+    async def stdout_lines(self) -> AsyncIterator[bytes]:
+        """The remote command's stdout, line by line."""
+        assert self._proc.stdout is not None  # noqa: S101 - always piped
+        async for line in read_lines(self._proc.stdout, self._line_limit):
+            yield line
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last lines of stderr (the command's and kubectl's own)."""
+        return self._stderr.tail(lines)
+
+    async def wait(self) -> int:
+        """Wait for ``kubectl`` (and so the remote command) to end."""
+        code = await self._proc.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._stderr_task)
+        return code
+
+    async def interrupt(self) -> None:
+        """SIGINT to the command inside the pod (kubectl does not forward signals)."""
+        if self._proc.returncode is None:
+            await self._ws.signal_in_pod(self._token, "root", timeout_s=3.0)
+
+    async def kill(self, grace_s: float = 1.0) -> int | None:
+        """End every marked process in the pod, then the local ``kubectl``; bounded."""
+        if self._kill_task is None:
+            self._kill_task = asyncio.get_running_loop().create_task(
+                self._terminate(grace_s), name=f"kubectl-kill-{self._proc.pid}"
+            )
+        return await finish_despite_cancel(self._kill_task)
+
+    async def _terminate(self, grace_s: float) -> int | None:
+        tenths = max(1, round(grace_s * 10))
+        await self._ws.signal_in_pod(self._token, "sweep", tenths, timeout_s=grace_s + 3.0)
+        # With the command gone, kubectl ends by itself; if the pod is unreachable it may
+        # not, and then only the local side can be cleaned up.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._proc.wait()
+        await terminate_tree(self._proc, self._local_token, 0.2)
+        if not self._stderr_task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await asyncio.shield(self._stderr_task)
+            self._stderr_task.cancel()
+        return self._proc.returncode
+
+
+class KubernetesWorkspace:
+    """Runs commands in one pod (and container) through ``kubectl exec``."""
+
+    def __init__(
+        self,
+        *,
+        pod: str,
+        namespace: str = "default",
+        container: str | None = None,
+        context: str | None = None,
+        kubectl: str = "kubectl",
+        kubectl_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._pod = pod
+        self._namespace = namespace
+        self._container = container
+        self._context = context
+        self._kubectl = kubectl
+        # kubectl's own environment (KUBECONFIG, HOME for ~/.kube, PATH for auth plugins).
+        self._kubectl_env = dict(kubectl_env or {})
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> KubernetesWorkspace:
+        """Configured from ``kubectl_bin``, ``kube_context``, ``kube_namespace``,
+        ``kube_pod`` and ``kube_container``; kubectl sees ``KUBECONFIG``, ``HOME`` and
+        ``PATH`` of ``environ``."""
+        if not settings.kube_pod:
+            from forgeline.domain.errors import ConfigurationError
+
+            raise ConfigurationError("FORGELINE_WORKSPACE=kubernetes needs FORGELINE_KUBE_POD")
+        keep = ("PATH", "HOME", "KUBECONFIG", "LANG")
+        return cls(
+            pod=settings.kube_pod,
+            namespace=settings.kube_namespace,
+            container=settings.kube_container,
+            context=settings.kube_context,
+            kubectl=settings.kubectl_bin,
+            kubectl_env={k: environ[k] for k in keep if k in environ},
+        )
+
+    @property
+    def name(self) -> str:
+        """``kubernetes``."""
+        return "kubernetes"
+
+    def exec_argv(self, command: Sequence[str], *, stdin: bool) -> list[str]:
+        """The ``kubectl exec`` command line for ``command`` in the configured pod."""
+        argv = [self._kubectl]
+        if self._context:
+            argv += ["--context", self._context]
+        argv += ["--namespace", self._namespace, "exec"]
+        if stdin:
+            argv.append("-i")
+        argv.append(self._pod)
+        if self._container:
+            argv += ["-c", self._container]
+        return [*argv, "--", *command]
+
+    async def _start(
+        self, command: Sequence[str], *, stdin: bool, limit: int
+    ) -> tuple[asyncio.subprocess.Process, str]:
+        token = uuid.uuid4().hex
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.exec_argv(command, stdin=stdin),
+                env={**self._kubectl_env, RUN_MARKER_VAR: token},
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=limit,
+            )
+        except OSError as exc:
+            reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+            raise WorkspaceError(f"cannot start {self._kubectl!r}: {reason}") from exc
+        return proc, token
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+    ) -> KubectlProcess:
+        """Start ``argv`` in the pod; its stdin is ``/dev/null`` there."""
+        if not argv:
+            raise WorkspaceError("empty command")
+        proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=line_limit)
+        token = uuid.uuid4().hex
+        line = script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=False)
+        assert proc.stdin is not None  # noqa: S101 - piped above
+        try:
+            proc.stdin.write(line.encode())
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            await terminate_tree(proc, local_token, 0.2)
+            raise WorkspaceError(f"kubectl exec into {self._pod!r} failed at start") from exc
+        return KubectlProcess(self, proc, local_token, token, line_limit)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout_s: float,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` in the pod to its end; on timeout or cancellation kill it there."""
+        if not argv:
+            raise WorkspaceError("empty command")
+        proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=2**16)
+        token = uuid.uuid4().hex
+        line = script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=stdin is not None)
+        try:
+            async with asyncio.timeout(timeout_s):
+                out, err = await proc.communicate(line.encode() + (stdin or b""))
+        except TimeoutError as exc:
+            await self._reap(proc, local_token, token)
+            raise WorkspaceError(
+                f"{argv[0]} did not finish within {timeout_s:g} s in pod {self._pod!r}"
+            ) from exc
+        except asyncio.CancelledError:
+            await self._reap(proc, local_token, token)
+            raise
+        assert proc.returncode is not None  # noqa: S101 - communicate() waited for it
+        return CommandResult(tuple(argv), proc.returncode, out, err)
+
+    async def _reap(self, proc: asyncio.subprocess.Process, local_token: str, token: str) -> None:
+        async def reap() -> None:
+            await self.signal_in_pod(token, "sweep", 5, timeout_s=3.0)
+            await terminate_tree(proc, local_token, 0.2)
+
+        await finish_despite_cancel(
+            asyncio.get_running_loop().create_task(reap(), name=f"kubectl-reap-{proc.pid}")
+        )
+
+    async def signal_in_pod(
+        self, token: str, mode: str, tenths: int = 10, *, timeout_s: float
+    ) -> bool:
+        """Run :data:`_SIGNAL_SCRIPT` in the pod; True when it reports nothing left.
+
+        Never raises: a pod that cannot be reached is reported by the return value (and the
+        caller still cleans up the local side).
+        """
+        argv = self.exec_argv(
+            ["sh", "-c", _SIGNAL_SCRIPT, "forgeline-signal", token, mode, str(tenths)],
+            stdin=False,
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=self._kubectl_env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await proc.wait() == 0
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return False
+
+    async def ensure_dir(self, path: str) -> None:
+        """``mkdir -p`` in the pod."""
+        result = await self.run(
+            ["mkdir", "-p", "-m", "700", path], cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout_s=30
+        )
+        if not result.ok:
+            raise WorkspaceError(
+                f"cannot create {path!r} in pod {self._pod!r}: {result.stderr_tail(3)}"
+            )

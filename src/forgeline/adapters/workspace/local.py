@@ -1,0 +1,305 @@
+"""The local workspace: commands run as children of forgeline, in a directory on this host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from forgeline.adapters._aio import finish_despite_cancel
+from forgeline.adapters.workspace.proctree import find_run_processes, signal_all
+from forgeline.domain.errors import LineTooLongError, WorkspaceError
+from forgeline.ports.workspace import RUN_MARKER_VAR, CommandResult
+
+#: How often the kill sequence looks for processes that are still there.
+_POLL_S = 0.05
+#: After SIGKILL, how long to wait for the kernel to take everything down.
+_KILL_WAIT_S = 2.0
+#: stderr kept per process: the last lines, and never more than this many bytes.
+_STDERR_KEEP_LINES = 200
+_STDERR_KEEP_BYTES = 64 * 1024
+
+
+class StderrTail:
+    """The last lines of a stream, bounded in lines and bytes."""
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque(maxlen=_STDERR_KEEP_LINES)
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Add a chunk read from the stream."""
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        self._partial = self._partial[-_STDERR_KEEP_BYTES:]
+        for line in complete:
+            self._lines.append(line[-_STDERR_KEEP_BYTES:].decode(errors="replace"))
+
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines (a trailing partial line included)."""
+        kept = list(self._lines)
+        if self._partial:
+            kept.append(self._partial.decode(errors="replace"))
+        text = "\n".join(kept[-lines:])
+        return text[-_STDERR_KEEP_BYTES:]
+
+
+async def drain_stderr(stream: asyncio.StreamReader, sink: StderrTail) -> None:
+    """Read ``stream`` to EOF into ``sink`` (so the child never blocks on a full pipe)."""
+    while chunk := await stream.read(65536):
+        sink.feed(chunk)
+
+
+async def read_lines(stream: asyncio.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """Lines of ``stream`` without their newline; ``LineTooLongError`` past ``limit`` bytes.
+
+    The stream must have been created with ``limit`` as its buffer limit: asyncio then stops
+    buffering at the limit and raises instead, so an endless line cannot exhaust memory.
+    """
+    while True:
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                yield exc.partial  # the last line had no newline
+            return
+        except asyncio.LimitOverrunError as exc:
+            raise LineTooLongError(limit) from exc
+        yield line[:-1]
+
+
+class LocalProcess:
+    """A command started by :class:`LocalWorkspace`, in its own session, marked by a token."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, token: str, line_limit: int) -> None:
+        self._proc = proc
+        self._token = token
+        self._line_limit = line_limit
+        self._stderr = StderrTail()
+        self._kill_task: asyncio.Task[int | None] | None = None
+        assert proc.stderr is not None  # noqa: S101 - spawn always pipes stderr
+        self._stderr_task = asyncio.get_running_loop().create_task(
+            drain_stderr(proc.stderr, self._stderr), name=f"stderr-{proc.pid}"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid."""
+        return self._proc.pid
+
+    @property
+    def token(self) -> str:
+        """The marker value every process of this command carries."""
+        return self._token
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, once reaped."""
+        return self._proc.returncode
+
+    async def stdout_lines(self) -> AsyncIterator[bytes]:
+        """Stdout line by line; ``LineTooLongError`` past the line limit."""
+        assert self._proc.stdout is not None  # noqa: S101 - spawn always pipes stdout
+        async for line in read_lines(self._proc.stdout, self._line_limit):
+            yield line
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last lines of stderr."""
+        return self._stderr.tail(lines)
+
+    async def wait(self) -> int:
+        """The exit code, once the child ended and stderr was read to its end."""
+        code = await self._proc.wait()
+        # stderr may still hold the child's last words; they matter for error reports.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._stderr_task)
+        return code
+
+    async def interrupt(self) -> None:
+        """SIGINT to the command itself (not its group: it decides what to tell its tools)."""
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGINT)
+
+    async def kill(self, grace_s: float = 1.0) -> int | None:
+        """SIGTERM to the command's group and every marked process, then SIGKILL."""
+        if self._kill_task is None:
+            self._kill_task = asyncio.get_running_loop().create_task(
+                self._terminate(grace_s), name=f"kill-{self._proc.pid}"
+            )
+        return await finish_despite_cancel(self._kill_task)
+
+    async def _terminate(self, grace_s: float) -> int | None:
+        code = await terminate_tree(self._proc, self._token, grace_s)
+        if not self._stderr_task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await asyncio.shield(self._stderr_task)
+            self._stderr_task.cancel()
+        return code
+
+
+def _signal_tree(proc: asyncio.subprocess.Process, token: str, sig: int) -> None:
+    """Signal the command's group (while its leader lives) and every marked process."""
+    if proc.returncode is None:
+        # While the leader is unreaped its pid cannot be reused, so the group is ours.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+    signal_all(find_run_processes(token, (proc.pid,)), sig)
+
+
+async def _gone_by(
+    proc: asyncio.subprocess.Process, token: str, deadline: float, resend: int | None = None
+) -> bool:
+    loop = asyncio.get_running_loop()
+    while True:
+        left = find_run_processes(token, (proc.pid,))
+        if not left and proc.returncode is not None:
+            return True
+        if loop.time() >= deadline:
+            return False
+        if resend is not None:
+            # A process forked between two sweeps must not survive the kill.
+            signal_all(left, resend)
+        await asyncio.sleep(_POLL_S)
+
+
+async def terminate_tree(
+    proc: asyncio.subprocess.Process, token: str, grace_s: float
+) -> int | None:
+    """SIGTERM to ``proc``'s group and every process marked ``token``; after ``grace_s``,
+    SIGKILL until none is left (bounded by ``grace_s`` + 2 * ``_KILL_WAIT_S``).
+
+    Also sweeps when ``proc`` itself has already exited: its escaped descendants are what
+    outlives it. Returns ``proc``'s exit code (None if it could not be reaped in time).
+    """
+    loop = asyncio.get_running_loop()
+    _signal_tree(proc, token, signal.SIGTERM)
+    if not await _gone_by(proc, token, loop.time() + grace_s):
+        _signal_tree(proc, token, signal.SIGKILL)
+        await _gone_by(proc, token, loop.time() + _KILL_WAIT_S, resend=signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_KILL_WAIT_S):
+            await proc.wait()
+    _release_pipes(proc)
+    return proc.returncode
+
+
+def _release_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close the child's pipes: lines nobody read by now are dropped.
+
+    ``asyncio.subprocess.Process`` has no public ``close``; its transport closes itself
+    only once every pipe reached EOF, which never happens for a stdout the reader stopped
+    reading (a line over the cap), and an unclosed transport leaks its pipes.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
+class LocalWorkspace:
+    """Commands run on this host, each in its own session, with exactly the env given."""
+
+    @property
+    def name(self) -> str:
+        """``local``."""
+        return "local"
+
+    async def _start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        limit: int,
+        stdin: int,
+    ) -> tuple[asyncio.subprocess.Process, str]:
+        if not argv:
+            raise WorkspaceError("empty command")
+        token = uuid.uuid4().hex
+        child_env = {**env, RUN_MARKER_VAR: token}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=child_env,
+                stdin=stdin,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                # Its own session: a Ctrl-C at forgeline's terminal does not hit the child
+                # behind forgeline's back, and the group can be signalled as a whole.
+                start_new_session=True,
+                limit=limit,
+            )
+        except FileNotFoundError as exc:
+            # The child reports which path was missing: the directory or the program.
+            what = f"directory {cwd!r}" if exc.filename == cwd else f"program {argv[0]!r}"
+            raise WorkspaceError(f"cannot start {argv[0]!r}: {what} not found") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise WorkspaceError(f"cannot start {argv[0]!r} in {cwd!r}: {reason}") from exc
+        return proc, token
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+    ) -> LocalProcess:
+        """Start ``argv`` with stdin on ``/dev/null``."""
+        proc, token = await self._start(
+            argv, cwd=cwd, env=env, limit=line_limit, stdin=asyncio.subprocess.DEVNULL
+        )
+        return LocalProcess(proc, token, line_limit)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout_s: float,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run to the end; on timeout or cancellation the whole command tree is killed."""
+        proc, token = await self._start(
+            argv,
+            cwd=cwd,
+            env=env,
+            limit=2**16,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                out, err = await proc.communicate(stdin)
+        except TimeoutError as exc:
+            await self._reap(proc, token)
+            raise WorkspaceError(
+                f"{argv[0]} did not finish within {timeout_s:g} s and was killed"
+            ) from exc
+        except asyncio.CancelledError:
+            await self._reap(proc, token)
+            raise
+        assert proc.returncode is not None  # noqa: S101 - communicate() waited for it
+        return CommandResult(tuple(argv), proc.returncode, out, err)
+
+    @staticmethod
+    async def _reap(proc: asyncio.subprocess.Process, token: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            terminate_tree(proc, token, 0.5), name=f"kill-{proc.pid}"
+        )
+        await finish_despite_cancel(task)
+
+    async def ensure_dir(self, path: str) -> None:
+        """``mkdir -p`` (mode 0700 for what it creates)."""
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - mode + exist_ok
+        except OSError as exc:
+            raise WorkspaceError(f"cannot create {path!r}: {exc.strerror or exc}") from exc
