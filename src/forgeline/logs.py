@@ -46,25 +46,26 @@ class Redactor:
 
     def add(self, value: str, name: str) -> None:
         """Mask ``value`` (and its common encodings) from now on, as ``[REDACTED:<name>]``."""
-        if not isinstance(value, str) or len(value) < self.MIN_LENGTH:
-            return
-        forms = [form for form in encoded_forms(value) if len(form) >= self.MIN_LENGTH]
+        self.add_many([(value, name)])
+
+    def add_many(self, items: Iterable[tuple[str, str]]) -> None:
+        """``add`` for each ``(value, name)``, rebuilding the pattern once."""
+        wanted: dict[str, str] = {}
+        for value, name in items:
+            if isinstance(value, str) and len(value) >= self.MIN_LENGTH:
+                for form in encoded_forms(value):
+                    if len(form) >= self.MIN_LENGTH:
+                        wanted[form] = name
         with self._lock:
-            if all(self._names.get(form) == name for form in forms):
+            if all(self._names.get(form) == name for form, name in wanted.items()):
                 return
-            for form in forms:
-                self._names[form] = name
+            self._names.update(wanted)
             names = dict(self._names)
             # A lookahead around a trie of every form: matches at *each* position where
             # some form starts (so overlapping occurrences are all seen), longest first,
             # in time independent of how many secrets are registered.
             pattern = re.compile(f"(?=({_trie_regex(names)}))", re.DOTALL)
             self._snapshot = (pattern, names)
-
-    def add_many(self, items: Iterable[tuple[str, str]]) -> None:
-        """``add`` for each ``(value, name)``."""
-        for value, name in items:
-            self.add(value, name)
 
     def __len__(self) -> int:
         """How many strings (values and their encoded forms) are masked."""

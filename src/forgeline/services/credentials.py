@@ -9,7 +9,7 @@ through :meth:`CredentialInjector.secret` the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from forgeline.domain.project import Project
@@ -20,8 +20,8 @@ from forgeline.ports.credentials import CredentialStore
 class SecretRegistry(Protocol):
     """What injection needs from :class:`forgeline.logs.Redactor`."""
 
-    def add(self, value: str, name: str) -> None:
-        """Mask ``value`` as ``[REDACTED:<name>]`` from now on."""
+    def add_many(self, items: Iterable[tuple[str, str]]) -> None:
+        """Mask each ``value`` as ``[REDACTED:<name>]`` from now on."""
         ...
 
 
@@ -32,9 +32,11 @@ class CredentialInjector:
         self.store = store
         self.redactor = redactor
 
-    def _register(self, secret: Secret, fallback_name: str) -> Secret:
-        self.redactor.add(secret.reveal(), secret.name or fallback_name)
-        return secret
+    def _register(self, secrets: Mapping[str, Secret]) -> None:
+        # Keys are fallback names; a stored Secret always carries its credential's name.
+        self.redactor.add_many(
+            (secret.reveal(), secret.name or fallback) for fallback, secret in secrets.items()
+        )
 
     async def resolve(
         self, mapping: Mapping[str, str], *, project: str | None, task_id: str | None
@@ -47,8 +49,7 @@ class CredentialInjector:
         if not mapping:
             return {}
         secrets = await self.store.resolve(mapping, project=project, task_id=task_id)
-        for var, secret in secrets.items():
-            self._register(secret, mapping[var])
+        self._register({mapping[var]: secret for var, secret in secrets.items()})
         return secrets
 
     async def for_build(self, project: Project, task_id: str) -> dict[str, Secret]:
@@ -60,9 +61,9 @@ class CredentialInjector:
 
         ``CredentialNotFoundError`` if neither the project nor the global scope has it.
         """
-        return self._register(
-            await self.store.get(name, project=project, task_id=task_id), fallback_name=name
-        )
+        secret = await self.store.get(name, project=project, task_id=task_id)
+        self._register({name: secret})
+        return secret
 
 
 def reveal_env(secrets: Mapping[str, Secret]) -> dict[str, str]:
