@@ -19,10 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgeline.adapters.credentials import load_keyring, open_credential_store
 from forgeline.adapters.credentials.base import MAX_VALUE_BYTES
 from forgeline.adapters.sql.database import open_database
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.bootstrap import build_credential_store
 from forgeline.domain.agent import format_time
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.domain.secrets import Secret
@@ -45,14 +45,12 @@ ProjectOption = Annotated[
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[CredentialStore]:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    master_key = settings.master_key.get_secret_value() if settings.master_key else None
-    keyring = await asyncio.to_thread(load_keyring, master_key, settings.data_dir)
     database = open_database(settings.database_url)
     try:
         await database.open()
         if settings.auto_migrate:
             await migrate(database)
-        yield open_credential_store(database, keyring)
+        yield build_credential_store(settings, database)
     finally:
         await database.aclose()
 
@@ -95,8 +93,23 @@ def _scope(project: str | None) -> str:
 
 
 @app.command("set")
-def set_(name: str, project: ProjectOption = None, json_out: JsonOption = False) -> None:
+def set_(
+    name: str,
+    project: ProjectOption = None,
+    json_out: JsonOption = False,
+    stray: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
+) -> None:
     """Store NAME (value from stdin or a hidden prompt; never an argument)."""
+    if stray:
+        # Caught here rather than by click, whose "unexpected extra argument" error would
+        # print the value back. The value is not repeated: it is probably a real secret.
+        typer.echo(
+            "error: a value is never taken as an argument (it would stay in shell history and "
+            f"show in `ps`); pipe it: `forgeline credential set {name} < file`, or omit it to "
+            "be prompted",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         value = _read_value(name)
     except ForgelineError as exc:
