@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.logs import Redactor
+from forgeline.ports.credentials import CredentialStore
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
 
@@ -44,6 +45,15 @@ def build_registry(settings: Settings) -> ProviderRegistry:
     return registry
 
 
+def build_credential_store(settings: Settings, database: Database) -> CredentialStore:
+    """The credential store on ``database``; master key from FORGELINE_MASTER_KEY or the key
+    file in the data directory (created owner-only on first run)."""
+    from forgeline.adapters.credentials import load_keyring, open_credential_store
+
+    master_key = settings.master_key.get_secret_value() if settings.master_key else None
+    return open_credential_store(database, load_keyring(master_key, settings.data_dir))
+
+
 @dataclass
 class Container:
     """Everything an entrypoint needs, built from one :class:`Settings`."""
@@ -52,6 +62,8 @@ class Container:
     registry: ProviderRegistry
     database: Database
     redactor: Redactor = field(default_factory=Redactor)
+    #: Set by :func:`open_container` (after migrations); tests may pass their own.
+    credentials: CredentialStore | None = None
 
     async def ping_database(self) -> None:
         """Raise ``StorageError`` unless the database answers (readiness)."""
@@ -74,6 +86,8 @@ async def open_container(settings: Settings) -> AsyncIterator[Container]:
     try:
         if settings.auto_migrate:
             await migrate(database)
+        if container.credentials is None:
+            container.credentials = build_credential_store(settings, database)
         yield container
     finally:
         await container.aclose()

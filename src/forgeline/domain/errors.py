@@ -18,6 +18,7 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── TaskNotFoundError
     │   ├── TemplateNotFoundError
     │   └── CredentialNotFoundError
+    │       └── MissingCredentialsError  a project names credentials no scope holds
     ├── ConflictError                   (409)
     │   ├── DuplicateProviderError
     │   ├── ProjectExistsError
@@ -169,6 +170,24 @@ class CredentialNotFoundError(NotFoundError):
         super().__init__(f"no credential named {name!r} in {scope}")
         self.name = name
         self.project = project
+
+
+class MissingCredentialsError(CredentialNotFoundError):
+    """A project's builds are declared to receive credentials that exist in no scope."""
+
+    code = "credential_missing"
+
+    def __init__(self, project: str | None, missing: dict[str, str]) -> None:
+        # ``missing`` maps environment variable -> credential name; both are names only.
+        listing = ", ".join(f"{name!r} (for {var})" for var, name in sorted(missing.items()))
+        where = f"project {project!r}" if project else "the build"
+        scopes = f"project {project!r} nor the global scope" if project else "the global scope"
+        ForgelineError.__init__(
+            self, f"{where} needs credentials that neither {scopes} holds: {listing}"
+        )
+        self.name = min(missing.values()) if missing else ""
+        self.project = project
+        self.missing = dict(missing)
 
 
 class ConflictError(ForgelineError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
+
+from forgeline.domain.errors import ValidationError
 
 _MASK: Final = "[REDACTED]"
 
@@ -52,3 +55,31 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+def validate_credential_name(name: str) -> str:
+    """Return ``name`` if it is a valid credential name, else raise ``ValidationError``.
+
+    Letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most 128
+    characters: names appear in URLs (``/credentials/{name}``), masks and log lines.
+    """
+    if not isinstance(name, str) or not _CREDENTIAL_NAME.fullmatch(name):
+        raise ValidationError(
+            f"invalid credential name {name!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 128 characters"
+        )
+    return name
+
+
+def validate_env_var(name: str) -> str:
+    """Return ``name`` if it can be an environment variable name, else ``ValidationError``."""
+    if not isinstance(name, str) or not _ENV_VAR.fullmatch(name):
+        raise ValidationError(
+            f"invalid environment variable name {name!r}: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    return name

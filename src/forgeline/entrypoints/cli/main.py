@@ -12,6 +12,7 @@ from rich.table import Table
 
 from forgeline import __version__
 from forgeline.bootstrap import build_registry
+from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
 from forgeline.entrypoints.cli.agent_run import agent_app
 from forgeline.settings import Settings
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(agent_app, name="agent")
 app.add_typer(db_cli.app, name="db")
+app.add_typer(credentials_cli.app, name="credential")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -1,0 +1,116 @@
+"""``forgeline credential …`` as a user runs it: real processes, a real database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from forgeline.adapters.credentials.keys import read_key_file
+
+
+def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``forgeline`` with only FORGELINE_DATA_DIR set, ``stdin`` piped in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
+    env["FORGELINE_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "forgeline", "credential", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_set_list_delete_rotate(tmp_path: Path) -> None:
+    """set (stdin), list --json, rotate-key, delete: values never in any output nor the db file."""
+    data = tmp_path / "data"
+    global_value = f"glob-{secrets.token_urlsafe(20)}"
+    project_value = f"proj-{secrets.token_urlsafe(20)}"
+    outputs: list[str] = []
+
+    def run(*args: str, stdin: str = "", code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = cli(data, *args, stdin=stdin)
+        outputs.append(done.stdout + done.stderr)
+        assert done.returncode == code, done.stderr
+        return done
+
+    assert (
+        "stored credential 'api-key' (global scope)"
+        in run("set", "api-key", stdin=global_value + "\n").stdout
+    )
+    stored = json.loads(
+        run("set", "api-key", "--project", "myapp", "--json", stdin=project_value).stdout
+    )
+    assert (stored["name"], stored["scope"], stored["project"]) == ("api-key", "project", "myapp")
+
+    listed = json.loads(run("list", "--json").stdout)
+    assert [(c["name"], c["scope"]) for c in listed] == [
+        ("api-key", "global"),
+        ("api-key", "project"),
+    ]
+    assert all("value" not in c for c in listed)
+    assert [
+        c["project"] for c in json.loads(run("list", "--project", "myapp", "--json").stdout)
+    ] == ["myapp"]
+    assert "api-key" in run("list").stdout
+
+    [old_key] = read_key_file(data / "master.key")
+    report = json.loads(run("rotate-key", "--json").stdout)
+    assert report["re_encrypted"] == 2
+    assert report["retired_key_ids"] == [old_key.id]
+    assert [k.id for k in read_key_file(data / "master.key")] == [report["key_id"]]
+
+    assert (
+        "deleted credential 'api-key' (project 'myapp')"
+        in run("delete", "api-key", "--project", "myapp").stdout
+    )
+    missing = run("delete", "api-key", "--project", "myapp", code=1)
+    assert "no credential named 'api-key' in project 'myapp'" in missing.stderr
+    assert [c["scope"] for c in json.loads(run("list", "--json").stdout)] == ["global"]
+
+    everything = "".join(outputs)
+    db_bytes = b"".join(p.read_bytes() for p in data.glob("forgeline.db*"))
+    for plain in (global_value, project_value):
+        assert plain not in everything
+        assert plain.encode() not in db_bytes
+
+
+def test_value_is_never_an_argument(tmp_path: Path) -> None:
+    """A value given as an argument is refused without being echoed; empty stdin is refused."""
+    value = f"oops-{secrets.token_urlsafe(16)}"
+    done = cli(tmp_path, "set", "api-key", value)
+    assert done.returncode == 2
+    assert "never taken as an argument" in done.stderr
+    assert value not in done.stdout + done.stderr
+    empty = cli(tmp_path, "set", "api-key", stdin="")
+    assert empty.returncode == 1
+    assert "no value given" in empty.stderr
+    assert json.loads(cli(tmp_path, "list", "--json").stdout) == []
+
+
+def test_wrong_master_key_is_a_clear_error(tmp_path: Path) -> None:
+    """With another FORGELINE_MASTER_KEY, set fails naming the key ids, without a traceback."""
+    assert cli(tmp_path, "set", "api-key", stdin="first-value-123").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
+    env |= {
+        "FORGELINE_DATA_DIR": str(tmp_path),
+        "FORGELINE_MASTER_KEY": "A" * 43,  # base64 of 32 zero bytes: valid, but not ours
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "forgeline", "credential", "set", "other"],
+        input="second-value-456",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot store credentials")
+    assert "Traceback" not in done.stderr
