@@ -11,6 +11,7 @@ receiver's secret). How it answers is scripted::
         ...
         got = await receiver.wait_for(1, timeout_s=10)
 
+With ``ssl_context`` it serves HTTPS (the context holds the certificate).
 ``down()`` stops listening (connections are refused) and ``up()`` listens again on the same
 port, to play a receiver that is down for a while. ``stop()`` (or leaving the ``with``)
 releases hanging requests and joins the thread, so nothing outlives the test.
@@ -19,6 +20,7 @@ releases hanging requests and joins the thread, so nothing outlives the test.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,13 +56,27 @@ class ReceivedCallback:
         return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog (5) drops connections when many deliveries arrive at once; the
+    # sender then sees a connect timeout that has nothing to do with what a test checks.
+    request_queue_size = 128
+
+
 class CallbackReceiver:
     """A scriptable webhook receiver on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, secret: str, *, port: int = 0, default: int = 200) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        port: int = 0,
+        default: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.secret = secret
         self.default = default
         self._port = port
+        self._ssl_context = ssl_context
         self._lock = threading.Condition()
         self._script: list[int | Behaviour] = []
         self._received: list[ReceivedCallback] = []
@@ -75,17 +91,20 @@ class CallbackReceiver:
         """The port (fixed after the first ``start``, so ``down``/``up`` keep it)."""
         return self._port
 
-    def url(self, path: str = "/hook") -> str:
-        """The URL of ``path`` on this receiver."""
-        return f"http://127.0.0.1:{self._port}{path}"
+    def url(self, path: str = "/hook", *, host: str = "127.0.0.1") -> str:
+        """The URL of ``path`` on this receiver (``host``: a name that resolves to it)."""
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}{path}"
 
     def start(self) -> CallbackReceiver:
         """Listen (again) on the port; idempotent."""
         if self._server is not None:
             return self
         self._release.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), self._handler_class())
+        server = _Server(("127.0.0.1", self._port), self._handler_class())
         server.daemon_threads = True
+        if self._ssl_context is not None:
+            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
