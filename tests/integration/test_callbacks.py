@@ -182,6 +182,14 @@ async def test_delivered_with_signature_and_headers(
         None,
     )
     assert attempt.duration_ms >= 0
+    view = stored.as_public()
+    assert view["url"] == receiver.url("/hook")  # the query (a token) is not shown
+    assert view["status"] == "delivered"
+    assert view["next_attempt_at"] is None
+    assert [(a["number"], a["status_code"], a["outcome"]) for a in view["attempts"]] == [
+        (1, 200, "delivered")
+    ]
+    json.dumps(view)  # JSON-ready as is
 
 
 async def test_receiver_down_then_up(db: SqliteDatabase, receiver: CallbackReceiver) -> None:

@@ -124,6 +124,29 @@ class CallbackDelivery:
     lease_expires_at: datetime | None = None
     history: tuple[DeliveryAttempt, ...] = field(default=())
 
+    def as_public(self) -> dict[str, Any]:
+        """A JSON-ready view for the API (``GET /tasks/{id}``): no body, no URL secrets."""
+        return {
+            "id": self.id,
+            "event": self.event,
+            "url": self.display_url,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "next_attempt_at": (None if self.status.is_final else self.next_attempt_at.isoformat()),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "attempts": [
+                {
+                    "number": attempt.number,
+                    "at": attempt.started_at.isoformat(),
+                    "duration_ms": attempt.duration_ms,
+                    "outcome": attempt.outcome.value,
+                    "status_code": attempt.status_code,
+                    "error": attempt.error,
+                }
+                for attempt in self.history
+            ],
+        }
+
     @property
     def payload(self) -> Any:
         """The JSON payload (decoded from :attr:`body`)."""
@@ -133,6 +156,27 @@ class CallbackDelivery:
     def display_url(self) -> str:
         """The URL without credentials, query or fragment: safe for logs and the API."""
         return display_url(self.url)
+
+
+def build_payload(
+    *,
+    task_id: str,
+    project_id: str,
+    status: str,
+    output: str | None,
+    artifacts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``build.completed`` payload of DESIGN.md.
+
+    ``status`` is the task's final status (``completed``/``failed``/``cancelled``);
+    ``artifacts`` holds ``commit_sha``, ``deploy_url``, ``pipeline``, ``branch`` as known.
+    """
+    return {
+        "task_id": task_id,
+        "project_id": project_id,
+        "status": status,
+        "result": {"output": output, "artifacts": dict(artifacts or {})},
+    }
 
 
 def canonical_body(payload: Mapping[str, Any]) -> bytes:
@@ -369,8 +413,8 @@ def _non_public_kind(address: IPAddress) -> str | None:
         ("loopback", address.is_loopback),
         ("unspecified", address.is_unspecified),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         ("not public", not address.is_global),
     )
     return next((kind for kind, matches in kinds if matches), None)
@@ -385,18 +429,18 @@ def address_refusal(host: str, address: IPAddress, allow: AllowList) -> str | No
     - every other (public) address: allowed.
     """
     inner = embedded_ipv4(address)
-    judged = [address] if inner is None else [address, inner]
-    for candidate in judged:
-        reason = _always_refused(candidate)
+    for candidate in (address, inner):
+        reason = None if candidate is None else _always_refused(candidate)
         if reason:
             return f"address {candidate} {reason} (never allowed)"
-    for candidate in judged:
-        kind = _non_public_kind(candidate)
-        if kind and not allow.allows(host, address):
-            return (
-                f"address {candidate} is {kind}; list the host or a network containing it "
-                "in FORGELINE_CALLBACK_ALLOWED_HOSTS to allow it"
-            )
+    # An IPv6 form of an IPv4 address reaches that IPv4 host: judge the host it reaches.
+    judged = address if inner is None else inner
+    kind = _non_public_kind(judged)
+    if kind and not allow.allows(host, address):
+        return (
+            f"address {judged} is {kind}; list the host or a network containing it "
+            "in FORGELINE_CALLBACK_ALLOWED_HOSTS to allow it"
+        )
     return None
 
 

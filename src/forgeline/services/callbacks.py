@@ -242,6 +242,7 @@ class CallbackDispatcher:
         self._stopping = False
         self._client = self._make_client()
         self._task = asyncio.create_task(self._loop(), name=f"callback-dispatcher:{self.owner}")
+        self._task.add_done_callback(_loop_ended)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming; let in-flight deliveries finish within ``grace_s``, cancel the rest.
@@ -256,13 +257,10 @@ class CallbackDispatcher:
         task, self._task = self._task, None
         if task is not None:
             # The loop only waits (claim, sleep); it exits at its next wake-up.
-            try:
-                async with asyncio.timeout(max(grace, 1.0)):
-                    await task
-            except TimeoutError:
+            _done, pending = await asyncio.wait({task}, timeout=max(grace, 1.0))
+            if pending:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task})
         await self._drain(grace)
         client, self._client = self._client, None
         if client is not None:
@@ -272,19 +270,22 @@ class CallbackDispatcher:
         if not self._inflight:
             return
         _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
-        for task in pending:
+        # Snapshot first: a finished task removes itself from _inflight.
+        cancelled = {task: self._inflight[task] for task in pending if task in self._inflight}
+        for task in cancelled:
             task.cancel()
-        for task in pending:
-            claimed = self._inflight.get(task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if claimed is not None:
-                try:
-                    async with asyncio.timeout(5.0):
-                        await self.outbox.release(claimed)
-                except (ForgelineError, TimeoutError) as exc:
-                    # The lease expires on its own; the delivery is only delayed.
-                    _log.warning("callback release failed", delivery=claimed.id, error=str(exc))
+        for task, claimed in cancelled.items():
+            # asyncio.wait, not ``await task``: the task's CancelledError stays its own, and
+            # a cancellation of stop() itself still propagates.
+            await asyncio.wait({task})
+            if not task.cancelled():
+                continue  # it finished (and recorded its attempt) before the cancel landed
+            try:
+                async with asyncio.timeout(5.0):
+                    await self.outbox.release(claimed)
+            except (ForgelineError, TimeoutError) as exc:
+                # The lease expires on its own; the delivery is only delayed.
+                _log.warning("callback release failed", delivery=claimed.id, error=str(exc))
         self._inflight.clear()
 
     async def __aenter__(self) -> CallbackDispatcher:
@@ -325,27 +326,25 @@ class CallbackDispatcher:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            try:
-                claimed = await self._claim()
-            except ForgelineError as exc:
-                # The database may be back at the next poll; the loop must outlive it.
-                _log.warning("callback claim failed", error=str(exc))
-                claimed = []
+            free = self.config.concurrency - len(self._inflight)
+            claimed: list[CallbackDelivery] = []
+            if free > 0:
+                try:
+                    claimed = await self.outbox.claim_due(
+                        self.owner, limit=free, lease_s=self.config.lease_s
+                    )
+                except ForgelineError as exc:
+                    # The database may be back at the next poll; the loop must outlive it.
+                    _log.warning("callback claim failed", error=str(exc))
             if self._stopping:
                 for delivery in claimed:
                     await self._release_quietly(delivery)
                 return
             for delivery in claimed:
                 self._spawn(delivery)
-            if claimed and len(self._inflight) < self.config.concurrency:
-                continue  # there may be more due right now
+            if claimed and len(claimed) == free:
+                continue  # the batch was full: more may be due right now (if a slot frees)
             await self._sleep()
-
-    async def _claim(self) -> list[CallbackDelivery]:
-        free = self.config.concurrency - len(self._inflight)
-        if free <= 0:
-            return []
-        return await self.outbox.claim_due(self.owner, limit=free, lease_s=self.config.lease_s)
 
     def _spawn(self, delivery: CallbackDelivery) -> None:
         task = asyncio.create_task(self._deliver_logged(delivery), name=f"callback:{delivery.id}")
@@ -355,6 +354,10 @@ class CallbackDispatcher:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
         self._wake.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a delivery failure (those are recorded): log it, keep the loop alive;
+            # the row's lease expires and it is tried again.
+            _log.error("callback delivery crashed", task=task.get_name(), exc_info=task.exception())
 
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval_s
@@ -564,6 +567,11 @@ class CallbackDispatcher:
         for secret_part in _secret_parts(url):
             text = text.replace(secret_part, "[REDACTED]")
         return self._redactor.redact(text) if self._redactor is not None else text
+
+
+def _loop_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("callback dispatcher stopped", task=task.get_name(), exc_info=task.exception())
 
 
 def _secret_parts(url: str) -> list[str]:
