@@ -144,6 +144,8 @@ async def test_claim_leases_and_hides_from_others(env: Env) -> None:
     assert claimed.lease_token == 1
     assert claimed.lease_expires_at == T0 + timedelta(seconds=30)
     assert await env.another().claim_due("w2", limit=10, lease_s=30) == []
+    # Not claimable before the lease runs out: that is when it is next due for anyone.
+    assert await env.outbox.next_attempt_at() == T0 + timedelta(seconds=30)
 
 
 async def test_expired_lease_is_reclaimed_and_fences_the_old_owner(env: Env) -> None:

@@ -313,16 +313,31 @@ async def test_restart_resumes_pending_deliveries(
 async def test_delivery_claimed_by_a_dead_process_is_sent_after_its_lease(
     db: SqliteDatabase, receiver: CallbackReceiver
 ) -> None:
-    """A row leased by a sender that died is picked up by another once the lease expires."""
+    """A row leased by a dead sender is sent once its lease expires, without busy polling."""
     outbox = _outbox(db)
     delivery = await outbox.enqueue("t-1", receiver.url(), BUILD_COMPLETED, PAYLOAD)
-    (claimed,) = await outbox.claim_due("dead-process", limit=1, lease_s=0.5)
-    async with running(db) as (dispatcher, attempts):
+    (claimed,) = await outbox.claim_due("dead-process", limit=1, lease_s=1.0)
+    claims = 0
+    real_claim = outbox.claim_due
+
+    async def counting_claim(owner: str, *, limit: int, lease_s: float) -> list[CallbackDelivery]:
+        nonlocal claims
+        claims += 1
+        return await real_claim(owner, limit=limit, lease_s=lease_s)
+
+    outbox.claim_due = counting_claim  # type: ignore[method-assign]
+    attempts = Attempts()
+    dispatcher = CallbackDispatcher(
+        outbox, CallbackUrlPolicy(["127.0.0.1"]), Secret(SECRET), config=FAST, observer=attempts
+    )
+    async with dispatcher:
         await attempts.final()
-    stored = await dispatcher.outbox.get(delivery.id)
+    stored = await outbox.get(delivery.id)
     assert stored.status is DeliveryStatus.DELIVERED
     assert stored.lease_token == claimed.lease_token + 1
     assert len(receiver.received) == 1
+    # It slept until the lease expiry instead of re-claiming in a tight loop meanwhile.
+    assert claims <= 5
 
 
 async def test_stop_is_bounded_and_releases_in_flight(

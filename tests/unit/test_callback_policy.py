@@ -150,6 +150,7 @@ def test_parse_fills_ports_and_literals() -> None:
         443,
         None,
     )
+    assert parse_callback_url("https://bücher.example/").host == "xn--bcher-kva.example"
     v6 = parse_callback_url("http://[::1]:8080/x")
     assert (v6.port, v6.literal) == (8080, ipaddress.ip_address("::1"))
 

@@ -276,6 +276,12 @@ def parse_callback_url(url: str) -> CallbackTarget:
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise InvalidCallbackUrlError(display_url(url), "has no host")
+    if not host.isascii():
+        # Internationalized names travel as punycode (DNS, Host header, TLS SNI).
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise InvalidCallbackUrlError(display_url(url), "host is not a valid name") from exc
     literal = _parse_ip(host)
     if literal is None and not _valid_hostname(host):
         raise InvalidCallbackUrlError(display_url(url), "host is not a valid name or address")

@@ -72,7 +72,12 @@ class CallbackOutbox(Protocol):
         ...
 
     async def next_attempt_at(self) -> datetime | None:
-        """When the earliest pending delivery becomes due (ignoring leases); ``None`` if none."""
+        """When a pending delivery next becomes claimable; ``None`` if none is pending.
+
+        That is the earliest, over pending deliveries, of the later of ``next_attempt_at``
+        and the lease's expiry: a delivery another sender holds is not due for us before
+        its lease runs out (so a dispatcher never spins on a row it cannot claim).
+        """
         ...
 
     async def count(self, status: DeliveryStatus) -> int:

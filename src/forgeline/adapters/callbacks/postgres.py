@@ -239,11 +239,12 @@ class PostgresCallbackOutbox:
         ]
 
     async def next_attempt_at(self) -> datetime | None:
-        """When the earliest pending delivery becomes due; ``None`` if none is pending."""
+        """When a pending delivery next becomes claimable; ``None`` if none is pending."""
         try:
             async with self._db.connection() as conn:
                 cur = await conn.execute(
-                    "select min(next_attempt_at) from callback_deliveries where status = 'pending'"
+                    "select min(greatest(next_attempt_at, lease_expires_at))"
+                    " from callback_deliveries where status = 'pending'"
                 )
                 row = await cur.fetchone()
         except psycopg.Error as exc:

@@ -217,11 +217,12 @@ class SqliteCallbackOutbox:
         return await self._read(run)
 
     async def next_attempt_at(self) -> datetime | None:
-        """When the earliest pending delivery becomes due; ``None`` if none is pending."""
+        """When a pending delivery next becomes claimable; ``None`` if none is pending."""
 
         def run(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "select min(next_attempt_at) from callback_deliveries where status = 'pending'"
+                "select min(max(next_attempt_at, coalesce(lease_expires_at, next_attempt_at)))"
+                " from callback_deliveries where status = 'pending'"
             ).fetchone()
             return None if row is None else row[0]
 
