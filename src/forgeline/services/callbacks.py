@@ -94,7 +94,8 @@ class DispatcherConfig:
     - ``poll_interval_s``: longest sleep between looks at the outbox (deliveries enqueued
       by other processes, retries coming due) when nothing wakes the dispatcher earlier.
     - ``concurrency``: deliveries in flight at once.
-    - ``max_response_bytes``: at most this much of an answer is read, then it is closed.
+    - ``max_response_bytes``: at most this much of a non-2xx answer is read (for the
+      excerpt kept with the attempt), then it is closed; a 2xx answer's body is not read.
     - ``stop_grace_s``: on stop, in-flight deliveries may finish for this long, then they
       are cancelled and their rows released for the next dispatcher.
     """
@@ -318,7 +319,11 @@ class CallbackDispatcher:
         return delivery
 
     def notify(self) -> None:
-        """Wake the loop now (a delivery was enqueued in this process)."""
+        """Wake the loop now (a delivery was enqueued in this process).
+
+        Call it from the dispatcher's event loop (``asyncio.Event`` is not thread-safe);
+        from another thread use ``loop.call_soon_threadsafe(dispatcher.notify)``.
+        """
         self._wake.set()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -523,6 +528,10 @@ class CallbackDispatcher:
                 async with client.stream(
                     "POST", url, content=claimed.body, headers=headers, extensions=extensions
                 ) as response:
+                    if response.is_success:
+                        # Delivered: the answer's body is of no use, and a receiver that
+                        # streams it slowly must not turn a success into a timeout.
+                        return _Answer(response.status_code, None)
                     excerpt = await self._read_bounded(response)
                     return _answer_of(response, excerpt)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
