@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
@@ -18,6 +19,11 @@ from forgeline.logs import Redactor
 from forgeline.ports.credentials import CredentialStore
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
+
+if TYPE_CHECKING:
+    from forgeline.ports.callbacks import CallbackOutbox
+    from forgeline.services.callback_policy import CallbackUrlPolicy
+    from forgeline.services.callbacks import CallbackDispatcher
 
 
 def build_registry(settings: Settings) -> ProviderRegistry:
@@ -52,6 +58,57 @@ def build_credential_store(settings: Settings, database: Database) -> Credential
 
     master_key = settings.master_key.get_secret_value() if settings.master_key else None
     return open_credential_store(database, load_keyring(master_key, settings.data_dir))
+
+
+def build_callback_outbox(database: Database) -> CallbackOutbox:
+    """The callback outbox on the process's database."""
+    from forgeline.adapters.callbacks.postgres import PostgresCallbackOutbox
+    from forgeline.adapters.callbacks.sqlite import SqliteCallbackOutbox
+    from forgeline.adapters.sql.database import SqliteDatabase
+
+    if isinstance(database, SqliteDatabase):
+        return SqliteCallbackOutbox(database)
+    return PostgresCallbackOutbox(database)
+
+
+def build_callback_policy(settings: Settings) -> CallbackUrlPolicy:
+    """The callback URL policy (``FORGELINE_CALLBACK_ALLOWED_HOSTS``)."""
+    from forgeline.domain.errors import ConfigurationError
+    from forgeline.services.callback_policy import CallbackUrlPolicy
+
+    try:
+        return CallbackUrlPolicy(settings.callback_allowed_hosts)
+    except ValueError as exc:
+        raise ConfigurationError(f"FORGELINE_CALLBACK_ALLOWED_HOSTS: {exc}") from exc
+
+
+def build_callback_dispatcher(
+    settings: Settings, database: Database, redactor: Redactor
+) -> CallbackDispatcher:
+    """The callback dispatcher (not started), its signing key loaded or generated."""
+    from forgeline.services.callbacks import (
+        CallbackDispatcher,
+        DispatcherConfig,
+        ensure_callback_secret,
+    )
+
+    configured = settings.callback_secret.get_secret_value() if settings.callback_secret else None
+    secret = ensure_callback_secret(settings.data_dir, configured)
+    redactor.add(secret.reveal(), "callback-secret")
+    config = DispatcherConfig(
+        retry_period_s=settings.callback_retry_period_s,
+        backoff_base_s=settings.callback_backoff_base_s,
+        backoff_cap_s=settings.callback_backoff_cap_s,
+        request_timeout_s=settings.callback_timeout_s,
+        lease_s=max(60.0, settings.callback_timeout_s * 3),
+    )
+    return CallbackDispatcher(
+        build_callback_outbox(database),
+        build_callback_policy(settings),
+        secret,
+        config=config,
+        redactor=redactor,
+    )
 
 
 @dataclass

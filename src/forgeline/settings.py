@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None
     callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     callback_retry_period_s: float = Field(24 * 3600.0, gt=0)
+    callback_backoff_base_s: float = Field(2.0, ge=0, description="first retry delay ceiling")
+    callback_backoff_cap_s: float = Field(600.0, gt=0, description="largest retry delay")
+    callback_timeout_s: float = Field(10.0, gt=0, le=120, description="one delivery attempt")
 
     # --- logs ------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"

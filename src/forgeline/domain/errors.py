@@ -11,7 +11,8 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── PromptRequiredError
     │   ├── InvalidTimeoutError
     │   ├── InvalidProjectNameError
-    │   └── TemplateVariablesError
+    │   ├── TemplateVariablesError
+    │   └── InvalidCallbackUrlError     scheme, host or address not allowed for callbacks
     ├── NotFoundError                   (404)
     │   ├── UnknownProviderError
     │   ├── ProjectNotFoundError
@@ -108,6 +109,20 @@ class TemplateVariablesError(ValidationError):
         super().__init__(f"template {template!r}: {detail}")
         self.template = template
         self.problems = dict(problems)
+
+
+class InvalidCallbackUrlError(ValidationError):
+    """A callback URL that forgeline will not call (bad shape, or a forbidden address).
+
+    ``url`` is the display form (no credentials, query or fragment); ``reason`` says why.
+    """
+
+    code = "invalid_callback_url"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"callback URL {url} refused: {reason}")
+        self.url = url
+        self.reason = reason
 
 
 class NotFoundError(ForgelineError):

@@ -1,0 +1,1 @@
+"""Callback outbox adapters: SQLite (embedded) and PostgreSQL (many workers)."""

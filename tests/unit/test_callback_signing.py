@@ -1,0 +1,112 @@
+"""Callback signatures, canonical bodies, backoff and the signing key file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import stat
+from pathlib import Path
+
+import pytest
+
+from forgeline.domain.callbacks import (
+    backoff_delay,
+    build_payload,
+    canonical_body,
+    sign,
+    verify,
+)
+from forgeline.domain.errors import ConfigurationError
+from forgeline.domain.secrets import Secret
+from forgeline.services.callbacks import (
+    CALLBACK_KEY_FILE,
+    DispatcherConfig,
+    ensure_callback_secret,
+)
+
+
+def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+    """``sign`` gives ``sha256=<hex>`` of the body, as any receiver can recompute it."""
+    body = canonical_body({"b": 1, "a": "é"})
+    assert body == b'{"a":"\\u00e9","b":1}'
+    expected = hmac.new(b"key-123456", body, hashlib.sha256).hexdigest()
+    assert sign(body, "key-123456") == f"sha256={expected}"
+    assert sign(body, Secret("key-123456")) == sign(body, b"key-123456")
+
+
+def test_verify_accepts_only_the_exact_signature() -> None:
+    """``verify`` fails on another body, key, prefix, or a missing header."""
+    body = b'{"a":1}'
+    signature = sign(body, "k" * 16)
+    assert verify(body, "k" * 16, signature)
+    assert not verify(body + b" ", "k" * 16, signature)
+    assert not verify(body, "j" * 16, signature)
+    assert not verify(body, "k" * 16, signature.removeprefix("sha256="))
+    assert not verify(body, "k" * 16, "sha1=" + signature[7:])
+    assert not verify(body, "k" * 16, None)
+    assert not verify(body, "k" * 16, "")
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
+    """The delay is draw x min(cap, base·2^(n-1)); huge attempt numbers do not overflow."""
+    assert backoff_delay(1, base_s=2, cap_s=600, draw=0.5) == 1.0
+    assert backoff_delay(4, base_s=2, cap_s=600, draw=1.0) == 16.0
+    assert backoff_delay(20, base_s=2, cap_s=600, draw=0.25) == 150.0
+    assert backoff_delay(10_000, base_s=2, cap_s=600, draw=0.999) < 600
+    assert backoff_delay(3, base_s=2, cap_s=600, draw=0.0) == 0.0
+
+
+def test_secret_file_is_generated_once_private_and_stable(tmp_path: Path) -> None:
+    """Without a configured key a 0600 key file is created once and then reused."""
+    first = ensure_callback_secret(tmp_path / "data")
+    path = tmp_path / "data" / CALLBACK_KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.reveal()) == 64
+    assert ensure_callback_secret(tmp_path / "data") == first
+    assert "[REDACTED" in repr(first)
+    assert list((tmp_path / "data").iterdir()) == [path]
+
+
+def test_configured_secret_wins(tmp_path: Path) -> None:
+    """FORGELINE_CALLBACK_SECRET is used as is and no file is written."""
+    assert ensure_callback_secret(tmp_path, "configured-key").reveal() == "configured-key"
+    assert not (tmp_path / CALLBACK_KEY_FILE).exists()
+
+
+def test_empty_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    """A key file emptied by hand is reported, not silently used as an empty key."""
+    (tmp_path / CALLBACK_KEY_FILE).write_text("\n")
+    with pytest.raises(ConfigurationError, match="empty"):
+        ensure_callback_secret(tmp_path)
+
+
+def test_dispatcher_config_is_checked() -> None:
+    """A lease shorter than the request timeout would allow double sends: refused."""
+    with pytest.raises(ConfigurationError, match="lease_s"):
+        DispatcherConfig(request_timeout_s=30, lease_s=10)
+    with pytest.raises(ConfigurationError):
+        DispatcherConfig(concurrency=0)
+
+
+def test_build_payload_has_the_documented_shape() -> None:
+    """The payload is DESIGN.md's: task, project, status, result.output and artifacts."""
+    payload = build_payload(
+        task_id="t-1",
+        project_id="myapp",
+        status="completed",
+        output="done",
+        artifacts={"commit_sha": "abc123", "deploy_url": "https://myapp.example", "pipeline": 42},
+    )
+    assert payload == {
+        "task_id": "t-1",
+        "project_id": "myapp",
+        "status": "completed",
+        "result": {
+            "output": "done",
+            "artifacts": {
+                "commit_sha": "abc123",
+                "deploy_url": "https://myapp.example",
+                "pipeline": 42,
+            },
+        },
+    }
