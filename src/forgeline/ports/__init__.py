@@ -5,7 +5,12 @@ from forgeline.ports.ci import CIProvider, PipelineStatus
 from forgeline.ports.credentials import CredentialInfo, CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
 from forgeline.ports.store import Store
-from forgeline.ports.templates import TemplateInfo, TemplateProvider, TemplateVariable
+from forgeline.ports.templates import (
+    RenderResult,
+    TemplateInfo,
+    TemplateProvider,
+    TemplateVariable,
+)
 from forgeline.ports.workspace import CommandResult, Process, Workspace
 
 __all__ = [
@@ -17,6 +22,7 @@ __all__ = [
     "Enqueued",
     "PipelineStatus",
     "Process",
+    "RenderResult",
     "Store",
     "TemplateInfo",
     "TemplateProvider",
