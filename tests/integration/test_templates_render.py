@@ -151,11 +151,13 @@ def test_static_site_check_step_passes_and_catches_broken_links(
     dest = tmp_path / "project"
     render(provider, "static-site", dest, custom=False)
     script = step_script(dest / ".woodpecker.yaml", "check")
-    ok = subprocess.run(["sh", "-c", script], cwd=dest, capture_output=True, timeout=30)
+    ok = subprocess.run(
+        ["sh", "-c", script], cwd=dest, capture_output=True, timeout=30, check=False
+    )
     assert ok.returncode == 0, ok.stderr
     (dest / "site" / "about.html").unlink()
     broken = subprocess.run(
-        ["sh", "-c", script], cwd=dest, capture_output=True, text=True, timeout=30
+        ["sh", "-c", script], cwd=dest, capture_output=True, text=True, timeout=30, check=False
     )
     assert broken.returncode != 0
     assert "missing site/about.html" in broken.stdout
@@ -188,6 +190,7 @@ def test_python_api_own_tests_pass(provider: CopierTemplateProvider, tmp_path: P
     )
     tests = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        check=False,
         cwd=dest,
         capture_output=True,
         text=True,
@@ -212,7 +215,7 @@ def test_astro_landing_builds(provider: CopierTemplateProvider, tmp_path: Path) 
         ([npm, "run", "build"], 240),
     ):
         done = subprocess.run(
-            args, cwd=dest, capture_output=True, text=True, timeout=limit, env=env
+            args, cwd=dest, capture_output=True, text=True, timeout=limit, env=env, check=False
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     page = (dest / "dist" / "index.html").read_text()
@@ -220,3 +223,45 @@ def test_astro_landing_builds(provider: CopierTemplateProvider, tmp_path: Path) 
     assert "with &quot;quotes&quot; &amp; ampersands." in page
     assert "#ff6600" in page
     assert (dest / "dist" / "favicon.svg").read_text().count("#ff6600") == 1
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``forgeline`` in a child process, as from a shell."""
+    return subprocess.run(
+        [sys.executable, "-m", "forgeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **env},
+        check=False,
+    )
+
+
+def test_cli_lists_templates_with_variables(tmp_path: Path) -> None:
+    """`forgeline templates --json` lists built-ins and template-path folders with their
+    variables; without --json it prints a table."""
+    extra = tmp_path / "more"
+    (extra / "notes").mkdir(parents=True)
+    (extra / "notes" / "copier.yml").write_text("topic:\n  type: str\n  help: What about\n")
+    env = {"FORGELINE_TEMPLATE_PATH": str(extra), "FORGELINE_DATA_DIR": str(tmp_path / "d")}
+    out = run_cli("templates", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["name"] for r in rows] == ["astro-landing", "notes", "python-api", "static-site"]
+    astro = rows[0]
+    assert {v["name"] for v in astro["variables"]} >= {"title", "tagline", "brand_color", "domain"}
+    assert rows[1]["variables"] == [
+        {
+            "name": "topic",
+            "type": "str",
+            "help": "What about",
+            "default": None,
+            "required": True,
+            "choices": [],
+            "secret": False,
+        }
+    ]
+    table = run_cli("templates", env=env)
+    assert table.returncode == 0, table.stderr
+    for name in ("astro-landing", "python-api", "static-site", "notes", "brand_color"):
+        assert name in table.stdout

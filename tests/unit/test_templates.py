@@ -172,7 +172,7 @@ def test_cast_accepts(qtype: str, given: object, expected: object) -> None:
 )
 def test_cast_refuses(qtype: str, given: object) -> None:
     """Values of the wrong type are a ValueError with a reason."""
-    with pytest.raises(ValueError, match="expected|invalid"):
+    with pytest.raises(ValueError, match=r"expected|invalid"):
         cast(qtype, given)
 
 
