@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -13,15 +13,15 @@ from forgeline.domain.errors import ExternalServiceError
 from forgeline.domain.secrets import Secret
 from forgeline.ports.ci import CIProvider, PipelineStatus
 from tests.conftest import free_port
-from tests.support.fake_woodpecker import FakeWoodpecker, running_fake
+from tests.support.fake_woodpecker import FakeWoodpecker
 
 SHA = "3f2a9c1d5e7b4a60b8c2d1e0f9a8b7c6d5e4f3a2"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeWoodpecker]:
-    """A fake Woodpecker server, stopped after the test."""
-    yield from running_fake()
+def fake(fake_woodpecker: FakeWoodpecker) -> FakeWoodpecker:
+    """The fake Woodpecker server of conftest, under a short name."""
+    return fake_woodpecker
 
 
 def make_client(url: str, token: str, **options: float) -> WoodpeckerClient:
@@ -357,3 +357,32 @@ def test_parse_pipeline_tolerates_unknown_fields_and_rejects_garbage() -> None:
         parse_pipeline({"status": "success"})
     with pytest.raises(ExternalServiceError):
         parse_pipeline(["not", "an", "object"])
+
+
+async def test_autorun_pipelines_advance_as_they_are_read(
+    fake: FakeWoodpecker, client: WoodpeckerClient
+) -> None:
+    """With autorun, a pipeline runs to its scripted end while a client follows it."""
+    repo_id = await active_repo(fake, client)
+    fake.autorun(repo_id, "failure", failing_step="deploy")
+    started = await client.trigger(repo_id, "main", {"TASK_ID": "t-1"})
+    assert started is not None
+    seen: list[str] = []
+
+    async def record(status: PipelineStatus) -> None:
+        seen.append(status.status)
+
+    final = await client.follow(repo_id, started.number, timeout_s=10, on_change=record)
+    assert seen == ["pending", "running", "failure"]
+    assert final.failed_step == "deploy"
+
+
+async def test_many_secrets_are_paged(fake: FakeWoodpecker, client: WoodpeckerClient) -> None:
+    """Existing secrets beyond the first page are still found and updated, not duplicated."""
+    repo_id = await active_repo(fake, client)
+    first = {f"s{i:03d}": Secret(f"value-{i:03d}") for i in range(120)}
+    await client.set_secrets(repo_id, first)
+    await client.set_secrets(repo_id, {"s110": Secret("changed-value")})
+    stored = fake.secrets(repo_id)
+    assert len(stored) == 120
+    assert stored["s110"]["value"] == "changed-value"

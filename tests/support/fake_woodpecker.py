@@ -65,6 +65,8 @@ class ForgeRepo:
     branches: dict[str, str] = field(default_factory=lambda: {"main": "0" * 40})
     repo_id: int | None = None  # set once activated
     filter_all: bool = False  # config filters skip every pipeline (204 on trigger)
+    # When set, (final status, failing step): each read of a pipeline moves it one state on.
+    autorun: tuple[str, str | None] | None = None
 
     @property
     def owner(self) -> str:
@@ -156,6 +158,15 @@ class FakeWoodpecker:
         """Move a branch head on the forge (what a manual pipeline builds)."""
         with self._lock:
             self._active[repo_id].branches[branch] = commit
+
+    def autorun(
+        self, repo_id: int, final: str = "success", failing_step: str | None = None
+    ) -> None:
+        """Let the repository's pipelines run by themselves: every read of a pipeline moves
+        it one state on (pending → running → ``final``), for end-to-end tests whose code
+        under test follows the pipeline without the test's help."""
+        with self._lock:
+            self._active[repo_id].autorun = (final, failing_step)
 
     def filter_all(self, repo_id: int, on: bool = True) -> None:
         """Make the config filters skip every pipeline of the repository."""
@@ -350,8 +361,8 @@ class FakeWoodpecker:
         repo = self._repo(repo_id)
         if isinstance(repo, tuple):
             return repo
-        stored = self._secrets.get(repo.repo_id or 0, {})
-        return 200, [_copy_secret(s) for s in stored.values()]
+        stored = list(self._secrets.get(repo.repo_id or 0, {}).values())
+        return 200, [_copy_secret(s) for s in _page(stored, query)]
 
     def _create_secret(self, query: dict[str, list[str]], body: Any, repo_id: str) -> Any:
         repo = self._repo(repo_id)
@@ -406,9 +417,7 @@ class FakeWoodpecker:
         for key in ("branch", "event", "status"):
             if query.get(key):
                 items = [p for p in items if getattr(p, key) == query[key][0]]
-        per_page = int(query.get("perPage", ["50"])[0])
-        page = int(query.get("page", ["1"])[0])
-        chosen = items[(page - 1) * per_page : page * per_page]
+        chosen = _page(items, query)
         # The list endpoint answers pipelines without their workflow tree.
         return 200, [{k: v for k, v in p.to_json().items() if k != "workflows"} for p in chosen]
 
@@ -446,7 +455,14 @@ class FakeWoodpecker:
                 return 400, f'strconv.ParseInt: parsing "{number}": invalid syntax'
         if pipeline is None:
             return 404, "Pipeline not found"
-        return 200, pipeline.to_json()
+        answer = pipeline.to_json()
+        if repo.autorun is not None:
+            final, failing_step = repo.autorun
+            following = {"pending": "running", "running": final}.get(pipeline.status)
+            if following is not None:
+                pipeline.status = following
+                _set_steps(pipeline, following, failing_step)
+        return 200, answer
 
     def _cancel_pipeline(
         self, query: dict[str, list[str]], body: Any, repo_id: str, number: str
@@ -479,6 +495,13 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
         "POST cancel_pipeline",
     ),
 ]
+
+
+def _page(items: list[Any], query: dict[str, list[str]]) -> list[Any]:
+    # session.Pagination: page from 1, perPage 50 by default.
+    per_page = int(query.get("perPage", ["50"])[0])
+    page = int(query.get("page", ["1"])[0])
+    return items[(page - 1) * per_page : page * per_page]
 
 
 def _validate_secret(secret: dict[str, Any]) -> str | None:

@@ -251,3 +251,15 @@ def test_reapply_without_answers_file(provider: CopierTemplateProvider, tmp_path
     """A folder that was not rendered from a template cannot be re-applied."""
     with pytest.raises(TemplateError, match="copier-answers"):
         provider.reapply(tmp_path)
+
+
+def test_prompt_context_names_template_and_answers(provider: CopierTemplateProvider) -> None:
+    """The build prompt's context names the template, its answers and the pipeline duty."""
+    info = provider.get_template("astro-landing")
+    answers = provider.validate("astro-landing", {"title": "Hello"}, project_name="demo")
+    text = info.prompt_context({**answers, "_src_path": "/somewhere"})
+    assert "'astro-landing'" in text
+    assert "- title: 'Hello'" in text
+    assert "- brand_color: '#4f46e5'" in text
+    assert "_src_path" not in text
+    assert ".woodpecker.yaml" in text

@@ -59,6 +59,27 @@ class TemplateInfo:
         """The variable of that name, if the template asks it."""
         return next((v for v in self.variables if v.name == name), None)
 
+    def prompt_context(self, answers: Mapping[str, Any]) -> str:
+        """What a coding agent should know about a project made from this template: which
+        template, its answers, and that the CI pipeline must keep building and deploying.
+        Secret answers are left out."""
+        secret = {v.name for v in self.variables if v.secret}
+        lines = [
+            f"This project was created from the forgeline template {self.name!r}"
+            + (f": {self.description}" if self.description else "."),
+            "Template variables (recorded in .copier-answers.yml):",
+        ]
+        lines += [
+            f"- {name}: {value!r}"
+            for name, value in answers.items()
+            if name not in secret and not name.startswith("_")
+        ]
+        lines.append(
+            "Its .woodpecker.yaml builds and deploys the project on every push; keep its "
+            "build and deploy steps working and the build command passing."
+        )
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (``GET /templates``, ``forgeline templates --json``)."""
         return {

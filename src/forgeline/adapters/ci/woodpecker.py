@@ -42,6 +42,9 @@ SERVICE: Final = "woodpecker"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 #: Longest body excerpt carried by an error.
 BODY_EXCERPT: Final = 300
+#: Page size and page limit when listing (Woodpecker paginates every list).
+_PER_PAGE: Final = 50
+_MAX_PAGES: Final = 20
 #: Step states that mean the step did not succeed (the pipeline's failing step).
 _FAILED_STATES: Final = ("failure", "error", "killed")
 #: Idempotent methods may be retried after a read timeout (the request may have been
@@ -157,11 +160,7 @@ class WoodpeckerClient:
     async def set_secrets(self, repo_id: int, secrets: Mapping[str, Secret]) -> None:
         """Create or update each secret for the ``push`` and ``manual`` events."""
         base = f"/api/repos/{_int_id(repo_id)}/secrets"
-        response = await self._request("GET", base, params={"perPage": "100"})
-        listed = self._json(response, "GET", base)
-        existing = {
-            str(item.get("name", "")).lower() for item in listed or [] if isinstance(item, dict)
-        }
+        existing = await self._secret_names(base)
         for raw_name, secret in secrets.items():
             # Woodpecker stores names lower-cased; matching on anything else would create
             # a second secret instead of updating the first.
@@ -180,6 +179,21 @@ class WoodpeckerClient:
             log.info(
                 "woodpecker secret set", repo_id=repo_id, secret=name, updated=name in existing
             )
+
+    async def _secret_names(self, base: str) -> set[str]:
+        names: set[str] = set()
+        for page in range(1, _MAX_PAGES + 1):
+            params = {"page": str(page), "perPage": str(_PER_PAGE)}
+            response = await self._request("GET", base, params=params)
+            listed = self._json(response, "GET", base)
+            if not isinstance(listed, list):
+                raise self._garbage("GET", base, response, "expected a list of secrets")
+            names.update(str(i.get("name", "")).lower() for i in listed if isinstance(i, dict))
+            if len(listed) < _PER_PAGE:
+                return names
+        raise ExternalServiceError(
+            f"more than {_MAX_PAGES * _PER_PAGE} secrets", service=SERVICE, method="GET", path=base
+        )
 
     # --- pipelines ------------------------------------------------------------------------
 
