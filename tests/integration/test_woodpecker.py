@@ -78,6 +78,9 @@ async def test_activating_twice_is_fine(fake: FakeWoodpecker, client: Woodpecker
     second = await client.activate("acme/myapp", forge_remote_id=forge.forge_remote_id)
     assert first == second
     assert fake.requests[-2:] == [("POST", "/api/repos"), ("GET", "/api/repos/lookup/acme/myapp")]
+    before = len(fake.requests)
+    assert await client.activate("acme/myapp") == first  # the listing says it is active
+    assert fake.requests[before:] == [("GET", "/api/user/repos")]
 
 
 async def test_activation_refused_for_non_admin(

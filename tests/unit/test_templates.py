@@ -263,3 +263,17 @@ def test_prompt_context_names_template_and_answers(provider: CopierTemplateProvi
     assert "- brand_color: '#4f46e5'" in text
     assert "_src_path" not in text
     assert ".woodpecker.yaml" in text
+
+
+def test_render_into_a_fresh_clone(provider: CopierTemplateProvider, tmp_path: Path) -> None:
+    """Rendering into a new repository's clone replaces the forge's initial README without
+    asking, keeps .git and unrelated files."""
+    dest = tmp_path / "clone"
+    (dest / ".git").mkdir(parents=True)
+    (dest / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (dest / "README.md").write_text("# placeholder from the forge\n")
+    (dest / "LICENSE").write_text("MIT\n")
+    provider.render("static-site", {"title": "Fresh"}, dest, project_name="fresh")
+    assert (dest / "README.md").read_text().startswith("# Fresh")
+    assert (dest / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (dest / "LICENSE").read_text() == "MIT\n"

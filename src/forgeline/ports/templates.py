@@ -141,7 +141,8 @@ class TemplateProvider(Protocol):
         project_name: str | None = None,
     ) -> RenderResult:
         """Render into ``dest`` (created if missing, may hold ``.git``), recording the
-        answers file so :meth:`reapply` can bring a later template version in."""
+        answers file so :meth:`reapply` can bring a later template version in. Files the
+        template also has are replaced; other files are kept. Never prompts."""
         ...
 
     def reapply(

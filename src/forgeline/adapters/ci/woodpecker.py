@@ -109,7 +109,10 @@ class WoodpeckerClient:
     async def activate(self, repo_full_name: str, *, forge_remote_id: str | None = None) -> int:
         """Find the forge repository and activate it (already active is fine); its id."""
         if forge_remote_id is None:
-            forge_remote_id = await self._forge_remote_id(repo_full_name)
+            forge_remote_id, active_id = await self._forge_repo(repo_full_name)
+            if active_id is not None:
+                log.info("woodpecker repo already active", repo=repo_full_name)
+                return active_id
         response = await self._request(
             "POST",
             "/api/repos",
@@ -135,7 +138,8 @@ class WoodpeckerClient:
         response = await self._request("GET", path)
         return _repo_id(self._json(response, "GET", path), "GET", path)
 
-    async def _forge_remote_id(self, repo_full_name: str) -> str:
+    async def _forge_repo(self, repo_full_name: str) -> tuple[str, int | None]:
+        """The repository's ``forge_remote_id`` and, when already active, its id."""
         path = "/api/user/repos"
         response = await self._request("GET", path, params={"all": "true"})
         repos = self._json(response, "GET", path)
@@ -143,10 +147,14 @@ class WoodpeckerClient:
             raise self._garbage("GET", path, response, "expected a list of repositories")
         wanted = repo_full_name.lower()
         for repo in repos:
-            if isinstance(repo, dict) and str(repo.get("full_name", "")).lower() == wanted:
-                remote = repo.get("forge_remote_id")
-                if remote not in (None, ""):
-                    return str(remote)
+            if not isinstance(repo, dict) or str(repo.get("full_name", "")).lower() != wanted:
+                continue
+            remote = repo.get("forge_remote_id")
+            if remote in (None, ""):
+                break
+            repo_id = repo.get("id")
+            active = repo.get("active") is True and isinstance(repo_id, int) and repo_id > 0
+            return str(remote), repo_id if active else None
         raise ExternalServiceError(
             f"repository {repo_full_name!r} is not among the token user's forge repositories",
             service=SERVICE,

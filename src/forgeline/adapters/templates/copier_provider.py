@@ -123,10 +123,11 @@ class CopierTemplateProvider:
         *,
         project_name: str | None = None,
     ) -> RenderResult:
-        """Validate, then render into ``dest`` and record the answers file."""
+        """Validate, then render into ``dest`` and record the answers file. Files the
+        template also has are replaced (a new repository's initial README); others stay."""
         spec = self._spec(name)
         answers = self._answers(spec, variables, project_name)
-        return self._copy(spec, answers, dest, overwrite=False)
+        return self._copy(spec, answers, dest)
 
     def reapply(
         self, dest: Path, variables: Mapping[str, Any] | None = None, *, name: str | None = None
@@ -149,11 +150,9 @@ class CopierTemplateProvider:
         merged = {k: v for k, v in recorded.items() if k in known}
         merged.update(variables or {})
         answers = self._answers(spec, merged, None)
-        return self._copy(spec, answers, dest, overwrite=True)
+        return self._copy(spec, answers, dest)
 
-    def _copy(
-        self, spec: TemplateSpec, answers: dict[str, Any], dest: Path, *, overwrite: bool
-    ) -> RenderResult:
+    def _copy(self, spec: TemplateSpec, answers: dict[str, Any], dest: Path) -> RenderResult:
         if spec.unsafe_features:
             features = ", ".join(spec.unsafe_features)
             raise TemplateError(spec.name, f"uses {features}, which forgeline never runs")
@@ -168,7 +167,9 @@ class CopierTemplateProvider:
                 answers_file=ANSWERS_FILE,
                 settings=Settings(),
                 defaults=True,
-                overwrite=overwrite,
+                # Always: without it copier asks on the terminal about every file that
+                # exists already (a forge's initial README), which would hang a server.
+                overwrite=True,
                 quiet=True,
                 unsafe=False,
                 skip_tasks=True,
@@ -179,7 +180,7 @@ class CopierTemplateProvider:
             raise TemplateError(spec.name, f"rendering failed: {exc}") from exc
         except OSError as exc:
             raise TemplateError(spec.name, f"cannot write {dest}: {exc.strerror}") from exc
-        log.info("template rendered", template=spec.name, dest=str(dest), overwrite=overwrite)
+        log.info("template rendered", template=spec.name, dest=str(dest))
         return RenderResult(
             template=spec.name,
             answers=answers,
