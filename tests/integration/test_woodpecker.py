@@ -389,3 +389,20 @@ async def test_many_secrets_are_paged(fake: FakeWoodpecker, client: WoodpeckerCl
     stored = fake.secrets(repo_id)
     assert len(stored) == 120
     assert stored["s110"]["value"] == "changed-value"
+
+
+async def test_following_stops_when_the_caller_is_cancelled(
+    fake: FakeWoodpecker, client: WoodpeckerClient
+) -> None:
+    """Cancelling the task that follows ends the wait at once; the pipeline is untouched."""
+    repo_id = await active_repo(fake, client)
+    number = fake.push(repo_id, SHA)
+    fake.set_status(repo_id, number, "running")
+    path = f"/api/repos/{repo_id}/pipelines/{number}"
+    following = asyncio.create_task(client.follow(repo_id, number, timeout_s=600))
+    assert await asyncio.to_thread(fake.wait_for_requests, "GET", path, 2, 10)
+    following.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await following
+    assert fake.status_of(repo_id, number) == "running"

@@ -277,3 +277,21 @@ def test_render_into_a_fresh_clone(provider: CopierTemplateProvider, tmp_path: P
     assert (dest / "README.md").read_text().startswith("# Fresh")
     assert (dest / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert (dest / "LICENSE").read_text() == "MIT\n"
+
+
+def test_choices_as_label_value_pairs(tmp_path: Path) -> None:
+    """Copier's [label, value] choices list the values and accept only them."""
+    extra = tmp_path / "templates"
+    write_template(
+        extra,
+        "sized",
+        "size:\n  type: int\n  default: 2\n  choices:\n    - [Small, 1]\n    - [Large, 2]\n",
+        {"SIZE.jinja": "{{ size }}"},
+    )
+    provider = CopierTemplateProvider([extra])
+    size = provider.get_template("sized").variable("size")
+    assert size is not None
+    assert size.choices == (1, 2)
+    assert provider.validate("sized", {"size": "1"}) == {"size": 1}
+    with pytest.raises(TemplateVariablesError, match="must be one of 1, 2"):
+        provider.validate("sized", {"size": 3})

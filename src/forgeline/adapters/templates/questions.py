@@ -160,7 +160,13 @@ def _question(template: str, key: str, raw: Mapping[str, Any], *, secret: bool) 
     if isinstance(raw_choices, Mapping):
         choices = tuple((str(label), value) for label, value in raw_choices.items())
     elif isinstance(raw_choices, list | tuple):
-        choices = tuple((str(value), value) for value in raw_choices)
+        # Copier accepts plain values and [label, value] pairs.
+        choices = tuple(
+            (str(item[0]), item[1])
+            if isinstance(item, list | tuple) and len(item) == 2
+            else (str(item), item)
+            for item in raw_choices
+        )
     else:
         raise TemplateError(template, f"question {key!r}: templated choices are not supported")
     help_text = raw.get("help")
