@@ -52,7 +52,9 @@ def build_ci(settings: Settings, token: Secret | None) -> CIProvider | None:
         )
     from forgeline.adapters.ci.woodpecker import WoodpeckerClient
 
-    return WoodpeckerClient(settings.woodpecker_url, token)
+    return WoodpeckerClient(
+        settings.woodpecker_url, token, poll_interval_s=settings.woodpecker_poll_interval_s
+    )
 
 
 @dataclass

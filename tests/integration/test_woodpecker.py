@@ -406,3 +406,23 @@ async def test_following_stops_when_the_caller_is_cancelled(
         with pytest.raises(asyncio.CancelledError):
             await following
     assert fake.status_of(repo_id, number) == "running"
+
+
+async def test_bootstrap_builds_the_client_only_when_configured(fake: FakeWoodpecker) -> None:
+    """No URL: no CI step (None). A URL without its token credential is a configuration
+    error. URL and token: a working client."""
+    from forgeline.bootstrap import build_ci
+    from forgeline.domain.errors import ConfigurationError
+    from forgeline.settings import Settings
+
+    assert build_ci(Settings(woodpecker_url=None), None) is None
+    configured = Settings(woodpecker_url=fake.url, woodpecker_poll_interval_s=0.01)
+    with pytest.raises(ConfigurationError, match="woodpecker-token"):
+        build_ci(configured, None)
+    client = build_ci(configured, Secret(fake.token))
+    assert client is not None
+    try:
+        fake.add_forge_repo("acme/myapp")
+        assert await client.activate("acme/myapp") > 0
+    finally:
+        await client.aclose()

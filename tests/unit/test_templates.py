@@ -295,3 +295,24 @@ def test_choices_as_label_value_pairs(tmp_path: Path) -> None:
     assert provider.validate("sized", {"size": "1"}) == {"size": 1}
     with pytest.raises(TemplateVariablesError, match="must be one of 1, 2"):
         provider.validate("sized", {"size": 3})
+
+
+def test_conditional_questions_and_broken_validators(tmp_path: Path) -> None:
+    """A question asked only when an earlier answer says so; a validator that is not valid
+    Jinja is the template's fault (TemplateError), not the caller's."""
+    extra = tmp_path / "templates"
+    write_template(
+        extra,
+        "cond",
+        "use_db:\n  type: bool\n  default: false\ndb_name:\n  type: str\n  when: '{{ use_db }}'\n",
+        {"DB.jinja": "{{ db_name | default('none') }}"},
+    )
+    write_template(extra, "bad", "x:\n  default: a\n  validator: '{% if %}'\n", {})
+    provider = CopierTemplateProvider([extra])
+    assert provider.validate("cond", {}) == {"use_db": False}
+    with pytest.raises(TemplateVariablesError) as caught:
+        provider.validate("cond", {"use_db": "yes"})
+    assert caught.value.problems == {"db_name": "required"}
+    assert provider.validate("cond", {"use_db": True, "db_name": "app"})["db_name"] == "app"
+    with pytest.raises(TemplateError, match="validator"):
+        provider.validate("bad", {})
