@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL databases, the pinned agent CLIs, free ports."""
+"""Shared fixtures: PostgreSQL databases, the pinned agent CLIs, free ports, a fake Woodpecker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.support.fake_woodpecker import FakeWoodpecker, running_fake
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / "tools" / "node_modules" / ".bin"
@@ -74,3 +76,10 @@ def claude_bin() -> Path:
 def opencode_bin() -> Path:
     """The pinned ``opencode`` CLI installed by scripts/setup-tools."""
     return _tool("opencode", "FORGELINE_OPENCODE_BIN")
+
+
+@pytest.fixture
+def fake_woodpecker() -> Iterator[FakeWoodpecker]:
+    """A fake Woodpecker server on 127.0.0.1 (tests/support/fake_woodpecker.py), stopped
+    after the test."""
+    yield from running_fake()

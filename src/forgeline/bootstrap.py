@@ -17,6 +17,9 @@ from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.logs import Redactor
 from forgeline.ports.credentials import CredentialStore
+from forgeline.domain.secrets import Secret
+from forgeline.ports.ci import CIProvider
+from forgeline.ports.templates import TemplateProvider
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
 
@@ -108,6 +111,31 @@ def build_callback_dispatcher(
         secret,
         config=config,
         redactor=redactor,
+
+
+def build_templates(settings: Settings) -> TemplateProvider:
+    """The template provider: folders of ``FORGELINE_TEMPLATE_PATH``, then the built-ins."""
+    from forgeline.adapters.templates import CopierTemplateProvider
+
+    return CopierTemplateProvider(settings.template_path)
+
+
+def build_ci(settings: Settings, token: Secret | None) -> CIProvider | None:
+    """The Woodpecker client, or ``None`` when ``FORGELINE_WOODPECKER_URL`` is unset (no CI
+    step). ``token`` comes from the credential store (``settings.woodpecker_token_credential``)."""
+    if not settings.woodpecker_url:
+        return None
+    if token is None:
+        from forgeline.domain.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "FORGELINE_WOODPECKER_URL is set but the credential "
+            f"{settings.woodpecker_token_credential!r} holding its token is missing"
+        )
+    from forgeline.adapters.ci.woodpecker import WoodpeckerClient
+
+    return WoodpeckerClient(
+        settings.woodpecker_url, token, poll_interval_s=settings.woodpecker_poll_interval_s
     )
 
 

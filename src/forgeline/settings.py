@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     # --- CI and templates ------------------------------------------------------------------
     woodpecker_url: str | None = None
     woodpecker_token_credential: str = "woodpecker-token"  # noqa: S105 - a name, not a value
+    woodpecker_poll_interval_s: float = Field(3.0, gt=0, description="pipeline polling pace")
+    woodpecker_find_timeout_s: float = Field(
+        120.0, gt=0, description="how long a pushed commit's pipeline may take to appear"
+    )
+    woodpecker_pipeline_timeout_s: float = Field(
+        3600.0, gt=0, description="how long a pipeline is followed before it is cancelled"
+    )
     template_path: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # --- secrets ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   └── PushRejectedError
     ├── CredentialError                 wrong master key, tampered ciphertext
     ├── ExternalServiceError            an HTTP peer (Woodpecker, OpenCode) answered badly
+    ├── TemplateError                   a template cannot be read or rendered
     ├── StorageError                    the database failed
     └── ConfigurationError              settings that cannot work together
 
@@ -377,6 +378,18 @@ class ExternalServiceError(ForgelineError):
         self.path = path
         self.status_code = status_code
         self.body_excerpt = body_excerpt
+
+
+class TemplateError(ForgelineError):
+    """A template that cannot be read or rendered: a broken ``copier.yml``, a Jinja error,
+    or features forgeline never runs (tasks, migrations, Jinja extensions)."""
+
+    code = "template"
+
+    def __init__(self, template: str, reason: str) -> None:
+        super().__init__(f"template {template!r}: {reason}")
+        self.template = template
+        self.reason = reason
 
 
 class StorageError(ForgelineError):

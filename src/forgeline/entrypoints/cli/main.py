@@ -114,6 +114,11 @@ def serve(
     )
 
 
+from forgeline.entrypoints.cli.templates import templates as _templates  # noqa: E402
+
+app.command("templates")(_templates)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
