@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
-from forgeline.logs import Redactor
-from forgeline.ports.credentials import CredentialStore
 from forgeline.domain.secrets import Secret
+from forgeline.logs import Redactor
 from forgeline.ports.ci import CIProvider
+from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.templates import TemplateProvider
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
@@ -111,6 +111,7 @@ def build_callback_dispatcher(
         secret,
         config=config,
         redactor=redactor,
+    )
 
 
 def build_templates(settings: Settings) -> TemplateProvider:

@@ -14,8 +14,8 @@ from forgeline.domain.errors import AuthError, ValidationError
 from forgeline.ports.store import ApiToken, Store
 
 #: Tokens start with this, so secret scanners and people recognize them.
-TOKEN_PREFIX = "flt_"
-ADMIN_TOKEN_FILE = "admin.token"
+TOKEN_PREFIX = "flt_"  # noqa: S105 - a prefix, not a secret
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 
 
 class Role(StrEnum):
@@ -49,7 +49,9 @@ class AuthService:
         if not name.strip():
             raise ValidationError("a token needs a name")
         value = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = await self._store.add_token(uuid.uuid4().hex, name.strip(), hash_token(value), role)
+        record = await self._store.add_token(
+            uuid.uuid4().hex, name.strip(), hash_token(value), role
+        )
         return NewToken(value=value, record=record)
 
     async def authenticate(self, authorization: str | None) -> ApiToken:

@@ -33,7 +33,9 @@ class BuildRequest:
     @classmethod
     def from_task(cls, task: WorkTask) -> BuildRequest:
         """The request a build task carries."""
-        return cls(project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"]))
+        return cls(
+            project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"])
+        )
 
 
 class BuildService:
@@ -74,7 +76,8 @@ class BuildService:
         queued = await self._queue.count(status=TaskStatus.QUEUED, concurrency_key=project.name)
         if queued >= self._max_queued:
             raise CapacityError(
-                f"project {project.name!r} has {queued} queued builds (the cap is {self._max_queued})"
+                f"project {project.name!r} has {queued} queued builds"
+                f" (the cap is {self._max_queued})"
             )
         return await self._queue.enqueue(
             BUILD_KIND,

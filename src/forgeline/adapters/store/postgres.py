@@ -15,6 +15,7 @@ from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, St
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken, StoredEvent
 
+
 def _error(action: str, exc: psycopg.Error) -> StorageError:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return StorageError(f"store {action} failed: {first}")
