@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
 
 from forgeline.domain.agent import AgentCapabilities, AgentEvent, AgentRequest
@@ -34,8 +34,9 @@ class CodeAgent(Protocol):
         """The provider name (``claude-code``, ``opencode``)."""
         ...
 
-    def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        """Run the agent; an async iterator of events ending with one ``result``."""
+    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
+        """Run the agent; an async generator of events ending with one ``result``
+        (``aclose`` it to stop the run early)."""
         ...
 
     async def cancel(self, run_id: str) -> None:

@@ -69,7 +69,7 @@ class AuthService:
     @staticmethod
     def require(record: ApiToken, role: Role) -> None:
         """``AuthError(forbidden=True)`` (403) unless ``record`` has ``role`` or admin."""
-        if record.role != Role.ADMIN and record.role != role:
+        if record.role not in (Role.ADMIN, role):
             raise AuthError(
                 f"token {record.name!r} has role {record.role!r}; this needs {role.value!r}",
                 forbidden=True,

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import re
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import PurePosixPath
 
 import structlog
@@ -287,7 +287,7 @@ class ClaudeCodeAgent:
 
     # --- the port ------------------------------------------------------------------------
 
-    def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
         """Validate ``request`` (raising at once if it can never run), then stream its run."""
         request.validate()
         return self._events(request)
@@ -385,7 +385,7 @@ class ClaudeCodeAgent:
             data=ErrorData(kind=kind, message=message), provider=self.name, session_id=session_id
         )
 
-    async def _events(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+    async def _events(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
         run_id = request.run_id
         if run_id in self._precancelled:
             del self._precancelled[run_id]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from forgeline.adapters.agents.probe import probe_binary
 from forgeline.domain.agent import AgentCapabilities, AgentEvent, AgentProvider, AgentRequest
@@ -20,7 +20,7 @@ class OpenCodeAgent:
         """``opencode``."""
         return AgentProvider.OPENCODE.value
 
-    async def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+    async def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
         """Not yet implemented: raises ``AgentUnavailableError``."""
         request.validate()
         raise AgentUnavailableError("opencode execution is not implemented yet", provider=self.name)

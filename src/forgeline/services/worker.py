@@ -1,0 +1,717 @@
+"""The Worker: claims build tasks and runs each as one pipeline of steps.
+
+One build = ``checkout → agent → commit → push → ci → finish → callback``; every step's
+start and end is a ``status`` event in the task's stream. The agent's own events are
+stored as they happen (redacted); its ``result`` is held back and becomes the task's one
+final ``result`` event, sent after the task's status is final, so a watcher that stops at
+``result`` has seen everything and finds the task finished.
+
+Failure policy: an agent that ran and failed is an answer (the task fails, no retry); an
+accident of the infrastructure (git fetch, database, agent binary missing) is retried by
+the queue with backoff until ``max_attempts``. A lease lost to another worker stops the
+run silently: the task is that worker's now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from forgeline.domain.agent import (
+    AgentEvent,
+    AgentRequest,
+    AgentResult,
+    ErrorData,
+    RunStatus,
+    StatusData,
+)
+from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
+from forgeline.domain.errors import (
+    AgentError,
+    ForgelineError,
+    LeaseLostError,
+    PushRejectedError,
+    StorageError,
+)
+from forgeline.domain.git import GitAuthor, GitRemote, build_commit_message, review_branch
+from forgeline.domain.project import Project
+from forgeline.domain.secrets import Secret
+from forgeline.domain.task import BuildSpec, Lease, TaskStatus
+from forgeline.ports.agent import CodeAgent
+from forgeline.ports.ci import CIProvider, PipelineStatus
+from forgeline.ports.git import Git
+from forgeline.ports.queue import WorkQueue
+from forgeline.ports.store import Store
+from forgeline.ports.templates import TemplateProvider
+from forgeline.services.builds import BUILD_KIND, BuildRequest
+from forgeline.services.redaction import TextRedactor, redact_event
+from forgeline.services.registry import ProviderRegistry
+
+log = structlog.get_logger("forgeline.worker")
+
+#: The provider name on events the pipeline itself emits (steps, errors).
+PIPELINE = "forgeline"
+
+
+class Injects(Protocol):
+    """What the worker needs of the credential injector."""
+
+    async def for_build(self, project: Project, task_id: str) -> dict[str, Secret]:
+        """The environment variables a build of ``project`` receives."""
+        ...
+
+    async def secret(self, name: str, *, project: str | None, task_id: str | None) -> Secret:
+        """One credential (e.g. the git push token)."""
+        ...
+
+
+class Calls(Protocol):
+    """What the worker needs of the callback dispatcher."""
+
+    async def enqueue(
+        self,
+        task_id: str,
+        url: str,
+        event: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Store a delivery in the outbox and wake the sender."""
+        ...
+
+
+class Observes(Protocol):
+    """What the worker reports to metrics."""
+
+    def build_finished(
+        self, status: str, duration_s: float, cost_usd: float, provider: str
+    ) -> None:
+        """Count a finished build."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How a worker runs builds."""
+
+    name: str
+    checkouts_dir: Path
+    author: GitAuthor
+    concurrency: int = 2
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    git_token_credential: str = "git-token"  # noqa: S105 - a credential name
+    ci_find_timeout_s: float = 120.0
+    ci_pipeline_timeout_s: float = 1800.0
+    #: How long an idle worker waits for a wake-up before it claims again anyway.
+    idle_wait_s: float = 1.0
+
+
+class BuildCancelledError(Exception):
+    """Raised inside a pipeline when its task's cancel was requested."""
+
+
+class _LeaseGoneError(Exception):
+    """Raised inside a pipeline when another worker owns the task now."""
+
+
+@dataclass
+class _Outcome:
+    """Where a pipeline ended."""
+
+    status: TaskStatus
+    output: str
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    agent: AgentResult | None = None
+    error: str | None = None
+
+
+class Worker:
+    """Claims build tasks from the queue and runs them, up to ``concurrency`` at once."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        queue: WorkQueue,
+        store: Store,
+        registry: ProviderRegistry,
+        git: Git,
+        redactor: TextRedactor,
+        injector: Injects | None = None,
+        callbacks: Calls | None = None,
+        ci: CIProvider | None = None,
+        templates: TemplateProvider | None = None,
+        metrics: Observes | None = None,
+    ) -> None:
+        self.config = config
+        self._queue = queue
+        self._store = store
+        self._registry = registry
+        self._git = git
+        self._redactor = redactor
+        self._injector = injector
+        self._callbacks = callbacks
+        self._ci = ci
+        self._templates = templates
+        self._metrics = metrics
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the builds this worker runs now."""
+        return list(self._running)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run builds until ``stop`` is set, then shut down gracefully:
+        running builds get ``shutdown_grace_s`` to finish, then are cancelled and their
+        tasks given back to the queue for another worker."""
+        log.info("worker.started", worker=self.config.name, concurrency=self.config.concurrency)
+        last_recovery = 0.0
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() - last_recovery > self.config.lease_s / 2:
+                        last_recovery = time.monotonic()
+                        recovered = await self._queue.recover_expired()
+                        if recovered:
+                            log.info("worker.recovered_expired", count=recovered)
+                    free = self.config.concurrency - len(self._running)
+                    if free > 0:
+                        leases = await self._queue.claim(
+                            self.config.name,
+                            lease_s=self.config.lease_s,
+                            limit=free,
+                            kinds=[BUILD_KIND],
+                        )
+                        for lease in leases:
+                            self._start(lease)
+                        if leases:
+                            continue
+                except StorageError as exc:
+                    # The database went away (restart, network): keep the builds that run,
+                    # try again shortly; nothing is lost, leases are renewed on reconnect.
+                    log.warning("worker.queue_unavailable", error=str(exc))
+                    await asyncio.wait({stopper}, timeout=1.0)
+                    continue
+                await self._idle(stopper)
+        finally:
+            stopper.cancel()
+            await self._shutdown()
+        log.info("worker.stopped", worker=self.config.name)
+
+    async def _idle(self, stopper: asyncio.Future[Any]) -> None:
+        # Wait for whichever comes first: stop, new work, a free slot, or the poll interval.
+        self._wake.clear()
+        waiters: set[asyncio.Future[Any]] = {stopper, asyncio.ensure_future(self._wake.wait())}
+        if len(self._running) < self.config.concurrency:
+            waiters.add(asyncio.ensure_future(self._queue.wait_for_work(self.config.idle_wait_s)))
+        try:
+            await asyncio.wait(
+                waiters, timeout=self.config.idle_wait_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters - {stopper}:
+                waiter.cancel()
+            for waiter in waiters - {stopper}:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiter
+
+    def _start(self, lease: Lease) -> None:
+        task = asyncio.create_task(self._run_build(lease), name=f"build:{lease.task_id}")
+        self._running[lease.task_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._running.pop(lease.task_id, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _shutdown(self) -> None:
+        if not self._running:
+            return
+        tasks = list(self._running.values())
+        log.info("worker.draining", builds=len(tasks), grace_s=self.config.shutdown_grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=15.0)
+
+    async def _run_build(self, lease: Lease) -> None:
+        run = BuildRun(self, lease)
+        try:
+            await run.execute()
+        except asyncio.CancelledError:
+            # Shutdown: the build did not finish in the grace period. Give the task back
+            # so another worker runs it, without counting an attempt.
+            with contextlib.suppress(ForgelineError):
+                await asyncio.shield(self._queue.release(lease))
+            raise
+        except Exception:
+            log.exception("worker.build_crashed", task_id=lease.task_id)
+
+
+class BuildRun:
+    """One build: the pipeline, its heartbeat and its cancel watch."""
+
+    def __init__(self, worker: Worker, lease: Lease) -> None:
+        self.w = worker
+        self.lease = lease
+        self.task_id = lease.task_id
+        self.request = BuildRequest.from_task(lease.task)
+        self.cancel_requested = asyncio.Event()
+        self.lease_lost = False
+        self.agent_run_id: str | None = None
+        self.provider = PIPELINE
+        self.started = time.monotonic()
+        self.log = log.bind(task_id=self.task_id, project=self.request.project)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def emit(self, event: AgentEvent) -> None:
+        """Store an event of this task, redacted."""
+        await self.w._store.append_event(self.task_id, redact_event(event, self.w._redactor))
+
+    async def status(self, state: str, **detail: Any) -> None:
+        """A pipeline ``status`` event."""
+        await self.emit(AgentEvent(data=StatusData(state=state, detail=detail), provider=PIPELINE))
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """Record a step's start and end (with its duration and outcome)."""
+        await self.status("step", step=name, phase="started")
+        started = time.monotonic()
+        info: dict[str, Any] = {"outcome": "ok"}
+        try:
+            yield info
+        except BaseException as exc:
+            info["outcome"] = "cancelled" if isinstance(exc, BuildCancelledError) else "failed"
+            raise
+        finally:
+            with contextlib.suppress(ForgelineError):
+                await asyncio.shield(
+                    self.status(
+                        "step",
+                        step=name,
+                        phase="finished",
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                        **info,
+                    )
+                )
+
+    def check_cancel(self) -> None:
+        """Raise if the task's cancel was requested or its lease lost."""
+        if self.lease_lost:
+            raise _LeaseGoneError
+        if self.cancel_requested.is_set():
+            raise BuildCancelledError
+
+    # --- watchers -------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = max(0.2, self.w.config.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                task = await self.w._queue.heartbeat(self.lease, lease_s=self.w.config.lease_s)
+            except LeaseLostError:
+                self.log.warning("build.lease_lost")
+                self.lease_lost = True
+                await self._stop_agent()
+                return
+            except StorageError as exc:
+                self.log.warning("build.heartbeat_failed", error=str(exc))
+                continue
+            if task.cancel_requested and not self.cancel_requested.is_set():
+                await self._on_cancel()
+
+    async def _cancel_watch(self) -> None:
+        while not self.cancel_requested.is_set():
+            try:
+                if await self.w._queue.wait_for_cancel(self.task_id, 5.0):
+                    await self._on_cancel()
+                    return
+            except StorageError:
+                await asyncio.sleep(1.0)
+
+    async def _on_cancel(self) -> None:
+        self.log.info("build.cancel_requested")
+        self.cancel_requested.set()
+        await self._stop_agent()
+
+    async def _stop_agent(self) -> None:
+        if self.agent_run_id is not None:
+            await self.w._registry.get(self.provider).cancel(self.agent_run_id)
+
+    # --- the run --------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Run the pipeline with its watchers, then record the outcome."""
+        self.log.info("build.started", attempt=self.lease.task.attempts)
+        watchers = [
+            asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.task_id}"),
+            asyncio.create_task(self._cancel_watch(), name=f"cancel-watch:{self.task_id}"),
+        ]
+        try:
+            outcome = await self._pipeline()
+        except _LeaseGoneError:
+            return
+        except BuildCancelledError:
+            outcome = _Outcome(TaskStatus.CANCELLED, "build cancelled")
+        except (PushRejectedError, AgentError) as exc:
+            outcome = _Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
+        except ForgelineError as exc:
+            if await self._retry(exc.message):
+                return
+            outcome = _Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        if self.lease_lost:
+            return
+        await self._finish(outcome)
+
+    async def _retry(self, message: str) -> bool:
+        """Give an infrastructure failure back to the queue; True if it will run again."""
+        task = self.lease.task
+        if task.attempts >= task.max_attempts:
+            return False
+        with contextlib.suppress(ForgelineError):
+            await self.emit(
+                AgentEvent(
+                    data=ErrorData(kind="infrastructure", message=message), provider=PIPELINE
+                )
+            )
+            await self.status("retrying", attempt=task.attempts, max_attempts=task.max_attempts)
+        try:
+            await self.w._queue.fail(self.lease, self.w._redactor.redact(message), retryable=True)
+        except LeaseLostError:
+            return True
+        self.log.warning("build.retrying", error=message)
+        return True
+
+    async def _pipeline(self) -> _Outcome:
+        spec = self.request.spec
+        project = await self.w._store.get_project(self.request.project)
+        agent = self.w._registry.get(spec.provider)
+        self.provider = agent.name
+        env: dict[str, Secret] = {}
+        token: Secret | None = None
+        if self.w._injector is not None:
+            env = await self.w._injector.for_build(project, self.task_id)
+            if project.repo_url.startswith(("https://", "http://")):
+                token = await self._optional_secret(self.w.config.git_token_credential, project)
+        remote = GitRemote(project.repo_url, token=token)
+        workdir = str(self.w.config.checkouts_dir / project.name)
+        branch = project.default_branch
+
+        async with self.step("checkout") as info:
+            checkout = await self.w._git.prepare_checkout(project.name, remote, branch, workdir)
+            info["head"] = checkout.head
+        self.check_cancel()
+
+        target = branch if spec.auto_deploy else review_branch(self.task_id)
+        artifacts: dict[str, Any] = {}
+        earlier = (
+            None if checkout.empty else await self.w._git.find_task_commit(workdir, self.task_id)
+        )
+        if earlier is not None:
+            # An earlier attempt of this task pushed already (its worker died after the
+            # push): do not run the agent twice, report that commit.
+            await self.status("already_pushed", commit_sha=earlier)
+            artifacts["commit_sha"] = earlier
+            return await self._after_push(
+                project, _Outcome(TaskStatus.COMPLETED, "", artifacts), earlier, target
+            )
+
+        template = spec.template or project.template
+        if checkout.empty and template and self.w._templates is not None:
+            async with self.step("template") as info:
+                info["template"] = template
+                provider = self.w._templates
+                variables = {**project.variables, **spec.variables}
+                await asyncio.to_thread(
+                    provider.render, template, variables, Path(workdir), project_name=project.name
+                )
+            self.check_cancel()
+
+        result = await self._run_agent(agent, project, spec, workdir, env)
+        if result.status is RunStatus.CANCELLED or self.cancel_requested.is_set():
+            raise BuildCancelledError
+        if result.status is not RunStatus.SUCCEEDED:
+            return _Outcome(TaskStatus.FAILED, result.text, agent=result, error=result.text)
+        self.check_cancel()
+
+        outcome = _Outcome(TaskStatus.COMPLETED, result.text, artifacts, agent=result)
+        async with self.step("commit") as info:
+            if not await self.w._git.has_changes(workdir):
+                info["outcome"] = "skipped"
+                info["reason"] = "no file changed"
+                return outcome
+            sha = await self.w._git.commit(
+                workdir,
+                build_commit_message(spec.prompt),
+                self.w.config.author,
+                {"Forgeline-Task": self.task_id},
+            )
+            info["commit_sha"] = sha
+        self.check_cancel()
+
+        async with self.step("push") as info:
+            pushed = await self.w._git.push(workdir, remote, target)
+            info.update(branch=target, commit_sha=pushed.sha)
+        artifacts["commit_sha"] = pushed.sha
+        return await self._after_push(project, outcome, pushed.sha, target)
+
+    async def _after_push(
+        self, project: Project, outcome: _Outcome, sha: str, target: str
+    ) -> _Outcome:
+        spec = self.request.spec
+        if not spec.auto_deploy:
+            outcome.artifacts["branch"] = target
+            return outcome
+        deploy_url = project.settings.get("deploy_url")
+        if deploy_url:
+            outcome.artifacts["deploy_url"] = deploy_url
+        repo_id = project.settings.get("woodpecker_repo_id")
+        if self.w._ci is None or repo_id is None:
+            await self.status(
+                "step",
+                step="ci",
+                phase="skipped",
+                reason="no CI configured" if self.w._ci is None else "project not activated in CI",
+            )
+            return outcome
+        return await self._ci_step(self.w._ci, int(repo_id), sha, target, outcome)
+
+    async def _ci_step(
+        self, ci: CIProvider, repo_id: int, sha: str, branch: str, outcome: _Outcome
+    ) -> _Outcome:
+        async with self.step("ci") as info:
+            pipeline = await ci.find_pipeline(
+                repo_id, sha, self.w.config.ci_find_timeout_s, branch=branch
+            )
+            if pipeline is None:
+                pipeline = await ci.trigger(repo_id, branch, {"TASK_ID": self.task_id})
+            if pipeline is None:
+                info["outcome"] = "skipped"
+                info["reason"] = "CI started no pipeline for this commit"
+                return outcome
+            info["pipeline"] = pipeline.number
+            outcome.artifacts["pipeline"] = pipeline.number
+            final = await self._follow(ci, repo_id, pipeline)
+            outcome.artifacts["pipeline_status"] = final.status
+            info["pipeline_status"] = final.status
+            if final.status != "success":
+                step = f" at step {final.failed_step!r}" if final.failed_step else ""
+                message = f"CI pipeline {final.number} ended {final.status}{step}"
+                info["outcome"] = "failed"
+                outcome.status = TaskStatus.FAILED
+                outcome.error = message
+                outcome.output = message if not outcome.output else f"{outcome.output}\n\n{message}"
+        return outcome
+
+    async def _follow(
+        self, ci: CIProvider, repo_id: int, pipeline: PipelineStatus
+    ) -> PipelineStatus:
+        async def on_change(status: PipelineStatus) -> None:
+            await self.status("pipeline", pipeline=status.number, pipeline_status=status.status)
+
+        follow = asyncio.ensure_future(
+            ci.follow(
+                repo_id, pipeline.number, self.w.config.ci_pipeline_timeout_s, on_change=on_change
+            )
+        )
+        cancelled = asyncio.ensure_future(self.cancel_requested.wait())
+        try:
+            done, _ = await asyncio.wait({follow, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if follow in done:
+                return follow.result()
+            follow.cancel()
+            with contextlib.suppress(Exception):
+                await ci.cancel(repo_id, pipeline.number)
+            raise BuildCancelledError
+        finally:
+            cancelled.cancel()
+            if not follow.done():
+                follow.cancel()
+
+    async def _optional_secret(self, name: str, project: Project) -> Secret | None:
+        from forgeline.domain.errors import CredentialNotFoundError
+
+        assert self.w._injector is not None  # noqa: S101 - checked by the caller
+        try:
+            return await self.w._injector.secret(name, project=project.name, task_id=self.task_id)
+        except CredentialNotFoundError:
+            return None
+
+    async def _run_agent(
+        self,
+        agent: CodeAgent,
+        project: Project,
+        spec: BuildSpec,
+        workdir: str,
+        env: Mapping[str, Secret],
+    ) -> AgentResult:
+        prompt = spec.prompt
+        template = spec.template or project.template
+        if template and self.w._templates is not None:
+            with contextlib.suppress(ForgelineError):
+                described = self.w._templates.get_template(template)
+                context = described.prompt_context({**project.variables, **spec.variables})
+                prompt = f"{context}\n\n{prompt}"
+        request = AgentRequest(
+            prompt=prompt,
+            workdir=workdir,
+            provider=agent.name,
+            model=spec.model,
+            timeout_s=spec.timeout_s,
+            resume_session=spec.resume_session,
+            env={name: secret.reveal() for name, secret in env.items()},
+            task_id=self.task_id,
+            state_key=project.name,
+        )
+        self.agent_run_id = request.run_id
+        if self.cancel_requested.is_set():
+            await agent.cancel(request.run_id)
+        result: AgentResult | None = None
+        async with self.step("agent") as info:
+            info["provider"] = agent.name
+            stream = agent.execute(request)
+            try:
+                async for event in stream:
+                    if isinstance(event.data, AgentResult):
+                        result = event.data
+                        continue
+                    await self.emit(event)
+            finally:
+                await stream.aclose()
+            if result is None:  # pragma: no cover - the CodeAgent port guarantees a result
+                result = AgentResult(
+                    status=RunStatus.FAILED, text="the agent ended without a result"
+                )
+            info["status"] = result.status.value
+            if result.status is not RunStatus.SUCCEEDED:
+                info["outcome"] = "cancelled" if result.status is RunStatus.CANCELLED else "failed"
+        return result
+
+    # --- the end --------------------------------------------------------------------------
+
+    async def _finish(self, outcome: _Outcome) -> None:
+        redact = self.w._redactor
+        output = redact.redact(outcome.output or "")
+        task_result = {
+            "output": output,
+            "artifacts": outcome.artifacts,
+            "agent": _agent_summary(outcome.agent, self.provider),
+        }
+        if outcome.error:
+            task_result["error"] = redact.redact(outcome.error)
+            await self.emit(
+                AgentEvent(
+                    data=ErrorData(kind="build_" + outcome.status.value, message=outcome.error),
+                    provider=PIPELINE,
+                )
+            )
+        # The callback goes into the durable outbox before the task is final: if this
+        # worker dies in between, the task runs again and its enqueue (same idempotency
+        # key) returns this delivery, so the requester hears exactly once either way.
+        await self._callback(outcome.status, output, outcome.artifacts)
+        try:
+            if outcome.status is TaskStatus.COMPLETED:
+                await self.w._queue.complete(self.lease, task_result)
+            elif outcome.status is TaskStatus.CANCELLED:
+                await self.w._queue.finish_cancelled(self.lease, task_result)
+            else:
+                await self.w._queue.fail(
+                    self.lease, str(task_result.get("error") or output), retryable=False
+                )
+        except LeaseLostError:
+            self.log.warning("build.lease_lost_at_finish")
+            return
+        if outcome.status is TaskStatus.CANCELLED:
+            await self._clean_checkout()
+        agent = outcome.agent or AgentResult(status=RunStatus.FAILED)
+        final = replace(
+            agent,
+            status=_run_status(outcome.status, agent),
+            text=output,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+        )
+        await self.emit(AgentEvent(data=final, provider=self.provider, session_id=final.session_id))
+        if self.w._metrics is not None:
+            self.w._metrics.build_finished(
+                outcome.status.value, time.monotonic() - self.started, agent.cost_usd, self.provider
+            )
+        self.log.info("build.finished", status=outcome.status.value, **outcome.artifacts)
+
+    async def _clean_checkout(self) -> None:
+        # A cancelled build leaves no half-edited tree behind: the next build of the project
+        # resets the cache anyway, but files an agent wrote should not linger until then.
+        workdir = self.w.config.checkouts_dir / self.request.project
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(_remove_tree, workdir)
+
+    async def _callback(
+        self, status: TaskStatus, output: str, artifacts: Mapping[str, Any]
+    ) -> None:
+        url = self.request.spec.callback_url
+        if not url or self.w._callbacks is None:
+            return
+        payload = build_payload(
+            task_id=self.task_id,
+            project_id=self.request.project,
+            status=status.value,
+            output=output,
+            artifacts=artifacts,
+        )
+        try:
+            await self.w._callbacks.enqueue(
+                self.task_id,
+                url,
+                BUILD_COMPLETED,
+                self.w._redactor.redact_obj(payload),
+                idempotency_key=f"{self.task_id}:{BUILD_COMPLETED}",
+            )
+        except ForgelineError as exc:
+            self.log.error("build.callback_not_queued", error=str(exc))
+
+
+def _run_status(status: TaskStatus, agent: AgentResult) -> RunStatus:
+    if status is TaskStatus.COMPLETED:
+        return RunStatus.SUCCEEDED
+    if status is TaskStatus.CANCELLED:
+        return RunStatus.CANCELLED
+    return RunStatus.TIMED_OUT if agent.status is RunStatus.TIMED_OUT else RunStatus.FAILED
+
+
+def _agent_summary(result: AgentResult | None, provider: str) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "provider": provider,
+        "status": result.status.value,
+        "session_id": result.session_id,
+        "num_turns": result.num_turns,
+        "duration_ms": result.duration_ms,
+        "cost_usd": result.cost_usd,
+        "usage": result.usage.to_dict(),
+    }
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
