@@ -7,14 +7,19 @@ adapter swapped by passing it to :class:`Container` directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import structlog
+
 from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.domain.errors import CredentialNotFoundError
+from forgeline.domain.git import GitAuthor
 from forgeline.domain.secrets import Secret
 from forgeline.logs import Redactor
 from forgeline.ports.ci import CIProvider
@@ -25,17 +30,27 @@ from forgeline.settings import Settings
 
 if TYPE_CHECKING:
     from forgeline.ports.callbacks import CallbackOutbox
+    from forgeline.ports.git import Git
+    from forgeline.ports.queue import WorkQueue
+    from forgeline.ports.store import Store
+    from forgeline.ports.workspace import Workspace
+    from forgeline.services.auth import AuthService
+    from forgeline.services.builds import BuildService
     from forgeline.services.callback_policy import CallbackUrlPolicy
-    from forgeline.services.callbacks import CallbackDispatcher
+    from forgeline.services.callbacks import CallbackDispatcher, Observer
+    from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.metrics import Metrics
+    from forgeline.services.projects import ProjectService
+    from forgeline.services.worker import Worker
 
 
-def build_registry(settings: Settings) -> ProviderRegistry:
+def build_registry(settings: Settings, workspace: Workspace | None = None) -> ProviderRegistry:
     """The agent providers, Claude Code first (the default)."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
     from forgeline.adapters.workspace import build_workspace
 
-    workspace = build_workspace(settings)
+    workspace = workspace or build_workspace(settings)
     registry = ProviderRegistry()
     registry.register(
         ClaudeCodeAgent(
@@ -86,7 +101,10 @@ def build_callback_policy(settings: Settings) -> CallbackUrlPolicy:
 
 
 def build_callback_dispatcher(
-    settings: Settings, database: Database, redactor: Redactor
+    settings: Settings,
+    database: Database,
+    redactor: Redactor,
+    observer: Observer | None = None,
 ) -> CallbackDispatcher:
     """The callback dispatcher (not started), its signing key loaded or generated."""
     from forgeline.services.callbacks import (
@@ -111,6 +129,7 @@ def build_callback_dispatcher(
         secret,
         config=config,
         redactor=redactor,
+        observer=observer,
     )
 
 
@@ -140,40 +159,193 @@ def build_ci(settings: Settings, token: Secret | None) -> CIProvider | None:
     )
 
 
+def build_git(settings: Settings, workspace: Workspace, redactor: Redactor) -> Git:
+    """Real git through the workspace, with forgeline's own timeouts."""
+    from forgeline.adapters.git import GitCli
+
+    return GitCli(
+        workspace,
+        binary=settings.git_bin,
+        timeout_s=settings.git_timeout_s,
+        network_timeout_s=settings.git_network_timeout_s,
+        redactor=redactor,
+    )
+
+
+def git_author(settings: Settings) -> GitAuthor:
+    """The bot identity of build commits."""
+    return GitAuthor(settings.git_author_name, settings.git_author_email)
+
+
 @dataclass
 class Container:
-    """Everything an entrypoint needs, built from one :class:`Settings`."""
+    """Everything an entrypoint needs, built from one :class:`Settings`.
+
+    Build it with :func:`open_container`; tests may construct one with their own parts.
+    """
 
     settings: Settings
     registry: ProviderRegistry
     database: Database
-    redactor: Redactor = field(default_factory=Redactor)
-    #: Set by :func:`open_container` (after migrations); tests may pass their own.
-    credentials: CredentialStore | None = None
+    redactor: Redactor
+    workspace: Workspace
+    store: Store
+    queue: WorkQueue
+    credentials: CredentialStore
+    injector: CredentialInjector
+    git: Git
+    templates: TemplateProvider
+    ci: CIProvider | None
+    callback_policy: CallbackUrlPolicy
+    callbacks: CallbackDispatcher
+    auth: AuthService
+    builds: BuildService
+    projects: ProjectService
+    metrics: Metrics
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def ping_database(self) -> None:
         """Raise ``StorageError`` unless the database answers (readiness)."""
         await self.database.ping()
 
+    def worker(self, name: str, concurrency: int) -> Worker:
+        """A build worker on this container's adapters."""
+        from forgeline.services.worker import Worker, WorkerConfig
+
+        s = self.settings
+        return Worker(
+            WorkerConfig(
+                name=name,
+                checkouts_dir=s.data_dir / "checkouts",
+                author=git_author(s),
+                concurrency=concurrency,
+                lease_s=s.lease_seconds,
+                shutdown_grace_s=s.shutdown_grace_s,
+                git_token_credential=s.git_token_credential,
+                ci_find_timeout_s=s.woodpecker_find_timeout_s,
+                ci_pipeline_timeout_s=s.woodpecker_pipeline_timeout_s,
+            ),
+            queue=self.queue,
+            store=self.store,
+            registry=self.registry,
+            git=self.git,
+            redactor=self.redactor,
+            injector=self.injector,
+            callbacks=self.callbacks,
+            ci=self.ci,
+            templates=self.templates,
+            metrics=self.metrics,
+        )
+
     async def aclose(self) -> None:
-        """Release every adapter's resources; idempotent."""
-        for agent in self.registry.agents():
-            await agent.aclose()
-        await self.database.aclose()
+        """Release every adapter's resources, last built first; idempotent."""
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - one failing closer must not keep others open
+                structlog.get_logger("forgeline").exception("container.close_failed")
+
+
+async def _ci_token(settings: Settings, credentials: CredentialStore) -> Secret | None:
+    if not settings.woodpecker_url:
+        return None
+    try:
+        return await credentials.get(settings.woodpecker_token_credential)
+    except CredentialNotFoundError:
+        return None
 
 
 @asynccontextmanager
 async def open_container(settings: Settings) -> AsyncIterator[Container]:
-    """Build the container, prepare the data directory, and close everything on exit."""
+    """Build every adapter from ``settings`` (migrating the schema when allowed) and close
+    them all on exit."""
+    from forgeline.adapters.queue import build_queue
+    from forgeline.adapters.store import build_store
+    from forgeline.adapters.workspace import build_workspace
+    from forgeline.services.auth import AuthService
+    from forgeline.services.builds import BuildService
+    from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.metrics import Metrics
+    from forgeline.services.projects import ProjectConfig, ProjectService
+
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    redactor = Redactor()
     database = open_database(settings.database_url)
     await database.open()
-    container = Container(settings=settings, registry=build_registry(settings), database=database)
+    closers: list[Callable[[], Awaitable[None]]] = [database.aclose]
     try:
         if settings.auto_migrate:
             await migrate(database)
-        if container.credentials is None:
-            container.credentials = build_credential_store(settings, database)
+        workspace = build_workspace(settings)
+        registry = build_registry(settings, workspace)
+        closers += [agent.aclose for agent in registry.agents()]
+        store = build_store(database)
+        queue = build_queue(database)
+        closers.append(queue.aclose)
+        credentials = build_credential_store(settings, database)
+        injector = CredentialInjector(credentials, redactor)
+        git = build_git(settings, workspace, redactor)
+        templates = build_templates(settings)
+        ci_token = await _ci_token(settings, credentials)
+        if ci_token is not None:
+            redactor.add(ci_token.reveal(), settings.woodpecker_token_credential)
+        ci = build_ci(settings, ci_token)
+        if ci is not None:
+            closers.append(ci.aclose)
+        metrics = Metrics(queue=queue)
+        callback_policy = build_callback_policy(settings)
+        callbacks = build_callback_dispatcher(
+            settings, database, redactor, metrics.callback_attempt
+        )
+        metrics.outbox = callbacks.outbox
+        author = git_author(settings)
+        container = Container(
+            settings=settings,
+            registry=registry,
+            database=database,
+            redactor=redactor,
+            workspace=workspace,
+            store=store,
+            queue=queue,
+            credentials=credentials,
+            injector=injector,
+            git=git,
+            templates=templates,
+            ci=ci,
+            callback_policy=callback_policy,
+            callbacks=callbacks,
+            auth=AuthService(store),
+            builds=BuildService(
+                queue=queue,
+                store=store,
+                registry=registry,
+                max_queued_per_project=settings.max_queued_per_project,
+                check_callback_url=callback_policy.check,
+                callbacks=callbacks,
+            ),
+            projects=ProjectService(
+                ProjectConfig(
+                    git_base_url=settings.git_base_url,
+                    scratch_dir=settings.data_dir / "scratch",
+                    author=author,
+                    git_token_credential=settings.git_token_credential,
+                ),
+                store=store,
+                git=git,
+                templates=templates,
+                ci=ci,
+                credentials=credentials,
+            ),
+            metrics=metrics,
+            _closers=closers,
+        )
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+    try:
         yield container
     finally:
         await container.aclose()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
+from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import CapacityError, UnknownProviderError, ValidationError
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
 from forgeline.ports.queue import Enqueued, WorkQueue
@@ -17,6 +19,22 @@ BUILD_KIND = "build"
 #: Attempts of a build whose worker died or whose infrastructure failed (never of an
 #: agent that ran and failed: that is an answer, not an accident).
 BUILD_MAX_ATTEMPTS = 3
+
+
+class Calls(Protocol):
+    """What builds need of the callback dispatcher: a durable enqueue."""
+
+    async def enqueue(
+        self,
+        task_id: str,
+        url: str,
+        event: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Store a delivery in the outbox and wake the sender."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +66,15 @@ class BuildService:
         store: Store,
         registry: ProviderRegistry,
         max_queued_per_project: int,
-        check_callback_url: Callable[[str], Any] | None = None,
+        check_callback_url: Callable[[str], Awaitable[Any]] | None = None,
+        callbacks: Calls | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
         self._registry = registry
         self._max_queued = max_queued_per_project
         self._check_callback_url = check_callback_url
+        self._callbacks = callbacks
 
     async def submit(
         self, project_name: str, spec: BuildSpec, *, idempotency_key: str | None = None
@@ -72,7 +92,7 @@ class BuildService:
             except UnknownProviderError as exc:
                 raise ValidationError(exc.message) from exc
         if spec.callback_url and self._check_callback_url is not None:
-            self._check_callback_url(spec.callback_url)
+            await self._check_callback_url(spec.callback_url)
         queued = await self._queue.count(status=TaskStatus.QUEUED, concurrency_key=project.name)
         if queued >= self._max_queued:
             raise CapacityError(
@@ -92,5 +112,35 @@ class BuildService:
         return await self._queue.get(task_id)
 
     async def cancel(self, task_id: str) -> WorkTask:
-        """Cancel a queued build now, or ask its worker to stop a running one."""
-        return await self._queue.cancel(task_id)
+        """Cancel a queued build now, or ask its worker to stop a running one.
+
+        A build cancelled before any worker took it ends here: its stream gets its
+        ``result`` event and its requester the callback, as a worker would have sent.
+        """
+        task = await self._queue.cancel(task_id)
+        if task.status is not TaskStatus.CANCELLED or task.kind != BUILD_KIND:
+            return task
+        request = BuildRequest.from_task(task)
+        output = "build cancelled before it started"
+        if request.spec.callback_url and self._callbacks is not None:
+            await self._callbacks.enqueue(
+                task.id,
+                request.spec.callback_url,
+                BUILD_COMPLETED,
+                build_payload(
+                    task_id=task.id,
+                    project_id=request.project,
+                    status=task.status.value,
+                    output=output,
+                    artifacts={},
+                ),
+                idempotency_key=f"{task.id}:{BUILD_COMPLETED}",
+            )
+        provider = request.spec.provider or self._registry.default_name or "forgeline"
+        await self._store.append_event(
+            task.id,
+            AgentEvent(
+                data=AgentResult(status=RunStatus.CANCELLED, text=output), provider=provider
+            ),
+        )
+        return task

@@ -50,7 +50,7 @@ from forgeline.ports.git import Git
 from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
-from forgeline.services.builds import BUILD_KIND, BuildRequest
+from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls
 from forgeline.services.redaction import TextRedactor, redact_event
 from forgeline.services.registry import ProviderRegistry
 
@@ -69,22 +69,6 @@ class Injects(Protocol):
 
     async def secret(self, name: str, *, project: str | None, task_id: str | None) -> Secret:
         """One credential (e.g. the git push token)."""
-        ...
-
-
-class Calls(Protocol):
-    """What the worker needs of the callback dispatcher."""
-
-    async def enqueue(
-        self,
-        task_id: str,
-        url: str,
-        event: str,
-        payload: Mapping[str, Any],
-        *,
-        idempotency_key: str | None = None,
-    ) -> Any:
-        """Store a delivery in the outbox and wake the sender."""
         ...
 
 
