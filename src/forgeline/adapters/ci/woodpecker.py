@@ -327,6 +327,9 @@ class WoodpeckerClient:
                 )
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
+            # A 5xx is retried for every method: Woodpecker's handlers answer 5xx when a
+            # step they depend on failed (the forge, the store) and nothing was committed;
+            # the rare create-then-fail can at worst start one extra pipeline.
             if response.status_code >= 500 and not last_try:
                 log.warning(
                     "woodpecker server error, retrying",
