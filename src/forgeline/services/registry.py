@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import Any
 
 from forgeline.domain.errors import DuplicateProviderError, UnknownProviderError
 from forgeline.ports.agent import CodeAgent
@@ -61,3 +63,20 @@ class ProviderRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._agents)
+
+
+async def describe_agents(registry: ProviderRegistry) -> list[dict[str, Any]]:
+    """Each provider with ``name``, ``default``, ``available`` and ``capabilities``, the
+    default first; availability checks run concurrently (each bounded by the adapter)."""
+    agents = registry.agents()
+    caps = await asyncio.gather(*(agent.capabilities() for agent in agents))
+    default = registry.default_name
+    return [
+        {
+            "name": agent.name,
+            "default": agent.name == default,
+            "available": cap.available,
+            "capabilities": cap.to_dict(),
+        }
+        for agent, cap in zip(agents, caps, strict=True)
+    ]

@@ -1,50 +1,75 @@
-"""The HTTP API (FastAPI). Routes are added per resource; the container comes from the lifespan."""
+"""The HTTP API app: the container, the callback sender and in-process workers live in
+its lifespan."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import structlog
+from fastapi import FastAPI
 
 from forgeline import __version__
 from forgeline.bootstrap import Container, open_container
-from forgeline.domain.errors import StorageError
+from forgeline.entrypoints.api import errors
+from forgeline.entrypoints.api.limits import BodySizeLimit
+from forgeline.entrypoints.api.routes import health, router
 from forgeline.settings import Settings
 
+log = structlog.get_logger("forgeline.api")
 
-def create_app(settings: Settings, *, container: Container | None = None) -> FastAPI:
-    """The ASGI app; ``container`` lets a test inject its own adapters."""
+
+@asynccontextmanager
+async def running_services(container: Container, workers: int) -> AsyncIterator[None]:
+    """Run the callback dispatcher and a worker running up to ``workers`` builds at once
+    (none for 0) until the block ends;
+    then stop claiming, let builds finish within the grace period, and stop."""
+    stop = asyncio.Event()
+    tasks = []
+    if workers > 0:
+        worker = container.worker(f"{socket.gethostname()}:{os.getpid()}", concurrency=workers)
+        tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+    await container.callbacks.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await container.callbacks.stop()
+
+
+def create_app(
+    settings: Settings, *, container: Container | None = None, workers: int | None = None
+) -> FastAPI:
+    """The ASGI app. ``container`` lets a test bring its own adapters; ``workers`` (default
+    ``settings.workers``) in-process build workers run beside the API."""
+    worker_count = settings.workers if workers is None else workers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if container is not None:
-            app.state.container = container
-            yield
-            return
-        async with open_container(settings) as built:
+        async with contextlib.AsyncExitStack() as stack:
+            built = (
+                container
+                if container is not None
+                else await stack.enter_async_context(open_container(settings))
+            )
             app.state.container = built
+            app.state.redactor = built.redactor
+            token_file = await built.auth.ensure_admin_token(settings.data_dir)
+            if token_file is not None:
+                log.warning("api.admin_token_created", path=str(token_file))
+            await stack.enter_async_context(running_services(built, worker_count))
+            log.info("api.ready", workers=worker_count, database=built.database.dialect)
             yield
 
     app = FastAPI(title="forgeline", version=__version__, lifespan=lifespan)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"], response_model=None)
-    async def readyz(request: Request) -> JSONResponse | dict[str, str]:
-        """Readiness: the database is reachable."""
-        built: Container = request.app.state.container
-        try:
-            await built.ping_database()
-        except StorageError as exc:
-            return JSONResponse(
-                status_code=503,
-                content={"error": {"code": exc.code, "message": exc.message}},
-            )
-        return {"status": "ready"}
-
+    errors.install(app)
+    app.include_router(health)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

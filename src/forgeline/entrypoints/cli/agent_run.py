@@ -186,7 +186,7 @@ async def run_agent(agent: CodeAgent, request: AgentRequest, printer: Printer) -
 
 
 @agent_app.command("run")
-def run(  # noqa: PLR0917 - typer maps each option to a parameter
+def run(
     prompt: Annotated[str, typer.Option("--prompt", help="What the agent should do.")],
     workdir: Annotated[Path, typer.Option("--workdir", help="The directory the agent works in.")],
     provider: Annotated[

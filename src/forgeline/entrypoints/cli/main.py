@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from forgeline import __version__
-from forgeline.bootstrap import build_registry
+from forgeline.entrypoints.cli import client, server
 from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
 from forgeline.entrypoints.cli.agent_run import agent_app
+from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.entrypoints.cli.templates import templates
 from forgeline.settings import Settings
 
 app = typer.Typer(
@@ -24,11 +26,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command()(server.serve)
+app.command()(server.worker)
+app.command()(client.build)
+app.command("templates")(templates)
 app.add_typer(agent_app, name="agent")
-app.add_typer(db_cli.app, name="db")
+app.add_typer(client.project_app, name="project")
+app.add_typer(client.task_app, name="task")
 app.add_typer(credentials_cli.app, name="credential")
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+app.add_typer(server.token_app, name="token")
+app.add_typer(db_cli.app, name="db")
 
 
 def _version(value: bool) -> None:
@@ -49,30 +56,13 @@ def root(
     """forgeline: queue builds, run coding agents, commit, push, deploy, call back."""
 
 
-def load_settings() -> Settings:
-    """Settings from the environment (and the optional settings file)."""
-    return Settings()
-
-
 @app.command()
 def agents(json_out: JsonOption = False) -> None:
     """List the agent providers, the default first, with capabilities and availability."""
-    registry = build_registry(load_settings())
+    from forgeline.bootstrap import build_registry
+    from forgeline.services.registry import describe_agents
 
-    async def gather() -> list[dict[str, Any]]:
-        caps = await asyncio.gather(*(agent.capabilities() for agent in registry.agents()))
-        default = registry.default_name
-        return [
-            {
-                "name": cap.provider,
-                "default": cap.provider == default,
-                "available": cap.available,
-                "capabilities": cap.to_dict(),
-            }
-            for cap in caps
-        ]
-
-    rows = asyncio.run(gather())
+    rows = asyncio.run(describe_agents(build_registry(Settings())))
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -87,36 +77,6 @@ def agents(json_out: JsonOption = False) -> None:
             caps["detail"] or "",
         )
     Console().print(table)
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (FORGELINE_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (FORGELINE_PORT).")] = None,
-) -> None:
-    """Run the HTTP API on embedded defaults (SQLite under ./.forgeline)."""
-    import uvicorn
-
-    from forgeline.entrypoints.api.app import create_app
-
-    overrides: dict[str, Any] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    settings = Settings(**overrides)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        lifespan="on",
-    )
-
-
-from forgeline.entrypoints.cli.templates import templates as _templates  # noqa: E402
-
-app.command("templates")(_templates)
 
 
 def main() -> None:

@@ -1,0 +1,375 @@
+"""The routes of DESIGN.md. Handlers translate HTTP to service calls and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgeline.bootstrap import Container
+from forgeline.domain.agent import MAX_TIMEOUT_S
+from forgeline.domain.project import Project
+from forgeline.domain.secrets import Secret
+from forgeline.domain.task import MAX_PROMPT_CHARS, BuildSpec, WorkTask
+from forgeline.ports.store import ApiToken
+from forgeline.services.auth import AuthService, Role
+from forgeline.services.builds import BuildRequest
+from forgeline.services.registry import describe_agents
+
+#: Seconds between SSE keep-alive comments, so proxies do not cut an idle stream.
+SSE_KEEPALIVE_S = 15.0
+
+
+def container_of(request: Request) -> Container:
+    """The container built by the app's lifespan."""
+    built: Container = request.app.state.container
+    return built
+
+
+ContainerDep = Annotated[Container, Depends(container_of)]
+
+
+async def authenticated(
+    container: ContainerDep, authorization: Annotated[str | None, Header()] = None
+) -> ApiToken:
+    """The caller's token (401 without a valid one)."""
+    return await container.auth.authenticate(authorization)
+
+
+TokenDep = Annotated[ApiToken, Depends(authenticated)]
+
+
+async def admin(token: TokenDep) -> ApiToken:
+    """The caller's token if it may administer forgeline (403 otherwise)."""
+    AuthService.require(token, Role.ADMIN)
+    return token
+
+
+AdminDep = Annotated[ApiToken, Depends(admin)]
+
+router = APIRouter()
+
+
+# --- projects --------------------------------------------------------------------------------
+
+
+class ProjectIn(BaseModel):
+    """``POST /projects``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=63, description="lowercase letters, digits and hyphens")
+    template: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    repo_url: str | None = None
+    credentials: dict[str, str] = Field(
+        default_factory=dict, description="environment variable → credential name"
+    )
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+def project_json(project: Project) -> dict[str, Any]:
+    """A project as the API shows it."""
+    return {
+        "name": project.name,
+        "repo_url": project.repo_url,
+        "default_branch": project.default_branch,
+        "template": project.template,
+        "variables": dict(project.variables),
+        "credentials": dict(project.credentials),
+        "settings": dict(project.settings),
+        "state": project.state,
+        "created_at": project.created_at.isoformat() if project.created_at else None,
+        "updated_at": project.updated_at.isoformat() if project.updated_at else None,
+    }
+
+
+@router.post("/projects", status_code=201, tags=["projects"])
+async def create_project(
+    body: ProjectIn, container: ContainerDep, _token: AdminDep, response: Response
+) -> dict[str, Any]:
+    """Create a project (from a template when named); 409 if a ready one has the name."""
+    project, created = await container.projects.create(
+        body.name,
+        template=body.template,
+        variables=body.variables,
+        repo_url=body.repo_url,
+        credentials=body.credentials,
+        settings=body.settings,
+    )
+    if not created:
+        response.status_code = 200
+    return project_json(project)
+
+
+@router.get("/projects", tags=["projects"])
+async def list_projects(container: ContainerDep, _token: TokenDep) -> list[dict[str, Any]]:
+    """Every project."""
+    return [project_json(p) for p in await container.projects.list()]
+
+
+@router.get("/projects/{name}", tags=["projects"])
+async def show_project(name: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+    """One project."""
+    return project_json(await container.projects.get(name))
+
+
+# --- builds and tasks ------------------------------------------------------------------------
+
+
+class BuildIn(BaseModel):
+    """``POST /project/{name}/build``: the build spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    template: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    auto_deploy: bool = True
+    callback_url: str | None = Field(None, max_length=2048)
+    provider: str | None = None
+    model: str | None = None
+    timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S)
+    resume_session: str | None = None
+
+    def spec(self) -> BuildSpec:
+        """The domain's build spec."""
+        return BuildSpec(**self.model_dump())
+
+
+class Accepted(BaseModel):
+    """A queued build."""
+
+    task_id: str
+    status: str
+
+
+@router.post("/project/{name}/build", status_code=202, tags=["builds"])
+async def build(
+    name: str,
+    body: BuildIn,
+    container: ContainerDep,
+    _token: TokenDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Accepted:
+    """Queue a build; the same ``Idempotency-Key`` returns the same task."""
+    enqueued = await container.builds.submit(name, body.spec(), idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/tasks/{enqueued.task.id}"
+    if not enqueued.created:
+        response.status_code = 200
+    return Accepted(task_id=enqueued.task.id, status=enqueued.task.status.value)
+
+
+def _time(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def task_json(task: WorkTask, container: Container) -> dict[str, Any]:
+    """A task as ``GET /tasks/{id}`` shows it: status, attempts, timestamps, result, callbacks."""
+    view: dict[str, Any] = {
+        "task_id": task.id,
+        "kind": task.kind,
+        "status": task.status.value,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "cancel_requested": task.cancel_requested,
+        "worker": task.worker,
+        "created_at": _time(task.created_at),
+        "started_at": _time(task.started_at),
+        "finished_at": _time(task.finished_at),
+        "updated_at": _time(task.updated_at),
+        "last_error": task.last_error,
+        "result": dict(task.result) if task.result is not None else None,
+    }
+    if task.kind == "build":
+        request = BuildRequest.from_task(task)
+        spec = request.spec.to_payload()
+        if spec.get("callback_url"):
+            from forgeline.domain.callbacks import display_url
+
+            spec["callback_url"] = display_url(spec["callback_url"])
+        view["project_id"] = request.project
+        view["spec"] = spec
+        deliveries = await container.callbacks.outbox.list_for_task(task.id)
+        view["callbacks"] = [d.as_public() for d in deliveries]
+    return container.redactor.redact_obj(view)  # type: ignore[no-any-return]
+
+
+@router.get("/tasks/{task_id}", tags=["builds"])
+async def show_task(task_id: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+    """Status, attempts, timestamps, result and callback deliveries of a task."""
+    return await task_json(await container.builds.get(task_id), container)
+
+
+@router.post("/tasks/{task_id}/cancel", tags=["builds"])
+async def cancel_task(task_id: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+    """Cancel a queued task now, or ask the worker of a running one to stop (409 if final)."""
+    return await task_json(await container.builds.cancel(task_id), container)
+
+
+@router.get("/tasks/{task_id}/events", tags=["builds"], response_model=None)
+async def task_events(
+    task_id: str,
+    container: ContainerDep,
+    _token: TokenDep,
+    format: Annotated[Literal["sse", "json"], Query()] = "sse",  # noqa: A002 - the public name
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The task's normalized events: an SSE stream (``id:`` = seq, resumable with
+    ``Last-Event-ID``) that ends after the ``result``; or, with ``?format=json``, the
+    events so far as one JSON array."""
+    await container.builds.get(task_id)  # 404 for an unknown task
+    start = after
+    if last_event_id and last_event_id.strip().isdigit():
+        start = max(start, int(last_event_id.strip()))
+    if format == "json":
+        events = await _all_events(container, task_id, start)
+        body = "[" + ",".join(e.body for e in events) + "]"
+        return Response(content=body, media_type="application/json")
+    return StreamingResponse(
+        _sse(container, task_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _all_events(container: Container, task_id: str, after: int) -> list[Any]:
+    events: list[Any] = []
+    while True:
+        page = await container.store.list_events(task_id, after_seq=after, limit=1000)
+        events.extend(page)
+        if len(page) < 1000:
+            return events
+        after = page[-1].seq
+
+
+async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[bytes]:
+    store = container.store
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        page = await store.list_events(task_id, after_seq=after, limit=500)
+        for event in page:
+            after = event.seq
+            yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.body}\n\n".encode()
+            if event.type == "result":
+                return
+        if page:
+            quiet_since = loop.time()
+            continue
+        task = await container.queue.get(task_id)
+        if task.status.is_final:
+            # A final task whose result event is already behind the client's position,
+            # or one that never had a run: nothing more will come.
+            if not await store.list_events(task_id, after_seq=after, limit=1):
+                return
+            continue
+        if loop.time() - quiet_since >= SSE_KEEPALIVE_S:
+            quiet_since = loop.time()
+            yield b": keep-alive\n\n"
+        await store.wait_for_events(task_id, after, SSE_KEEPALIVE_S)
+
+
+# --- agents and templates --------------------------------------------------------------------
+
+
+@router.get("/agents", tags=["agents"])
+async def agents(container: ContainerDep, _token: TokenDep) -> list[dict[str, Any]]:
+    """Agent providers with capabilities and availability (the default first)."""
+    return await describe_agents(container.registry)
+
+
+@router.get("/templates", tags=["projects"])
+async def templates(container: ContainerDep, _token: TokenDep) -> list[dict[str, Any]]:
+    """Project templates with their variables."""
+    listed = await asyncio.to_thread(container.templates.list_templates)
+    return [t.to_dict() for t in listed]
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+class CredentialIn(BaseModel):
+    """``PUT /credentials/{name}``: the value (never returned by any route)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(min_length=1, max_length=64 * 1024)
+
+
+@router.put("/credentials/{name}", tags=["credentials"])
+async def put_credential(
+    name: str,
+    body: CredentialIn,
+    container: ContainerDep,
+    _token: AdminDep,
+    project: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    """Create or replace a credential (global, or of ``?project=``)."""
+    if project is not None:
+        await container.projects.get(project)
+    info = await container.credentials.put(name, Secret(body.value, name=name), project=project)
+    container.redactor.add(body.value, name)
+    return info.to_dict()
+
+
+@router.get("/credentials", tags=["credentials"])
+async def list_credentials(
+    container: ContainerDep,
+    _token: AdminDep,
+    project: Annotated[str | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    """Credential names, scopes and times; never values."""
+    return [c.to_dict() for c in await container.credentials.list(project=project)]
+
+
+@router.delete("/credentials/{name}", status_code=204, tags=["credentials"])
+async def delete_credential(
+    name: str,
+    container: ContainerDep,
+    _token: AdminDep,
+    project: Annotated[str | None, Query()] = None,
+) -> Response:
+    """Remove a credential of exactly this scope."""
+    await container.credentials.delete(name, project=project)
+    return Response(status_code=204)
+
+
+# --- health and metrics (no auth) ------------------------------------------------------------
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", response_model=None)
+async def readyz(container: ContainerDep) -> JSONResponse | dict[str, str]:
+    """Readiness: the database is reachable."""
+    from forgeline.domain.errors import StorageError
+
+    try:
+        await container.ping_database()
+    except StorageError as exc:
+        return JSONResponse(
+            status_code=503, content={"error": {"code": exc.code, "message": exc.message}}
+        )
+    return {"status": "ready"}
+
+
+@health.get("/metrics")
+async def metrics(container: ContainerDep) -> Response:
+    """Prometheus metrics: builds by status, queue depth, durations, cost, callbacks."""
+    return Response(
+        content=await container.metrics.render(),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )

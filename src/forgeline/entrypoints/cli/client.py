@@ -1,0 +1,313 @@
+"""CLI commands that talk to a running forgeline over its HTTP API: ``build``, ``task``,
+``project``. The server is ``FORGELINE_URL`` (default ``http://<host>:<port>`` of the
+settings); the token is ``FORGELINE_TOKEN``, else the admin token file of the data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import httpx
+import typer
+from httpx_sse import connect_sse
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.services.auth import ADMIN_TOKEN_FILE
+from forgeline.settings import Settings
+
+task_app = typer.Typer(help="Show, follow and cancel tasks.", no_args_is_help=True)
+project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+
+#: Exit codes of ``build --wait`` and ``task events``: like ``agent run``.
+EXIT = {"completed": 0, "failed": 1, "cancelled": 130}
+
+
+class Api:
+    """A small client of forgeline's API; errors become a message and exit code 1."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        self.base = os.environ.get("FORGELINE_URL") or f"http://{settings.host}:{settings.port}"
+        token = os.environ.get("FORGELINE_TOKEN")
+        if not token:
+            path = settings.data_dir / ADMIN_TOKEN_FILE
+            token = path.read_text().strip() if path.exists() else ""
+        if not token:
+            _die("no API token: set FORGELINE_TOKEN (see `forgeline token create`)")
+        self.client = httpx.Client(
+            base_url=self.base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, read=None),
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request; the decoded JSON answer, or exit with the API's error message."""
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _die(f"cannot reach forgeline at {self.base}: {exc}")
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                message = f"{error['message']} ({error['code']}, HTTP {response.status_code})"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code}: {response.text[:300]}"
+            _die(message)
+        return response.json() if response.content else None
+
+    @contextmanager
+    def events(self, task_id: str, after: int = 0) -> Iterator[Iterator[dict[str, Any]]]:
+        """The task's event stream (SSE), resumed after ``after``."""
+        headers = {"Last-Event-ID": str(after)} if after else {}
+        try:
+            with connect_sse(
+                self.client, "GET", f"/tasks/{task_id}/events", headers=headers
+            ) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    _die(f"HTTP {source.response.status_code}: {source.response.text[:300]}")
+                yield (json.loads(sse.data) for sse in source.iter_sse())
+        except httpx.HTTPError as exc:
+            _die(f"event stream broke: {exc}")
+
+
+def _die(message: str) -> Any:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=None))
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, Any]:
+    variables: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--var takes key=value, got {pair!r}")
+        try:
+            variables[key] = json.loads(value)
+        except json.JSONDecodeError:
+            variables[key] = value
+    return variables
+
+
+class Progress:
+    """A live view of a build: current step, tool calls, cost so far, last message."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.step = "queued"
+        self.tools = 0
+        self.cost = 0.0
+        self.last = ""
+        self.lines: list[str] = []
+
+    def feed(self, event: dict[str, Any]) -> None:
+        """Take one event into the view."""
+        data = event["data"]
+        kind = event["type"]
+        if kind == "status" and data.get("state") == "step":
+            self.step = f"{data.get('step')} ({data.get('phase')})"
+            if data.get("phase") == "finished":
+                step, outcome = data.get("step"), data.get("outcome", "")
+                self.lines.append(f"✓ {step} {outcome} {data.get('duration_ms', '')} ms")
+        elif kind == "tool_use":
+            self.tools += 1
+            self.lines.append(f"→ {data.get('name')} {json.dumps(data.get('input'))[:80]}")
+        elif kind == "message" and data.get("role") == "assistant":
+            self.last = str(data.get("text", ""))[:200]
+        elif kind == "error":
+            self.lines.append(f"! {data.get('kind')}: {data.get('message')}")
+        elif kind == "result":
+            self.cost = float(data.get("cost_usd") or 0.0)
+            self.step = f"finished: {data.get('status')}"
+
+    def render(self) -> Table:
+        """The view as a rich table."""
+        table = Table.grid(padding=(0, 1))
+        table.add_row(Text("task", style="bold"), self.task_id)
+        table.add_row(Text("step", style="bold"), self.step)
+        table.add_row(Text("tools", style="bold"), str(self.tools))
+        table.add_row(Text("cost", style="bold"), f"${self.cost:.4f}")
+        if self.last:
+            table.add_row(Text("agent", style="bold"), self.last)
+        for line in self.lines[-8:]:
+            table.add_row("", line)
+        return table
+
+
+def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
+    """Print the task's events until its result; the exit code of its final status."""
+    if as_json:
+        with api.events(task_id) as events:
+            for event in events:
+                _print_json(event)
+    else:
+        progress = Progress(task_id)
+        console = Console(stderr=True)
+        with Live(progress.render(), console=console) as live, api.events(task_id) as events:
+            for event in events:
+                progress.feed(event)
+                live.update(progress.render())
+    task = api.call("GET", f"/tasks/{task_id}")
+    if not as_json:
+        _show_task(task)
+    return EXIT.get(task["status"], 1)
+
+
+def _show_task(task: dict[str, Any]) -> None:
+    result = task.get("result") or {}
+    console = Console()
+    console.print(f"[bold]{task['task_id']}[/bold] {task['status']} (attempts {task['attempts']})")
+    for key, value in (result.get("artifacts") or {}).items():
+        console.print(f"  {key}: {value}")
+    if result.get("error"):
+        console.print(f"  error: {result['error']}")
+
+
+def build(
+    project: Annotated[str, typer.Argument(help="Project name.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the agent should do.")],
+    provider: Annotated[str | None, typer.Option(help="Agent provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for the agent.")] = None,
+    no_deploy: Annotated[
+        bool, typer.Option("--no-deploy", help="Push to a review branch, not the default one.")
+    ] = False,
+    callback_url: Annotated[str | None, typer.Option(help="Where to POST the outcome.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Agent time limit, seconds.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the build live to its end.")] = False,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same task.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Submit a build; with --wait, follow it and exit with its outcome."""
+    api = Api()
+    optional = {
+        "provider": provider,
+        "model": model,
+        "callback_url": callback_url,
+        "timeout_s": timeout,
+    }
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "auto_deploy": not no_deploy,
+        **{key: value for key, value in optional.items() if value is not None},
+    }
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    accepted = api.call("POST", f"/project/{project}/build", json=body, headers=headers)
+    if not wait:
+        if json_out:
+            _print_json(accepted)
+        else:
+            typer.echo(accepted["task_id"])
+        return
+    if not json_out:
+        typer.echo(f"queued {accepted['task_id']}", err=True)
+    raise typer.Exit(_follow(api, accepted["task_id"], as_json=json_out))
+
+
+@task_app.command("show")
+def task_show(task_id: str, json_out: JsonOption = False) -> None:
+    """Status, attempts, timestamps, result and callbacks of a task."""
+    task = Api().call("GET", f"/tasks/{task_id}")
+    if json_out:
+        _print_json(task)
+    else:
+        _show_task(task)
+
+
+@task_app.command("events")
+def task_events(
+    task_id: str,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream live.")] = True,
+    json_out: JsonOption = False,
+) -> None:
+    """The task's events (live until its result by default)."""
+    api = Api()
+    if not follow:
+        events = api.call("GET", f"/tasks/{task_id}/events", params={"format": "json"})
+        if json_out:
+            _print_json(events)
+        else:
+            for event in events:
+                typer.echo(
+                    f"{event['seq']:>4} {event['type']:<11} {json.dumps(event['data'])[:160]}"
+                )
+        return
+    raise typer.Exit(_follow(api, task_id, as_json=json_out))
+
+
+@task_app.command("cancel")
+def task_cancel(task_id: str, json_out: JsonOption = False) -> None:
+    """Cancel a queued or running task."""
+    task = Api().call("POST", f"/tasks/{task_id}/cancel")
+    if json_out:
+        _print_json(task)
+    else:
+        typer.echo(
+            f"{task['task_id']} {task['status']}"
+            + (" (cancel requested)" if task.get("cancel_requested") else "")
+        )
+
+
+@project_app.command("create")
+def project_create(
+    name: str,
+    template: Annotated[str | None, typer.Option(help="Template to start from.")] = None,
+    var: Annotated[
+        list[str] | None, typer.Option("--var", help="Template variable key=value.")
+    ] = None,
+    repo_url: Annotated[
+        str | None, typer.Option(help="Existing remote (default: embedded).")
+    ] = None,
+    credential: Annotated[
+        list[str] | None, typer.Option("--credential", help="ENV_VAR=credential-name for builds.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a project (rendering a template into its new repository)."""
+    body: dict[str, Any] = {"name": name, "variables": _parse_vars(var or [])}
+    if template:
+        body["template"] = template
+    if repo_url:
+        body["repo_url"] = repo_url
+    if credential:
+        body["credentials"] = {k: str(v) for k, v in _parse_vars(credential).items()}
+    project = Api().call("POST", "/projects", json=body)
+    if json_out:
+        _print_json(project)
+    else:
+        typer.echo(f"{project['name']} {project['state']} {project['repo_url']}")
+
+
+@project_app.command("list")
+def project_list(json_out: JsonOption = False) -> None:
+    """Every project."""
+    projects = Api().call("GET", "/projects")
+    if json_out:
+        _print_json(projects)
+        return
+    table = Table("name", "state", "template", "repository")
+    for p in projects:
+        table.add_row(p["name"], p["state"], p["template"] or "", p["repo_url"])
+    Console().print(table)
+
+
+@project_app.command("show")
+def project_show(name: str, json_out: JsonOption = False) -> None:
+    """One project."""
+    project = Api().call("GET", f"/projects/{name}")
+    if json_out:
+        _print_json(project)
+    else:
+        for key, value in project.items():
+            typer.echo(f"{key}: {value}")

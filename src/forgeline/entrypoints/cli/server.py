@@ -1,0 +1,98 @@
+"""``forgeline serve``, ``forgeline worker`` and ``forgeline token create``: the commands
+that run on the server side, against the database directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from forgeline.entrypoints.cli.common import JsonOption, configure, fail_on_errors
+from forgeline.settings import Settings
+
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (FORGELINE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (FORGELINE_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Builds run at once in this process (0: the API alone)."),
+    ] = None,
+) -> None:
+    """Run the HTTP API with in-process workers (embedded defaults: SQLite under ./.forgeline)."""
+    import uvicorn
+
+    from forgeline.entrypoints.api.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if workers is not None:
+        overrides["workers"] = workers
+    settings = Settings(**overrides)
+    configure(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+
+
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Builds run at once.")] = 2,
+    name: Annotated[str | None, typer.Option(help="Worker name (default host:pid).")] = None,
+) -> None:
+    """Run build workers only (scale-out on PostgreSQL); SIGTERM drains them."""
+    from forgeline.entrypoints.worker import run_worker
+
+    settings = Settings()
+    configure(settings)
+    with fail_on_errors():
+        asyncio.run(run_worker(settings, concurrency=concurrency, name=name))
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for.")],
+    role: Annotated[str, typer.Option(help="admin, or builder (builds and tasks only).")] = "admin",
+    json_out: JsonOption = False,
+) -> None:
+    """Create an API token and print it once (only its hash is kept)."""
+    from forgeline.adapters.sql.database import open_database
+    from forgeline.adapters.sql.migrate import migrate
+    from forgeline.adapters.store import build_store
+    from forgeline.services.auth import AuthService, Role
+
+    settings = Settings()
+    configure(settings)
+
+    async def create() -> Any:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = open_database(settings.database_url)
+        try:
+            await db.open()
+            await migrate(db)
+            return await AuthService(build_store(db)).create(name, Role(role))
+        finally:
+            await db.aclose()
+
+    with fail_on_errors():
+        try:
+            new = asyncio.run(create())
+        except ValueError as exc:
+            raise typer.BadParameter(f"role must be admin or builder: {exc}") from exc
+    if json_out:
+        typer.echo(
+            json.dumps({"token": new.value, "name": new.record.name, "role": new.record.role})
+        )
+    else:
+        typer.echo(new.value)
