@@ -104,8 +104,16 @@ class WorkQueue(Protocol):
         """Mark the task completed with an optional result."""
         ...
 
-    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
-        """Record a failed attempt: re-queue with backoff, or fail for good."""
+    async def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool,
+        result: Mapping[str, Any] | None = None,
+    ) -> WorkTask:
+        """Record a failed attempt: re-queue with backoff, or fail for good. ``result``
+        (what the attempt produced, e.g. the agent's output) is kept with the task."""
         ...
 
     async def finish_cancelled(

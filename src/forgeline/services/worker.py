@@ -620,7 +620,10 @@ class BuildRun:
                 await self.w._queue.finish_cancelled(self.lease, task_result)
             else:
                 await self.w._queue.fail(
-                    self.lease, str(task_result.get("error") or output), retryable=False
+                    self.lease,
+                    str(task_result.get("error") or output),
+                    retryable=False,
+                    result=task_result,
                 )
         except LeaseLostError:
             self.log.warning("build.lease_lost_at_finish")

@@ -430,10 +430,18 @@ class PostgresWorkQueue:
         params = {"result": dump_json(result, "result")}
         return await self._fenced(lease, "finish_cancelled", params, done=TaskStatus.CANCELLED)
 
-    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
+    async def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool,
+        result: Mapping[str, Any] | None = None,
+    ) -> WorkTask:
         """Record a failed attempt: re-queue with back-off, or fail for good."""
         params = {
             "error": error,
+            "result": dump_json(result, "result"),
             "retryable": retryable,
             "delay_s": self._backoff.delay(lease.task.attempts, self._rng),
         }

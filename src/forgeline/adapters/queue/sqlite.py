@@ -292,7 +292,14 @@ class SqliteWorkQueue:
         self._key_freed(task)
         return task
 
-    async def fail(self, lease: Lease, error: str, *, retryable: bool) -> WorkTask:
+    async def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool,
+        result: Mapping[str, Any] | None = None,
+    ) -> WorkTask:
         """Record a failed attempt: re-queue with back-off, or fail for good."""
         now = self._now()
         delay = self._backoff.delay(lease.task.attempts, self._rng)
@@ -301,6 +308,7 @@ class SqliteWorkQueue:
             "run_after": _ts(now + timedelta(seconds=delay)),
             "retryable": retryable,
             "error": error,
+            "result": dump_json(result, "result"),
         }
         task = await self._write(self._fenced(lease, _SQL["fail"], params))
         self._key_freed(task)

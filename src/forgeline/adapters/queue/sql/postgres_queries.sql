@@ -95,7 +95,8 @@ set status = case when %(retryable)s and attempts < max_attempts and not cancel_
                        then null else now() end,
     worker = case when %(retryable)s and attempts < max_attempts and not cancel_requested
                   then null else worker end,
-    last_error = %(error)s, lease_expires_at = null, updated_at = now()
+    last_error = %(error)s, result = coalesce(%(result)s::jsonb, result),
+    lease_expires_at = null, updated_at = now()
 where id = %(id)s and lease_token = %(token)s and status = 'running'
 returning *
 

@@ -68,7 +68,8 @@ set status = case when :retryable and attempts < max_attempts and not cancel_req
                        then null else :now end,
     worker = case when :retryable and attempts < max_attempts and not cancel_requested
                   then null else worker end,
-    last_error = :error, lease_expires_at = null, updated_at = :now
+    last_error = :error, result = coalesce(:result, result), lease_expires_at = null,
+    updated_at = :now
 where id = :id and lease_token = :token and status = 'running'
 returning *
 
