@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
+from forgeline.bootstrap import Container
 from forgeline.entrypoints.api.app import create_app
 from forgeline.services.auth import ADMIN_TOKEN_FILE
 from forgeline.settings import Settings
@@ -54,6 +56,13 @@ class Running:
     settings: Settings
     client: httpx.AsyncClient
     token: str
+    app: FastAPI
+
+    @property
+    def container(self) -> Container:
+        """The server's composition root (its adapters, for setting up a test)."""
+        built: Container = self.app.state.container
+        return built
 
     async def create_project(self, name: str, **body: Any) -> dict[str, Any]:
         """POST /projects, asserting 201."""
@@ -113,9 +122,8 @@ class Running:
 async def running_forgeline(settings: Settings) -> AsyncIterator[Running]:
     """Serve forgeline on a free loopback port until the block ends."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     try:
@@ -131,7 +139,7 @@ async def running_forgeline(settings: Settings) -> AsyncIterator[Running]:
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(60.0),
         ) as client:
-            yield Running(url=url, settings=settings, client=client, token=token)
+            yield Running(url=url, settings=settings, client=client, token=token, app=app)
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 60)

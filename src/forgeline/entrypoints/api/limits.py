@@ -7,10 +7,6 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLargeError(Exception):
-    """Raised inside ``receive`` when the body passes the limit."""
-
-
 class BodySizeLimit:
     """Rejects bodies over ``max_bytes`` (by Content-Length, or while streaming in)."""
 
@@ -33,27 +29,37 @@ class BodySizeLimit:
                     return
         seen = 0
         started = False
+        rejected = False
 
         async def limited() -> Message:
-            nonlocal seen
+            # Past the limit: answer 413 ourselves and tell the app the client left, so
+            # its body parser stops without producing an answer of its own.
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLargeError
+                    rejected = True
+                    if not started:
+                        await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
             await self.app(scope, limited, tracking)
-        except BodyTooLargeError:
-            if not started:
-                await self._reject(send)
+        except Exception:
+            if not rejected:
+                raise
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
