@@ -257,9 +257,12 @@ async def _ci_token(settings: Settings, credentials: CredentialStore) -> Secret 
 
 
 @asynccontextmanager
-async def open_container(settings: Settings) -> AsyncIterator[Container]:
+async def open_container(
+    settings: Settings, *, redactor: Redactor | None = None
+) -> AsyncIterator[Container]:
     """Build every adapter from ``settings`` (migrating the schema when allowed) and close
-    them all on exit."""
+    them all on exit. ``redactor`` is the one the process's logging already filters
+    through, so values registered by builds are masked in its logs too."""
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
     from forgeline.adapters.workspace import build_workspace
@@ -270,7 +273,7 @@ async def open_container(settings: Settings) -> AsyncIterator[Container]:
     from forgeline.services.projects import ProjectConfig, ProjectService
 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    redactor = Redactor()
+    redactor = redactor or Redactor()
     database = open_database(settings.database_url)
     await database.open()
     closers: list[Callable[[], Awaitable[None]]] = [database.aclose]

@@ -15,19 +15,26 @@ import socket
 import structlog
 
 from forgeline.bootstrap import open_container
+from forgeline.logs import Redactor
 from forgeline.settings import Settings
 
 log = structlog.get_logger("forgeline.worker")
 
 
-async def run_worker(settings: Settings, *, concurrency: int, name: str | None = None) -> None:
-    """Run one worker process until SIGTERM/SIGINT."""
+async def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int,
+    name: str | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """Run one worker process until SIGTERM/SIGINT (``redactor``: the logs' own)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_container(settings) as container:
+        async with open_container(settings, redactor=redactor) as container:
             worker = container.worker(
                 name or f"{socket.gethostname()}:{os.getpid()}", concurrency=concurrency
             )

@@ -51,6 +51,7 @@ from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
 from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls
+from forgeline.services.credentials import reveal_env
 from forgeline.services.redaction import TextRedactor, redact_event
 from forgeline.services.registry import ProviderRegistry
 
@@ -563,7 +564,7 @@ class BuildRun:
             model=spec.model,
             timeout_s=spec.timeout_s,
             resume_session=spec.resume_session,
-            env={name: secret.reveal() for name, secret in env.items()},
+            env=reveal_env(env),
             task_id=self.task_id,
             state_key=project.name,
         )

@@ -18,6 +18,7 @@ from forgeline.bootstrap import Container, open_container
 from forgeline.entrypoints.api import errors
 from forgeline.entrypoints.api.limits import BodySizeLimit
 from forgeline.entrypoints.api.routes import health, router
+from forgeline.logs import Redactor
 from forgeline.settings import Settings
 
 log = structlog.get_logger("forgeline.api")
@@ -44,10 +45,15 @@ async def running_services(container: Container, workers: int) -> AsyncIterator[
 
 
 def create_app(
-    settings: Settings, *, container: Container | None = None, workers: int | None = None
+    settings: Settings,
+    *,
+    container: Container | None = None,
+    workers: int | None = None,
+    redactor: Redactor | None = None,
 ) -> FastAPI:
-    """The ASGI app. ``container`` lets a test bring its own adapters; ``workers`` (default
-    ``settings.workers``) in-process build workers run beside the API."""
+    """The ASGI app. ``container`` lets a test bring its own adapters; up to ``workers``
+    (default ``settings.workers``) builds run in-process beside the API; ``redactor`` is
+    the one the process's logging filters through."""
     worker_count = settings.workers if workers is None else workers
 
     @asynccontextmanager
@@ -56,7 +62,7 @@ def create_app(
             built = (
                 container
                 if container is not None
-                else await stack.enter_async_context(open_container(settings))
+                else await stack.enter_async_context(open_container(settings, redactor=redactor))
             )
             app.state.container = built
             app.state.redactor = built.redactor

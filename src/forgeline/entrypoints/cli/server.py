@@ -36,9 +36,9 @@ def serve(
     if workers is not None:
         overrides["workers"] = workers
     settings = Settings(**overrides)
-    configure(settings)
+    redactor = configure(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, redactor=redactor),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -55,9 +55,9 @@ def worker(
     from forgeline.entrypoints.worker import run_worker
 
     settings = Settings()
-    configure(settings)
+    redactor = configure(settings)
     with fail_on_errors():
-        asyncio.run(run_worker(settings, concurrency=concurrency, name=name))
+        asyncio.run(run_worker(settings, concurrency=concurrency, name=name, redactor=redactor))
 
 
 @token_app.command("create")
