@@ -387,8 +387,8 @@ async def test_push_declined_by_a_pre_receive_hook_carries_its_message(
 async def test_hooks_and_config_planted_by_an_agent_never_run(
     git: GitCli, bare: Path, workdir: str, tmp_path: Path
 ) -> None:
-    """Hooks in .git/hooks and an insteadOf rewrite written during the build are ignored
-    by commit and push."""
+    """Hooks in .git/hooks, a clean filter and an insteadOf rewrite written during the
+    build never run or apply in has_changes, commit and push."""
     seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
     remote = GitRemote(str(bare))
     await git.prepare_checkout("demo", remote, "main", workdir)
@@ -400,7 +400,11 @@ async def test_hooks_and_config_planted_by_an_agent_never_run(
     evil = tmp_path / "evil.git"
     sh("init", "--quiet", "--bare", str(evil), cwd=tmp_path)
     sh("config", f"url.{evil}.insteadOf", str(bare), cwd=Path(workdir))
+    # A clean filter is a command git runs on every modified file it looks at.
+    sh("config", "filter.evil.clean", f"sh -c 'touch {marker}; cat'", cwd=Path(workdir))
+    Path(workdir, ".gitattributes").write_text("*.txt filter=evil\n")
     Path(workdir, "a.txt").write_text("2\n")
+    assert await git.has_changes(workdir)
     sha = await git.commit(workdir, "Change", BOT)
     await git.push(workdir, remote, "main")
     assert not marker.exists()

@@ -334,6 +334,8 @@ class GitCli:
     async def has_changes(self, workdir: str) -> bool:
         """Files changed against the prepared commit, or commits made on top of it."""
         _require_checkout_dir(workdir)
+        # Even a status may run commands an agent configured (clean filters): drop them.
+        await self._neutralize_config(workdir)
         local = self._local(workdir)
         status = await self._git(
             ["status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none"],
@@ -442,6 +444,7 @@ class GitCli:
         await self._run_checked(["rm", "-f", "--", *leftovers], cwd="/", op="rm leftovers")
         local = self._local(workdir)
         try:
+            await self._neutralize_config(workdir, error=_LocalStateError)  # smudge filters
             base = await self._resolve(workdir, BASE_REF, env=local["env"])
             if base is None:
                 # Prepared from an empty remote: no history worth caching, and removing
