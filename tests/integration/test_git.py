@@ -603,6 +603,28 @@ async def test_https_wrong_token_fails_clearly_without_the_token(
     assert not any(authorized for _, _, authorized in server.requests)
 
 
+async def test_token_is_not_offered_to_a_host_the_remote_redirects_to(
+    git: GitCli, server: GitHttpServer, http_root: Path, tmp_path: Path, workdir: str
+) -> None:
+    """A remote that redirects elsewhere (a compromised forge, a phishing proxy) never
+    gets our token forwarded to the other host: the credential is bound to the remote."""
+    await git.init_bare(str(http_root / "site.git"))
+    # The token's own host is 127.0.0.1; the redirecting server is reached as localhost,
+    # and it sends git on to 127.0.0.1 — a different host for git's credential matching.
+    (tmp_path / "empty").mkdir()
+    with GitHttpServer(
+        tmp_path / "empty", username="x", token="y", redirect_to=f"http://127.0.0.1:{server.port}"
+    ) as redirector:
+        remote = GitRemote(
+            f"http://localhost:{redirector.port}/site.git", Secret(TOKEN), username="bot"
+        )
+        with pytest.raises(GitError):
+            await git.prepare_checkout("site", remote, "main", workdir)
+    assert redirector.authorization_headers  # git did come to the redirector first …
+    assert server.requests  # … and followed the redirect …
+    assert not any(server.authorization_headers)  # … without any credentials.
+
+
 async def test_https_without_token_fails_at_once_instead_of_prompting(
     git: GitCli, server: GitHttpServer, http_root: Path, workdir: str
 ) -> None:

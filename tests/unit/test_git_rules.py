@@ -203,3 +203,17 @@ def test_unusable_authors_are_refused(name: str, email: str) -> None:
     """An author git would reject or mangle fails early, with the field named."""
     with pytest.raises(ValidationError):
         GitAuthor(name, email)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Git.Example.com/team/d.git", "https://git.example.com"),
+        ("https://bot@git.example.com:8443/d.git", "https://git.example.com:8443"),
+        ("http://[::1]:8080/d.git", "http://[::1]:8080"),
+        ("/srv/git/d.git", "/srv/git/d.git"),
+    ],
+)
+def test_origin_is_what_a_token_is_bound_to(url: str, origin: str) -> None:
+    """Scheme, host and port only: no user, no path (git's credential matching key)."""
+    assert GitRemote(url).origin == origin

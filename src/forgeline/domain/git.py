@@ -108,6 +108,18 @@ class GitRemote:
         return classify_remote(self.url)
 
     @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` of a URL remote (what a credential is bound to); the
+        URL itself for a path or scp-like remote."""
+        parts = urlsplit(self.url)
+        if "://" not in self.url or not parts.hostname:
+            return self.url
+        host = parts.hostname
+        if ":" in host:  # an IPv6 literal keeps its brackets
+            host = f"[{host}]"
+        return f"{parts.scheme.lower()}://{host}" + (f":{parts.port}" if parts.port else "")
+
+    @property
     def auth_username(self) -> str:
         """The username sent with the token: the URL's own, else :attr:`username`."""
         if self.kind in (RemoteKind.HTTPS, RemoteKind.HTTP):

@@ -4,9 +4,10 @@ Running through the workspace means the same code works on forgeline's own disk 
 a Kubernetes pod next to the agent. Three hazards shape this module:
 
 **Secrets.** A remote's token reaches git only as an environment variable read by an inline
-credential helper (``-c credential.helper=!f() { … }``): the helper's *text* is in argv,
-the token is not, and git never puts a password into a URL it prints. Error text is masked
-anyway (:func:`~forgeline.adapters.git.output.excerpt`).
+credential helper (``-c credential.<scheme://host>.helper=!f() { … }``): the helper's
+*text* is in argv, the token is not; git never puts a password into a URL it prints; and
+the helper is bound to the remote's host, so a redirect elsewhere gets no token. Error
+text is masked anyway (:func:`~forgeline.adapters.git.output.excerpt`).
 
 **Foreign configuration.** The operator's ``~/.gitconfig`` and ``/etc/gitconfig`` are
 switched off (``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_CONFIG_NOSYSTEM=1``), and so is what an
@@ -570,7 +571,9 @@ class GitCli:
                 token = remote.token.reveal()
                 if any(c in token for c in "\n\r\0"):
                     raise ValidationError("the git token contains a line break")
-                argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+                # Scoped to the remote's scheme://host[:port]: should the server redirect
+                # git elsewhere, the token is not offered to that other host.
+                argv += ["-c", f"credential.{remote.origin}.helper={_CREDENTIAL_HELPER}"]
                 child_env[_USER_VAR] = remote.auth_username
                 child_env[_TOKEN_VAR] = token
         argv += args
