@@ -26,6 +26,7 @@ from forgeline.domain.git import (
     GitAuthor,
     GitRemote,
     build_commit_message,
+    embedded_repository,
     review_branch,
     task_trailers,
 )
@@ -92,9 +93,9 @@ def git(run: LocalRun, tmp_path: Path) -> GitCli:
 @pytest.fixture
 async def bare(git: GitCli, tmp_path: Path) -> Path:
     """An empty embedded remote, made by the adapter."""
-    path = tmp_path / "git" / "demo.git"
-    await git.init_bare(str(path))
-    return path
+    path = embedded_repository(str(tmp_path / "git"), "demo")
+    await git.init_bare(path)
+    return Path(path)
 
 
 @pytest.fixture

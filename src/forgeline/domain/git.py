@@ -17,6 +17,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from forgeline.domain.errors import ValidationError
+from forgeline.domain.project import validate_project_name
 from forgeline.domain.secrets import Secret
 
 #: The trailer naming the task that produced a commit.
@@ -167,6 +168,26 @@ def classify_remote(url: str) -> RemoteKind:
     raise ValidationError(
         f"remote {url!r} is neither an absolute path nor an https://, http:// or ssh:// URL"
     )
+
+
+def accepts_token(url: str) -> bool:
+    """True if a token may be sent to ``url``: https, or plain http to this machine.
+
+    The worker asks this before fetching the ``git-token`` credential for a project.
+    """
+    kind = classify_remote(url)
+    if kind is RemoteKind.HTTPS:
+        return True
+    return kind is RemoteKind.HTTP and _is_loopback(urlsplit(url).hostname)
+
+
+def embedded_repository(base_dir: str, project: str) -> str:
+    """Where the bare repository of ``project`` lives in embedded mode:
+    ``<base_dir>/<project>.git`` (``base_dir`` is ``FORGELINE_GIT_BASE_URL``, by default
+    ``<data dir>/git``)."""
+    if not base_dir.startswith("/"):
+        raise ValidationError(f"the embedded git directory must be absolute, got {base_dir!r}")
+    return f"{base_dir.rstrip('/')}/{validate_project_name(project)}.git"
 
 
 def validate_branch_name(name: str) -> str:
