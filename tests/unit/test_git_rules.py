@@ -168,6 +168,8 @@ def test_supported_remotes(url: str, kind: RemoteKind) -> None:
         "ftp://example.com/demo.git",
         " https://example.com/x.git",
         "https:///no-host",
+        "https://host:99999/x.git",
+        "https://host:port/x.git",
         "file://relative",
     ],
 )

@@ -162,6 +162,10 @@ def classify_remote(url: str) -> RemoteKind:
             )
         if not parts.hostname:
             raise ValidationError(f"remote URL {url!r} names no host")
+        try:
+            _ = parts.port  # raises for a port that is not a number in range
+        except ValueError:
+            raise ValidationError(f"remote URL {url!r} has an invalid port") from None
         return kind
     if _SCP_LIKE.fullmatch(url):
         return RemoteKind.SSH
