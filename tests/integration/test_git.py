@@ -293,6 +293,7 @@ async def test_no_change_is_detected_and_commit_refuses(
     await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
     Path(workdir, "dist").mkdir()
     Path(workdir, "dist", "out.js").write_text("built\n")
+    Path(workdir, "empty", "dirs").mkdir(parents=True)  # git does not track directories
     assert not await git.has_changes(workdir)
     Path(workdir, "tmp.txt").write_text("x\n")
     sh("add", "tmp.txt", cwd=workdir)
@@ -306,6 +307,22 @@ async def test_no_change_is_detected_and_commit_refuses(
     assert sh("rev-parse", f"{sha}^{{tree}}", cwd=workdir) == sh(
         "rev-parse", "HEAD~0^{tree}", cwd=workdir
     )
+
+
+async def test_a_file_deep_in_a_new_directory_is_a_change(
+    git: GitCli, bare: Path, workdir: str, tmp_path: Path
+) -> None:
+    """New directories count by their files, however deep, and are committed whole."""
+    seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    Path(workdir, "src", "pages", "blog").mkdir(parents=True)
+    Path(workdir, "src", "pages", "blog", "index.astro").write_text("---\n---\n")
+    assert await git.has_changes(workdir)
+    sha = await git.commit(workdir, "Blog", BOT)
+    assert sh("ls-tree", "-r", "--name-only", sha, cwd=workdir).split("\n") == [
+        "a.txt",
+        "src/pages/blog/index.astro",
+    ]
 
 
 async def test_push_to_a_review_branch_leaves_main_alone(

@@ -338,8 +338,10 @@ class GitCli:
         # Even a status may run commands an agent configured (clean filters): drop them.
         await self._neutralize_config(workdir)
         local = self._local(workdir)
+        # untracked=normal lists a new directory once, not each of its (maybe 100 000)
+        # files: only emptiness matters here.
         status = await self._git(
-            ["status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none"],
+            ["status", "--porcelain", "-z", "--untracked-files=normal", "--ignore-submodules=none"],
             op="status",
             **local,
         )
