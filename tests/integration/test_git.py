@@ -433,13 +433,16 @@ async def test_hooks_and_config_planted_by_an_agent_never_run(
 async def test_operator_global_config_has_no_effect(
     run: LocalRun, bare: Path, tmp_path: Path
 ) -> None:
-    """A hostile ~/.gitconfig (signing required, a rewrite of the remote) changes nothing."""
+    """A hostile ~/.gitconfig (signing required, a rewrite of the remote) and a personal
+    ignore file change nothing."""
     home = tmp_path / "operator"
     home.mkdir()
     (home / ".gitconfig").write_text(
         f'[commit]\n\tgpgSign = true\n[url "/nonexistent/"]\n\tinsteadOf = {bare}\n'
         "[user]\n\tname = Operator\n"
     )
+    (home / ".config" / "git").mkdir(parents=True)
+    (home / ".config" / "git" / "ignore").write_text("*.txt\n")
     git = GitCli(run, home=str(home), timeout_s=30)
     workdir = str(tmp_path / "checkouts" / "demo")
     await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
@@ -447,6 +450,7 @@ async def test_operator_global_config_has_no_effect(
     sha = await git.commit(workdir, "Change", BOT)
     await git.push(workdir, GitRemote(str(bare)), "main")
     assert sh("log", "-1", "--format=%an", sha, cwd=bare) == "forgeline-bot"
+    assert sh("ls-tree", "--name-only", sha, cwd=bare) == "a.txt"  # not personally ignored
     # Every child got an explicit environment: these names and nothing inherited.
     names = {name for _, env in run.calls for name in env}
     assert all(name.startswith("GIT_") for name in names - {"PATH", "HOME", "LANG", "LC_ALL"})

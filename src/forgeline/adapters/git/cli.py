@@ -82,6 +82,10 @@ _BASE_CONFIG: Final = (
     "core.hooksPath=/dev/null",  # no hook (ours or an agent's) ever runs
     "core.fsmonitor=false",  # an fsmonitor is a command git would run
     "core.askPass=",
+    # ~/.config/git/ignore and attributes are read even without a global config file:
+    # an operator's personal ignores must not drop files from a build's commit.
+    "core.excludesFile=/dev/null",
+    "core.attributesFile=/dev/null",
     "core.autocrlf=false",
     "core.quotePath=false",
     "credential.helper=",  # an empty value resets the list of helpers
