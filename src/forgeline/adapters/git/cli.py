@@ -584,7 +584,7 @@ class GitCli:
                 child_env[_TOKEN_VAR] = token
         argv += args
         result = await self._run(
-            argv, cwd=cwd, env=child_env, stdin=stdin, timeout_s=timeout, op=op
+            argv, cwd=cwd, env=child_env, stdin=stdin, timeout_s=timeout, op=f"git {op}"
         )
         if check and not result.ok:
             detail = self._excerpt(result.stderr, remote)
@@ -609,6 +609,8 @@ class GitCli:
         timeout_s: float,
         op: str,
     ) -> CommandResult:
+        """Run ``argv`` in the workspace within ``timeout_s``; ``op`` names it in errors.
+        A start failure, an overrun or a signal is a ``GitError``; an exit code is not."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s + _BACKSTOP_S):
@@ -616,9 +618,15 @@ class GitCli:
                     argv, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin
                 )
         except TimeoutError as exc:
-            raise GitError(f"git {op} did not finish within {timeout_s:g} s") from exc
+            raise GitError(f"{op} did not finish within {timeout_s:g} s") from exc
         except WorkspaceError as exc:
-            raise GitError(f"git {op}: {self._excerpt(exc.message.encode(), None)}") from exc
+            raise GitError(f"{op}: {self._excerpt(exc.message.encode(), None)}") from exc
+        if result.exit_code < 0:
+            # Killed by a signal: a workspace that reports its timeout this way rather than
+            # raising, or an operator's kill. Nothing it printed is worth parsing.
+            raise GitError(
+                f"{op} was ended by signal {-result.exit_code} (its time limit is {timeout_s:g} s)"
+            )
         # argv is safe to log: it never holds a secret (see the module docstring). The
         # fixed `-c` options are left out as noise.
         shown = list(argv[1:] if argv[0] == self._binary else argv)
