@@ -26,6 +26,7 @@ from forgeline.domain.git import (
     GitAuthor,
     GitRemote,
     build_commit_message,
+    embedded_repository,
     review_branch,
     task_trailers,
 )
@@ -92,9 +93,9 @@ def git(run: LocalRun, tmp_path: Path) -> GitCli:
 @pytest.fixture
 async def bare(git: GitCli, tmp_path: Path) -> Path:
     """An empty embedded remote, made by the adapter."""
-    path = tmp_path / "git" / "demo.git"
-    await git.init_bare(str(path))
-    return path
+    path = embedded_repository(str(tmp_path / "git"), "demo")
+    await git.init_bare(path)
+    return Path(path)
 
 
 @pytest.fixture
@@ -292,6 +293,7 @@ async def test_no_change_is_detected_and_commit_refuses(
     await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
     Path(workdir, "dist").mkdir()
     Path(workdir, "dist", "out.js").write_text("built\n")
+    Path(workdir, "empty", "dirs").mkdir(parents=True)  # git does not track directories
     assert not await git.has_changes(workdir)
     Path(workdir, "tmp.txt").write_text("x\n")
     sh("add", "tmp.txt", cwd=workdir)
@@ -305,6 +307,22 @@ async def test_no_change_is_detected_and_commit_refuses(
     assert sh("rev-parse", f"{sha}^{{tree}}", cwd=workdir) == sh(
         "rev-parse", "HEAD~0^{tree}", cwd=workdir
     )
+
+
+async def test_a_file_deep_in_a_new_directory_is_a_change(
+    git: GitCli, bare: Path, workdir: str, tmp_path: Path
+) -> None:
+    """New directories count by their files, however deep, and are committed whole."""
+    seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    Path(workdir, "src", "pages", "blog").mkdir(parents=True)
+    Path(workdir, "src", "pages", "blog", "index.astro").write_text("---\n---\n")
+    assert await git.has_changes(workdir)
+    sha = await git.commit(workdir, "Blog", BOT)
+    assert sh("ls-tree", "-r", "--name-only", sha, cwd=workdir).split("\n") == [
+        "a.txt",
+        "src/pages/blog/index.astro",
+    ]
 
 
 async def test_push_to_a_review_branch_leaves_main_alone(
@@ -387,8 +405,8 @@ async def test_push_declined_by_a_pre_receive_hook_carries_its_message(
 async def test_hooks_and_config_planted_by_an_agent_never_run(
     git: GitCli, bare: Path, workdir: str, tmp_path: Path
 ) -> None:
-    """Hooks in .git/hooks and an insteadOf rewrite written during the build are ignored
-    by commit and push."""
+    """Hooks in .git/hooks, a clean filter and an insteadOf rewrite written during the
+    build never run or apply in has_changes, commit and push."""
     seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
     remote = GitRemote(str(bare))
     await git.prepare_checkout("demo", remote, "main", workdir)
@@ -400,7 +418,11 @@ async def test_hooks_and_config_planted_by_an_agent_never_run(
     evil = tmp_path / "evil.git"
     sh("init", "--quiet", "--bare", str(evil), cwd=tmp_path)
     sh("config", f"url.{evil}.insteadOf", str(bare), cwd=Path(workdir))
+    # A clean filter is a command git runs on every modified file it looks at.
+    sh("config", "filter.evil.clean", f"sh -c 'touch {marker}; cat'", cwd=Path(workdir))
+    Path(workdir, ".gitattributes").write_text("*.txt filter=evil\n")
     Path(workdir, "a.txt").write_text("2\n")
+    assert await git.has_changes(workdir)
     sha = await git.commit(workdir, "Change", BOT)
     await git.push(workdir, remote, "main")
     assert not marker.exists()
@@ -411,13 +433,16 @@ async def test_hooks_and_config_planted_by_an_agent_never_run(
 async def test_operator_global_config_has_no_effect(
     run: LocalRun, bare: Path, tmp_path: Path
 ) -> None:
-    """A hostile ~/.gitconfig (signing required, a rewrite of the remote) changes nothing."""
+    """A hostile ~/.gitconfig (signing required, a rewrite of the remote) and a personal
+    ignore file change nothing."""
     home = tmp_path / "operator"
     home.mkdir()
     (home / ".gitconfig").write_text(
         f'[commit]\n\tgpgSign = true\n[url "/nonexistent/"]\n\tinsteadOf = {bare}\n'
         "[user]\n\tname = Operator\n"
     )
+    (home / ".config" / "git").mkdir(parents=True)
+    (home / ".config" / "git" / "ignore").write_text("*.txt\n")
     git = GitCli(run, home=str(home), timeout_s=30)
     workdir = str(tmp_path / "checkouts" / "demo")
     await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
@@ -425,10 +450,54 @@ async def test_operator_global_config_has_no_effect(
     sha = await git.commit(workdir, "Change", BOT)
     await git.push(workdir, GitRemote(str(bare)), "main")
     assert sh("log", "-1", "--format=%an", sha, cwd=bare) == "forgeline-bot"
+    assert sh("ls-tree", "--name-only", sha, cwd=bare) == "a.txt"  # not personally ignored
     # Every child got an explicit environment: these names and nothing inherited.
     names = {name for _, env in run.calls for name in env}
     assert all(name.startswith("GIT_") for name in names - {"PATH", "HOME", "LANG", "LC_ALL"})
     assert all(env["GIT_CONFIG_GLOBAL"] == "/dev/null" for _, env in run.calls)
+
+
+async def test_discard_changes_returns_to_the_prepared_commit(
+    git: GitCli, bare: Path, workdir: str, tmp_path: Path
+) -> None:
+    """After a cancelled build: files, the agent's commits and a killed git's lock are
+    gone, and the checkout is exactly the prepared commit again."""
+    base = seed(bare, tmp_path / "dev", {"a.txt": "1\n", ".gitignore": "out/\n"})
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    wd = Path(workdir)
+    (wd / "a.txt").write_text("half-done\n")
+    (wd / "new.txt").write_text("x\n")
+    sh("add", "--all", cwd=wd)
+    sh("commit", "--quiet", "-m", "agent", cwd=wd)
+    (wd / "out").mkdir()
+    (wd / "out" / "build.js").write_text("x\n")
+    (wd / ".git" / "index.lock").write_text("")
+    await git.discard_changes(workdir)
+    assert sh("rev-parse", "HEAD", cwd=wd) == base
+    assert sorted(p.name for p in wd.iterdir()) == [".git", ".gitignore", "a.txt"]
+    assert (wd / "a.txt").read_text() == "1\n"
+    assert not await git.has_changes(workdir)
+
+
+async def test_discard_changes_of_a_missing_or_broken_checkout(
+    git: GitCli, bare: Path, workdir: str
+) -> None:
+    """Discarding never fails: a missing checkout is fine; one without .git, or prepared
+    from an empty remote, is removed."""
+    await git.discard_changes(workdir)  # never prepared
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    Path(workdir, "draft.txt").write_text("x\n")
+    sh("add", "--all", cwd=Path(workdir))
+    sh("commit", "--quiet", "-m", "agent", cwd=Path(workdir))
+    await git.discard_changes(workdir)  # empty remote: nothing worth keeping
+    assert not Path(workdir).exists()
+    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    shutil.rmtree(Path(workdir, ".git"))
+    Path(workdir, "orphan.txt").write_text("x\n")
+    await git.discard_changes(workdir)
+    assert not Path(workdir).exists()
+    checkout = await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
+    assert checkout.empty
 
 
 async def test_find_task_commit_recognizes_an_earlier_attempt(
@@ -554,6 +623,28 @@ async def test_https_wrong_token_fails_clearly_without_the_token(
     chain = [caught.value, caught.value.__cause__, caught.value.__context__]
     assert not any(wrong in repr(e) or TOKEN in repr(e) for e in chain if e is not None)
     assert not any(authorized for _, _, authorized in server.requests)
+
+
+async def test_token_is_not_offered_to_a_host_the_remote_redirects_to(
+    git: GitCli, server: GitHttpServer, http_root: Path, tmp_path: Path, workdir: str
+) -> None:
+    """A remote that redirects elsewhere (a compromised forge, a phishing proxy) never
+    gets our token forwarded to the other host: the credential is bound to the remote."""
+    await git.init_bare(str(http_root / "site.git"))
+    # The token's own host is 127.0.0.1; the redirecting server is reached as localhost,
+    # and it sends git on to 127.0.0.1 — a different host for git's credential matching.
+    (tmp_path / "empty").mkdir()
+    with GitHttpServer(
+        tmp_path / "empty", username="x", token="y", redirect_to=f"http://127.0.0.1:{server.port}"
+    ) as redirector:
+        remote = GitRemote(
+            f"http://localhost:{redirector.port}/site.git", Secret(TOKEN), username="bot"
+        )
+        with pytest.raises(GitError):
+            await git.prepare_checkout("site", remote, "main", workdir)
+    assert redirector.authorization_headers  # git did come to the redirector first …
+    assert server.requests  # … and followed the redirect …
+    assert not any(server.authorization_headers)  # … without any credentials.
 
 
 async def test_https_without_token_fails_at_once_instead_of_prompting(

@@ -68,6 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _serve(self) -> None:
+        self.server.authorization_headers.append(self.headers.get("Authorization", ""))
+        if self.server.redirect_to:
+            self.send_response(HTTPStatus.FOUND)
+            self.send_header("Location", self.server.redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         authorized = self._authorized()
         self.server.requests.append((self.command, self.path, authorized))
         if not authorized:
@@ -137,14 +144,22 @@ class GitHttpServer:
         token: str
         requests: list[tuple[str, str, bool]]
         cmdline_snapshots: list[list[str]]
+        authorization_headers: list[str]
+        redirect_to: str | None
 
-    def __init__(self, root: Path, *, username: str, token: str) -> None:
+    def __init__(
+        self, root: Path, *, username: str, token: str, redirect_to: str | None = None
+    ) -> None:
+        """Serve ``root``; with ``redirect_to`` (a base URL), answer every request with a
+        302 to the same path there instead."""
         self._server = self._Server(("127.0.0.1", 0), _Handler)
         self._server.root = root
         self._server.username = username
         self._server.token = token
         self._server.requests = []
         self._server.cmdline_snapshots = []
+        self._server.authorization_headers = []
+        self._server.redirect_to = redirect_to
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -165,6 +180,11 @@ class GitHttpServer:
     def requests(self) -> list[tuple[str, str, bool]]:
         """``(method, path, authorized)`` of every request so far."""
         return self._server.requests
+
+    @property
+    def authorization_headers(self) -> list[str]:
+        """The ``Authorization`` header of every request ("" when absent)."""
+        return self._server.authorization_headers
 
     @property
     def cmdline_snapshots(self) -> list[list[str]]:

@@ -133,3 +133,15 @@ async def test_a_token_with_a_line_break_is_refused_before_running() -> None:
     with pytest.raises(ValidationError):
         await git.prepare_checkout("demo", remote, "main", WORKDIR)
     assert not any("fetch" in argv for argv in workspace.calls)
+
+
+async def test_a_command_killed_by_a_signal_is_reported_as_such() -> None:
+    """A workspace that reports a timeout as a signal exit (-9) still yields a clear
+    GitError naming the signal and the limit."""
+
+    def script(argv: Sequence[str]) -> CommandResult:
+        return CommandResult(tuple(argv), -9, b"", b"")
+
+    git = GitCli(ScriptedWorkspace(script), timeout_s=7)
+    with pytest.raises(GitError, match=r"ended by signal 9 \(its time limit is 7 s\)"):
+        await git.has_changes(WORKDIR)

@@ -11,9 +11,11 @@ from forgeline.domain.git import (
     GitAuthor,
     GitRemote,
     RemoteKind,
+    accepts_token,
     build_commit_message,
     classify_remote,
     commit_subject,
+    embedded_repository,
     format_trailers,
     review_branch,
     task_trailers,
@@ -166,6 +168,8 @@ def test_supported_remotes(url: str, kind: RemoteKind) -> None:
         "ftp://example.com/demo.git",
         " https://example.com/x.git",
         "https:///no-host",
+        "https://host:99999/x.git",
+        "https://host:port/x.git",
         "file://relative",
     ],
 )
@@ -203,3 +207,36 @@ def test_unusable_authors_are_refused(name: str, email: str) -> None:
     """An author git would reject or mangle fails early, with the field named."""
     with pytest.raises(ValidationError):
         GitAuthor(name, email)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Git.Example.com/team/d.git", "https://git.example.com"),
+        ("https://bot@git.example.com:8443/d.git", "https://git.example.com:8443"),
+        ("http://[::1]:8080/d.git", "http://[::1]:8080"),
+        ("/srv/git/d.git", "/srv/git/d.git"),
+    ],
+)
+def test_origin_is_what_a_token_is_bound_to(url: str, origin: str) -> None:
+    """Scheme, host and port only: no user, no path (git's credential matching key)."""
+    assert GitRemote(url).origin == origin
+
+
+def test_accepts_token() -> None:
+    """Tokens may go to https remotes and to plain http on this machine only."""
+    assert accepts_token("https://git.example.com/d.git")
+    assert accepts_token("http://127.0.0.1:3000/d.git")
+    assert not accepts_token("http://git.example.com/d.git")
+    assert not accepts_token("/srv/git/d.git")
+    assert not accepts_token("git@github.com:team/d.git")
+
+
+def test_embedded_repository_path() -> None:
+    """Embedded remotes live at <git dir>/<project>.git; bad names never make a path."""
+    assert embedded_repository("/data/git/", "my-app") == "/data/git/my-app.git"
+    for name in ("../etc", "My-App", "a/b", ""):
+        with pytest.raises(ValidationError):
+            embedded_repository("/data/git", name)
+    with pytest.raises(ValidationError):
+        embedded_repository("relative/git", "app")

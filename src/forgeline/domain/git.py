@@ -17,6 +17,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from forgeline.domain.errors import ValidationError
+from forgeline.domain.project import validate_project_name
 from forgeline.domain.secrets import Secret
 
 #: The trailer naming the task that produced a commit.
@@ -108,6 +109,18 @@ class GitRemote:
         return classify_remote(self.url)
 
     @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` of a URL remote (what a credential is bound to); the
+        URL itself for a path or scp-like remote."""
+        parts = urlsplit(self.url)
+        if "://" not in self.url or not parts.hostname:
+            return self.url
+        host = parts.hostname
+        if ":" in host:  # an IPv6 literal keeps its brackets
+            host = f"[{host}]"
+        return f"{parts.scheme.lower()}://{host}" + (f":{parts.port}" if parts.port else "")
+
+    @property
     def auth_username(self) -> str:
         """The username sent with the token: the URL's own, else :attr:`username`."""
         if self.kind in (RemoteKind.HTTPS, RemoteKind.HTTP):
@@ -149,12 +162,36 @@ def classify_remote(url: str) -> RemoteKind:
             )
         if not parts.hostname:
             raise ValidationError(f"remote URL {url!r} names no host")
+        try:
+            _ = parts.port  # raises for a port that is not a number in range
+        except ValueError:
+            raise ValidationError(f"remote URL {url!r} has an invalid port") from None
         return kind
     if _SCP_LIKE.fullmatch(url):
         return RemoteKind.SSH
     raise ValidationError(
         f"remote {url!r} is neither an absolute path nor an https://, http:// or ssh:// URL"
     )
+
+
+def accepts_token(url: str) -> bool:
+    """True if a token may be sent to ``url``: https, or plain http to this machine.
+
+    The worker asks this before fetching the ``git-token`` credential for a project.
+    """
+    kind = classify_remote(url)
+    if kind is RemoteKind.HTTPS:
+        return True
+    return kind is RemoteKind.HTTP and _is_loopback(urlsplit(url).hostname)
+
+
+def embedded_repository(base_dir: str, project: str) -> str:
+    """Where the bare repository of ``project`` lives in embedded mode:
+    ``<base_dir>/<project>.git`` (``base_dir`` is ``FORGELINE_GIT_BASE_URL``, by default
+    ``<data dir>/git``)."""
+    if not base_dir.startswith("/"):
+        raise ValidationError(f"the embedded git directory must be absolute, got {base_dir!r}")
+    return f"{base_dir.rstrip('/')}/{validate_project_name(project)}.git"
 
 
 def validate_branch_name(name: str) -> str:

@@ -139,6 +139,15 @@ class Git(Protocol):
         """
         ...
 
+    async def discard_changes(self, workdir: str) -> None:
+        """Put the checkout back to the prepared commit, dropping everything a build did
+        (files, the agent's commits, locks of a git killed by a cancel).
+
+        For a cancelled or failed build. Never raises for a missing checkout; one git
+        cannot repair is removed (the next :meth:`prepare_checkout` clones again).
+        """
+        ...
+
     async def find_task_commit(self, workdir: str, task_id: str) -> str | None:
         """The newest commit of the prepared branch whose ``Forgeline-Task`` trailer is
         ``task_id``, or ``None`` — so a retried build can tell that an earlier attempt

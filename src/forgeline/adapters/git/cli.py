@@ -4,9 +4,10 @@ Running through the workspace means the same code works on forgeline's own disk 
 a Kubernetes pod next to the agent. Three hazards shape this module:
 
 **Secrets.** A remote's token reaches git only as an environment variable read by an inline
-credential helper (``-c credential.helper=!f() { … }``): the helper's *text* is in argv,
-the token is not, and git never puts a password into a URL it prints. Error text is masked
-anyway (:func:`~forgeline.adapters.git.output.excerpt`).
+credential helper (``-c credential.<scheme://host>.helper=!f() { … }``): the helper's
+*text* is in argv, the token is not; git never puts a password into a URL it prints; and
+the helper is bound to the remote's host, so a redirect elsewhere gets no token. Error
+text is masked anyway (:func:`~forgeline.adapters.git.output.excerpt`).
 
 **Foreign configuration.** The operator's ``~/.gitconfig`` and ``/etc/gitconfig`` are
 switched off (``GIT_CONFIG_GLOBAL=/dev/null``, ``GIT_CONFIG_NOSYSTEM=1``), and so is what an
@@ -81,6 +82,10 @@ _BASE_CONFIG: Final = (
     "core.hooksPath=/dev/null",  # no hook (ours or an agent's) ever runs
     "core.fsmonitor=false",  # an fsmonitor is a command git would run
     "core.askPass=",
+    # ~/.config/git/ignore and attributes are read even without a global config file:
+    # an operator's personal ignores must not drop files from a build's commit.
+    "core.excludesFile=/dev/null",
+    "core.attributesFile=/dev/null",
     "core.autocrlf=false",
     "core.quotePath=false",
     "credential.helper=",  # an empty value resets the list of helpers
@@ -334,9 +339,13 @@ class GitCli:
     async def has_changes(self, workdir: str) -> bool:
         """Files changed against the prepared commit, or commits made on top of it."""
         _require_checkout_dir(workdir)
+        # Even a status may run commands an agent configured (clean filters): drop them.
+        await self._neutralize_config(workdir)
         local = self._local(workdir)
+        # untracked=normal lists a new directory once, not each of its (maybe 100 000)
+        # files: only emptiness matters here.
         status = await self._git(
-            ["status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none"],
+            ["status", "--porcelain", "-z", "--untracked-files=normal", "--ignore-submodules=none"],
             op="status",
             **local,
         )
@@ -422,6 +431,38 @@ class GitCli:
                 f"push of {ref} to {remote.url} failed: {self._excerpt(result.stderr, remote)}"
             )
         return PushResult(ref=ref, sha=sha, outcome=refs[0].outcome)
+
+    async def discard_changes(self, workdir: str) -> None:
+        """Reset the checkout to the prepared commit and clean it; remove it if broken."""
+        _require_checkout_dir(workdir)
+        remove = ["rm", "-rf", "--", workdir]
+        probe = await self._run(
+            ["test", "-d", posixpath.join(workdir, ".git")],
+            cwd="/",
+            env=self._env,
+            stdin=None,
+            timeout_s=self._timeout_s,
+            op="test -d",
+        )
+        if not probe.ok:  # never prepared, or .git deleted: nothing worth keeping
+            await self._run_checked(remove, cwd="/", op="rm -rf checkout")
+            return
+        leftovers = [posixpath.join(workdir, ".git", name) for name in _LEFTOVERS]
+        await self._run_checked(["rm", "-f", "--", *leftovers], cwd="/", op="rm leftovers")
+        local = self._local(workdir)
+        try:
+            await self._neutralize_config(workdir, error=_LocalStateError)  # smudge filters
+            base = await self._resolve(workdir, BASE_REF, env=local["env"])
+            if base is None:
+                # Prepared from an empty remote: no history worth caching, and removing
+                # it is simpler than unwinding whatever the agent committed.
+                await self._run_checked(remove, cwd="/", op="rm -rf checkout")
+                return
+            for argv in (["reset", "--quiet", "--hard", base], ["clean", "--quiet", "-ffdx"]):
+                await self._git(argv, op=argv[0], error=_LocalStateError, **local)
+        except GitError as exc:
+            log.warning("git.checkout_removed", workdir=workdir, error=exc.message)
+            await self._run_checked(remove, cwd="/", op="rm -rf checkout")
 
     async def find_task_commit(self, workdir: str, task_id: str) -> str | None:
         """The newest commit of the prepared branch with ``Forgeline-Task: <task_id>``."""
@@ -536,12 +577,14 @@ class GitCli:
                 token = remote.token.reveal()
                 if any(c in token for c in "\n\r\0"):
                     raise ValidationError("the git token contains a line break")
-                argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+                # Scoped to the remote's scheme://host[:port]: should the server redirect
+                # git elsewhere, the token is not offered to that other host.
+                argv += ["-c", f"credential.{remote.origin}.helper={_CREDENTIAL_HELPER}"]
                 child_env[_USER_VAR] = remote.auth_username
                 child_env[_TOKEN_VAR] = token
         argv += args
         result = await self._run(
-            argv, cwd=cwd, env=child_env, stdin=stdin, timeout_s=timeout, op=op
+            argv, cwd=cwd, env=child_env, stdin=stdin, timeout_s=timeout, op=f"git {op}"
         )
         if check and not result.ok:
             detail = self._excerpt(result.stderr, remote)
@@ -566,6 +609,8 @@ class GitCli:
         timeout_s: float,
         op: str,
     ) -> CommandResult:
+        """Run ``argv`` in the workspace within ``timeout_s``; ``op`` names it in errors.
+        A start failure, an overrun or a signal is a ``GitError``; an exit code is not."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s + _BACKSTOP_S):
@@ -573,9 +618,15 @@ class GitCli:
                     argv, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin
                 )
         except TimeoutError as exc:
-            raise GitError(f"git {op} did not finish within {timeout_s:g} s") from exc
+            raise GitError(f"{op} did not finish within {timeout_s:g} s") from exc
         except WorkspaceError as exc:
-            raise GitError(f"git {op}: {self._excerpt(exc.message.encode(), None)}") from exc
+            raise GitError(f"{op}: {self._excerpt(exc.message.encode(), None)}") from exc
+        if result.exit_code < 0:
+            # Killed by a signal: a workspace that reports its timeout this way rather than
+            # raising, or an operator's kill. Nothing it printed is worth parsing.
+            raise GitError(
+                f"{op} was ended by signal {-result.exit_code} (its time limit is {timeout_s:g} s)"
+            )
         # argv is safe to log: it never holds a secret (see the module docstring). The
         # fixed `-c` options are left out as noise.
         shown = list(argv[1:] if argv[0] == self._binary else argv)
