@@ -39,7 +39,7 @@ class Redactor:
     MIN_TAIL = 4
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serializes writers; readers use the snapshot
         self._names: dict[str, str] = {}
         # (pattern, form -> name), replaced as a whole so readers never see half an update.
         self._snapshot: tuple[re.Pattern[str], dict[str, str]] | None = None
@@ -61,10 +61,9 @@ class Redactor:
                 return
             self._names.update(wanted)
             names = dict(self._names)
-            # A lookahead around a trie of every form: matches at *each* position where
-            # some form starts (so overlapping occurrences are all seen), longest first,
-            # in time independent of how many secrets are registered.
-            pattern = re.compile(f"(?=({_trie_regex(names)}))", re.DOTALL)
+            # One trie-shaped regex of every form, longest match first: the engine tests
+            # one character class per position instead of one branch per form.
+            pattern = re.compile(_trie_regex(names), re.DOTALL)
             self._snapshot = (pattern, names)
 
     def __len__(self) -> int:
@@ -78,26 +77,31 @@ class Redactor:
         if snapshot is None or not text:
             return text
         pattern, names = snapshot
-        spans: list[tuple[int, int, list[str]]] = []
-        for match in pattern.finditer(text):
-            start, end = match.span(1)
-            name = names[match.group(1)]
-            if spans and start < spans[-1][1]:
-                first, last, span_names = spans[-1]
-                if end > last:
-                    spans[-1] = (first, end, span_names)
-                if name not in span_names:
-                    span_names.append(name)
-            else:
-                spans.append((start, end, [name]))
-        if not spans:
+        match = pattern.search(text)
+        if match is None:  # the common case: one scan, nothing allocated
             return text
         out: list[str] = []
         pos = 0
-        for start, end, span_names in spans:
+        while match is not None:
+            start, end = match.span()
+            span_names = [names[match.group(0)]]
+            # A value starting inside this match may run past its end (overlapping
+            # secrets): extend the span until no occurrence crosses its end, so no piece
+            # of either value is left readable. Values contained in the span are masked
+            # with it.
+            probe = start + 1
+            while probe < end:
+                inner = pattern.match(text, probe)
+                if inner is not None and inner.end() > end:
+                    end = inner.end()
+                    name = names[inner.group(0)]
+                    if name not in span_names:
+                        span_names.append(name)
+                probe += 1
             out.append(text[pos:start])
             out.extend(f"[REDACTED:{name}]" for name in span_names)
             pos = end
+            match = pattern.search(text, pos)
         out.append(text[pos:])
         return "".join(out)
 
