@@ -86,7 +86,7 @@ def bench_redaction(quick: bool) -> None:
         register_ms = (time.perf_counter() - started) * 1000
         snapshot = redactor._snapshot  # the benchmark compares like with like
         assert snapshot is not None
-        forms = sorted(snapshot[1], key=len, reverse=True)
+        forms = sorted(snapshot.names, key=len, reverse=True)
         naive = re.compile("|".join(re.escape(form) for form in forms))
         cells: list[str] = []
         for size in sizes.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import logging
 import re
@@ -10,9 +11,18 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
+
+
+class _Snapshot(NamedTuple):
+    """What readers of a :class:`Redactor` use, swapped whole on registration."""
+
+    pattern: re.Pattern[str]
+    names: dict[str, str]  # every masked form -> credential name
+    sorted_forms: list[str]  # for prefix searches (cut texts)
+    longest: int
 
 
 class Redactor:
@@ -41,8 +51,8 @@ class Redactor:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # serializes writers; readers use the snapshot
         self._names: dict[str, str] = {}
-        # (pattern, form -> name), replaced as a whole so readers never see half an update.
-        self._snapshot: tuple[re.Pattern[str], dict[str, str]] | None = None
+        # Replaced as a whole, so readers never see half an update.
+        self._snapshot: _Snapshot | None = None
 
     def add(self, value: str, name: str) -> None:
         """Mask ``value`` (and its common encodings) from now on, as ``[REDACTED:<name>]``."""
@@ -63,20 +73,20 @@ class Redactor:
             names = dict(self._names)
             # One trie-shaped regex of every form, longest match first: the engine tests
             # one character class per position instead of one branch per form.
-            pattern = re.compile(_trie_regex(names), re.DOTALL)
-            self._snapshot = (pattern, names)
+            pattern = re.compile(_trie_regex(names))
+            self._snapshot = _Snapshot(pattern, names, sorted(names), max(map(len, names)))
 
     def __len__(self) -> int:
         """How many strings (values and their encoded forms) are masked."""
         snapshot = self._snapshot
-        return len(snapshot[1]) if snapshot else 0
+        return len(snapshot.names) if snapshot else 0
 
     def redact(self, text: str) -> str:
         """``text`` with every registered value masked."""
         snapshot = self._snapshot
         if snapshot is None or not text:
             return text
-        pattern, names = snapshot
+        pattern, names = snapshot.pattern, snapshot.names
         match = pattern.search(text)
         if match is None:  # the common case: one scan, nothing allocated
             return text
@@ -112,15 +122,15 @@ class Redactor:
         snapshot = self._snapshot
         if snapshot is None or len(text) < self.MIN_TAIL:
             return text
-        best, best_name = 0, ""
-        for form, name in snapshot[1].items():
-            for size in range(min(len(form) - 1, len(text)), max(best, self.MIN_TAIL - 1), -1):
-                if text.endswith(form[:size]):
-                    best, best_name = size, name
-                    break
-        if not best:
-            return text
-        return f"{text[:-best]}[REDACTED:{best_name}]"
+        # Longest dangling piece first: for each suffix of the last (longest form - 1)
+        # characters, binary-search the sorted forms for one that starts with it.
+        forms = snapshot.sorted_forms
+        for start in range(max(0, len(text) - snapshot.longest + 1), len(text) - self.MIN_TAIL + 1):
+            suffix = text[start:]
+            index = bisect.bisect_left(forms, suffix)
+            if index < len(forms) and forms[index].startswith(suffix):
+                return f"{text[:start]}[REDACTED:{snapshot.names[forms[index]]}]"
+        return text
 
     def redact_obj(self, obj: Any) -> Any:
         """Redact every string inside a JSON-like structure (keys included)."""

@@ -258,7 +258,11 @@ class KeyRing:
         return key
 
     def reload(self) -> bool:
-        """Read the source again; True if it can change (a key file), False if fixed."""
+        """Read the source again; True if it can change (a key file), False if fixed.
+
+        A synchronous read of a small local file, done only when an unknown key id shows
+        up (once per rotation), so callers on the event loop may call it directly.
+        """
         if self._loader is None:
             return False
         keys = self._loader()
