@@ -84,10 +84,11 @@ def test_set_list_delete_rotate(tmp_path: Path) -> None:
 def test_value_is_never_an_argument(tmp_path: Path) -> None:
     """A value given as an argument is refused without being echoed; empty stdin is refused."""
     value = f"oops-{secrets.token_urlsafe(16)}"
-    done = cli(tmp_path, "set", "api-key", value)
-    assert done.returncode == 2
-    assert "never taken as an argument" in done.stderr
-    assert value not in done.stdout + done.stderr
+    for args in ([value], [f"--value={value}"], ["--project", "myapp", value]):
+        done = cli(tmp_path, "set", "api-key", *args)
+        assert done.returncode == 2
+        assert "never taken as an argument" in done.stderr
+        assert value not in done.stdout + done.stderr
     empty = cli(tmp_path, "set", "api-key", stdin="")
     assert empty.returncode == 1
     assert "no value given" in empty.stderr
