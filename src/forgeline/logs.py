@@ -20,6 +20,7 @@ class _Snapshot(NamedTuple):
     """What readers of a :class:`Redactor` use, swapped whole on registration."""
 
     pattern: re.Pattern[str]
+    starts: re.Pattern[str]  # the same trie in a lookahead: where forms start, overlapping
     names: dict[str, str]  # every masked form -> credential name
     sorted_forms: list[str]  # for prefix searches (cut texts)
     longest: int
@@ -73,8 +74,14 @@ class Redactor:
             names = dict(self._names)
             # One trie-shaped regex of every form, longest match first: the engine tests
             # one character class per position instead of one branch per form.
-            pattern = re.compile(_trie_regex(names))
-            self._snapshot = _Snapshot(pattern, names, sorted(names), max(map(len, names)))
+            trie = _trie_regex(names)
+            self._snapshot = _Snapshot(
+                pattern=re.compile(trie),
+                starts=re.compile(f"(?=({trie}))"),
+                names=names,
+                sorted_forms=sorted(names),
+                longest=max(map(len, names)),
+            )
 
     def __len__(self) -> int:
         """How many strings (values and their encoded forms) are masked."""
@@ -101,13 +108,17 @@ class Redactor:
             # with it.
             probe = start + 1
             while probe < end:
-                inner = pattern.match(text, probe)
-                if inner is not None and inner.end() > end:
-                    end = inner.end()
-                    name = names[inner.group(0)]
+                # Next position inside the span where some form starts (a zero-width
+                # search, in C); forms are at most ``longest`` long, which bounds the scan.
+                inner = snapshot.starts.search(text, probe, end + snapshot.longest)
+                if inner is None or inner.start() >= end:
+                    break
+                if inner.end(1) > end:
+                    end = inner.end(1)
+                    name = names[inner.group(1)]
                     if name not in span_names:
                         span_names.append(name)
-                probe += 1
+                probe = inner.start() + 1
             out.append(text[pos:start])
             out.extend(f"[REDACTED:{name}]" for name in span_names)
             pos = end

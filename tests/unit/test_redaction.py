@@ -86,6 +86,14 @@ def test_overlapping_and_nested_secrets() -> None:
             assert piece not in out
 
 
+def test_chained_overlaps_are_one_span() -> None:
+    """A overlapping B overlapping C (C starting after A ends) is masked as one span."""
+    r = Redactor()
+    r.add_many([("111111222", "a"), ("222333333", "b"), ("333333444", "c")])
+    assert r.redact("<111111222333333444>") == "<[REDACTED:a][REDACTED:b][REDACTED:c]>"
+    assert r.redact("111111222 333333444") == "[REDACTED:a] [REDACTED:c]"
+
+
 def test_short_values_are_ignored() -> None:
     """Values shorter than MIN_LENGTH are not masked (they would mangle every line)."""
     r = Redactor()
