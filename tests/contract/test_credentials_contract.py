@@ -35,6 +35,7 @@ from forgeline.domain.errors import (
     CredentialError,
     CredentialNotFoundError,
     MissingCredentialsError,
+    StorageError,
     ValidationError,
 )
 from forgeline.domain.project import Project
@@ -195,6 +196,18 @@ async def test_validation(env: Env) -> None:
     with pytest.raises(ValidationError, match="environment variable"):
         await store.resolve({"1BAD": "ok"}, project=None, task_id=None)
     assert await store.list() == []
+
+
+@pytest.mark.postgres
+async def test_unmigrated_schema_says_how_to_fix(tmp_path: Path, pg_url: str) -> None:
+    """Without the schema, both dialects raise StorageError pointing at `forgeline db migrate`."""
+    for db in (SqliteDatabase(tmp_path / "empty.db"), PostgresDatabase(pg_url, max_size=1)):
+        await db.open()
+        try:
+            with pytest.raises(StorageError, match="forgeline db migrate"):
+                await open_credential_store(db, ring(MasterKey.generate())).list()
+        finally:
+            await db.aclose()
 
 
 # --- scopes -------------------------------------------------------------------------------

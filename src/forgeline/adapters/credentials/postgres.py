@@ -23,6 +23,7 @@ from forgeline.adapters.credentials.base import (
     check_value,
     db_scope,
     from_db_scope,
+    storage_message,
 )
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
@@ -62,7 +63,7 @@ def _stored(row: dict[str, Any]) -> StoredRow:
 def _storage_error(exc: psycopg.Error) -> StorageError:
     # The first line of a psycopg message names the failure; later lines may quote data.
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StorageError(f"credential store: {first}")
+    return StorageError(storage_message(first))
 
 
 async def _lookup(conn: Conn, name: str, project: str | None) -> dict[str, Any] | None:
