@@ -564,6 +564,19 @@ async def test_rotation_keeps_old_key_when_something_is_unreadable(
     assert len(read_key_file(data_dir / "master.key")) == 1
 
 
+async def test_rotation_without_the_old_key_changes_nothing(env: Env) -> None:
+    """rotate-key given only NEW while credentials are under OLD refuses before switching."""
+    old, new = env.key, MasterKey.generate()
+    stored = await _fill(env.store(ring(old)), 2)
+    with pytest.raises(CredentialError, match=f"master key\\(s\\) {old.id}") as info:
+        await env.store(ring(new)).rotate_key()
+    assert "FORGELINE_MASTER_KEY=NEW,OLD" in info.value.message
+    [(current,)] = await env.execute("select current_key_id from credential_keyring")
+    assert current == old.id
+    await _read_all(env.store(ring(old)), stored)
+    await env.store(ring(old)).put("still-writable", Secret(value()))
+
+
 async def test_interrupted_rotation_resumes_with_its_key(env: Env, tmp_path: Path) -> None:
     """A key file left with NEW,OLD (a crash mid-rotation) is finished with NEW, not a third key."""
     data_dir = tmp_path / "data"

@@ -320,6 +320,15 @@ class PostgresCredentialStore(CredentialStoreBase):
             raise _storage_error(exc) from exc
         return changed
 
+    async def _key_ids_in_use(self) -> builtins.list[str]:
+        try:
+            async with self.database.connection() as conn:
+                cur = await conn.execute("select distinct key_id from credentials order by key_id")
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            raise _storage_error(exc) from exc
+        return [str(row[0]) for row in rows]
+
     async def _count_not_under(self, key_id: str) -> int:
         try:
             async with self.database.connection() as conn:

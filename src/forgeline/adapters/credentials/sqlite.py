@@ -301,6 +301,13 @@ class SqliteCredentialStore(CredentialStoreBase):
 
         return await self._write(run)
 
+    async def _key_ids_in_use(self) -> builtins.list[str]:
+        def run(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute("select distinct key_id from credentials order by key_id")
+            return [str(row[0]) for row in rows.fetchall()]
+
+        return await self._read(run)
+
     async def _count_not_under(self, key_id: str) -> int:
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute(
