@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import logging
 import re
@@ -10,9 +11,19 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
+
+
+class _Snapshot(NamedTuple):
+    """What readers of a :class:`Redactor` use, swapped whole on registration."""
+
+    pattern: re.Pattern[str]
+    starts: re.Pattern[str]  # the same trie in a lookahead: where forms start, overlapping
+    names: dict[str, str]  # every masked form -> credential name
+    sorted_forms: list[str]  # for prefix searches (cut texts)
+    longest: int
 
 
 class Redactor:
@@ -39,10 +50,10 @@ class Redactor:
     MIN_TAIL = 4
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serializes writers; readers use the snapshot
         self._names: dict[str, str] = {}
-        # (pattern, form -> name), replaced as a whole so readers never see half an update.
-        self._snapshot: tuple[re.Pattern[str], dict[str, str]] | None = None
+        # Replaced as a whole, so readers never see half an update.
+        self._snapshot: _Snapshot | None = None
 
     def add(self, value: str, name: str) -> None:
         """Mask ``value`` (and its common encodings) from now on, as ``[REDACTED:<name>]``."""
@@ -61,43 +72,57 @@ class Redactor:
                 return
             self._names.update(wanted)
             names = dict(self._names)
-            # A lookahead around a trie of every form: matches at *each* position where
-            # some form starts (so overlapping occurrences are all seen), longest first,
-            # in time independent of how many secrets are registered.
-            pattern = re.compile(f"(?=({_trie_regex(names)}))", re.DOTALL)
-            self._snapshot = (pattern, names)
+            # One trie-shaped regex of every form, longest match first: the engine tests
+            # one character class per position instead of one branch per form.
+            trie = _trie_regex(names)
+            self._snapshot = _Snapshot(
+                pattern=re.compile(trie),
+                starts=re.compile(f"(?=({trie}))"),
+                names=names,
+                sorted_forms=sorted(names),
+                longest=max(map(len, names)),
+            )
 
     def __len__(self) -> int:
         """How many strings (values and their encoded forms) are masked."""
         snapshot = self._snapshot
-        return len(snapshot[1]) if snapshot else 0
+        return len(snapshot.names) if snapshot else 0
 
     def redact(self, text: str) -> str:
         """``text`` with every registered value masked."""
         snapshot = self._snapshot
         if snapshot is None or not text:
             return text
-        pattern, names = snapshot
-        spans: list[tuple[int, int, list[str]]] = []
-        for match in pattern.finditer(text):
-            start, end = match.span(1)
-            name = names[match.group(1)]
-            if spans and start < spans[-1][1]:
-                first, last, span_names = spans[-1]
-                if end > last:
-                    spans[-1] = (first, end, span_names)
-                if name not in span_names:
-                    span_names.append(name)
-            else:
-                spans.append((start, end, [name]))
-        if not spans:
+        pattern, names = snapshot.pattern, snapshot.names
+        match = pattern.search(text)
+        if match is None:  # the common case: one scan, nothing allocated
             return text
         out: list[str] = []
         pos = 0
-        for start, end, span_names in spans:
+        while match is not None:
+            start, end = match.span()
+            span_names = [names[match.group(0)]]
+            # A value starting inside this match may run past its end (overlapping
+            # secrets): extend the span until no occurrence crosses its end, so no piece
+            # of either value is left readable. Values contained in the span are masked
+            # with it.
+            probe = start + 1
+            while probe < end:
+                # Next position inside the span where some form starts (a zero-width
+                # search, in C); forms are at most ``longest`` long, which bounds the scan.
+                inner = snapshot.starts.search(text, probe, end + snapshot.longest)
+                if inner is None or inner.start() >= end:
+                    break
+                if inner.end(1) > end:
+                    end = inner.end(1)
+                    name = names[inner.group(1)]
+                    if name not in span_names:
+                        span_names.append(name)
+                probe = inner.start() + 1
             out.append(text[pos:start])
             out.extend(f"[REDACTED:{name}]" for name in span_names)
             pos = end
+            match = pattern.search(text, pos)
         out.append(text[pos:])
         return "".join(out)
 
@@ -108,15 +133,15 @@ class Redactor:
         snapshot = self._snapshot
         if snapshot is None or len(text) < self.MIN_TAIL:
             return text
-        best, best_name = 0, ""
-        for form, name in snapshot[1].items():
-            for size in range(min(len(form) - 1, len(text)), max(best, self.MIN_TAIL - 1), -1):
-                if text.endswith(form[:size]):
-                    best, best_name = size, name
-                    break
-        if not best:
-            return text
-        return f"{text[:-best]}[REDACTED:{best_name}]"
+        # Longest dangling piece first: for each suffix of the last (longest form - 1)
+        # characters, binary-search the sorted forms for one that starts with it.
+        forms = snapshot.sorted_forms
+        for start in range(max(0, len(text) - snapshot.longest + 1), len(text) - self.MIN_TAIL + 1):
+            suffix = text[start:]
+            index = bisect.bisect_left(forms, suffix)
+            if index < len(forms) and forms[index].startswith(suffix):
+                return f"{text[:start]}[REDACTED:{snapshot.names[forms[index]]}]"
+        return text
 
     def redact_obj(self, obj: Any) -> Any:
         """Redact every string inside a JSON-like structure (keys included)."""

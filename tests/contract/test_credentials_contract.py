@@ -6,6 +6,8 @@ Values are random per test, so finding one in a file or a table means it leaked.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -28,16 +30,19 @@ from forgeline.adapters.credentials.postgres import PostgresCredentialStore
 from forgeline.adapters.credentials.sqlite import SqliteCredentialStore
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus, ToolResultData
 from forgeline.domain.errors import (
     CredentialError,
     CredentialNotFoundError,
     MissingCredentialsError,
+    StorageError,
     ValidationError,
 )
 from forgeline.domain.project import Project
 from forgeline.domain.secrets import Secret
 from forgeline.logs import Redactor
 from forgeline.services.credentials import CredentialInjector, reveal_env
+from forgeline.services.redaction import redact_event, redact_message, redact_payload
 
 Store = SqliteCredentialStore | PostgresCredentialStore
 
@@ -191,6 +196,18 @@ async def test_validation(env: Env) -> None:
     with pytest.raises(ValidationError, match="environment variable"):
         await store.resolve({"1BAD": "ok"}, project=None, task_id=None)
     assert await store.list() == []
+
+
+@pytest.mark.postgres
+async def test_unmigrated_schema_says_how_to_fix(tmp_path: Path, pg_url: str) -> None:
+    """Without the schema, both dialects raise StorageError pointing at `forgeline db migrate`."""
+    for db in (SqliteDatabase(tmp_path / "empty.db"), PostgresDatabase(pg_url, max_size=1)):
+        await db.open()
+        try:
+            with pytest.raises(StorageError, match="forgeline db migrate"):
+                await open_credential_store(db, ring(MasterKey.generate())).list()
+        finally:
+            await db.aclose()
 
 
 # --- scopes -------------------------------------------------------------------------------
@@ -547,6 +564,19 @@ async def test_rotation_keeps_old_key_when_something_is_unreadable(
     assert len(read_key_file(data_dir / "master.key")) == 1
 
 
+async def test_rotation_without_the_old_key_changes_nothing(env: Env) -> None:
+    """rotate-key given only NEW while credentials are under OLD refuses before switching."""
+    old, new = env.key, MasterKey.generate()
+    stored = await _fill(env.store(ring(old)), 2)
+    with pytest.raises(CredentialError, match=f"master key\\(s\\) {old.id}") as info:
+        await env.store(ring(new)).rotate_key()
+    assert "FORGELINE_MASTER_KEY=NEW,OLD" in info.value.message
+    [(current,)] = await env.execute("select current_key_id from credential_keyring")
+    assert current == old.id
+    await _read_all(env.store(ring(old)), stored)
+    await env.store(ring(old)).put("still-writable", Secret(value()))
+
+
 async def test_interrupted_rotation_resumes_with_its_key(env: Env, tmp_path: Path) -> None:
     """A key file left with NEW,OLD (a crash mid-rotation) is finished with NEW, not a third key."""
     data_dir = tmp_path / "data"
@@ -559,3 +589,69 @@ async def test_interrupted_rotation_resumes_with_its_key(env: Env, tmp_path: Pat
     assert report.key_id == new.id
     assert read_key_file(data_dir / "master.key") == [new]
     await _read_all(env.store(ring(new)), stored)
+
+
+async def test_rotation_refuses_to_run_twice_at_once(env: Env, tmp_path: Path) -> None:
+    """A second rotate-key on the same key file while one runs is refused, not interleaved."""
+    data_dir = tmp_path / "data"
+    keyring = load_keyring(None, data_dir)
+    await _fill(env.store(keyring), 1)
+    fd = os.open(data_dir / "master.key.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(CredentialError, match="another key rotation"):
+            await env.store(keyring).rotate_key()
+    finally:
+        os.close(fd)
+    assert len(read_key_file(data_dir / "master.key")) == 1
+
+
+async def test_same_credential_for_two_variables_is_one_use(env: Env) -> None:
+    """Two variables naming one credential get the same value; the use is recorded once."""
+    store = env.store()
+    plain = value()
+    await store.put("tok", Secret(plain))
+    got = await store.resolve({"A": "tok", "B": "tok"}, project="myapp", task_id="t")
+    assert got["A"].reveal() == got["B"].reveal() == plain
+    assert len(await store.uses(task_id="t")) == 1
+    assert await store.resolve({}, project=None, task_id="t") == {}
+
+
+async def test_env_dump_story(sqlite_env: Env) -> None:
+    """What the end-to-end run will do: inject, let an agent print `env`, redact what leaves.
+
+    The child environment carries the real values; every event, the result payload, an
+    error message and a log line derived from the run show only ``[REDACTED:<name>]``.
+    """
+    store = sqlite_env.store()
+    redactor = Redactor()
+    anthropic, git = value("anthropic"), value("git")
+    await store.put("anthropic-key", Secret(anthropic))
+    await store.put("git-token", Secret(git))
+    project = Project(
+        name="myapp",
+        repo_url="file:///x",
+        credentials={"ANTHROPIC_API_KEY": "anthropic-key", "GIT_TOKEN": "git-token"},
+    )
+    injector = CredentialInjector(store, redactor)
+    child_env = reveal_env(await injector.for_build(project, task_id="t-1"))
+    env_output = "\n".join(f"{k}={v}" for k, v in {"PATH": "/bin", **child_env}.items())
+    assert anthropic in env_output  # what the model server will see
+
+    events = [
+        AgentEvent(data=ToolResultData(id="1", output=env_output), provider="claude-code"),
+        AgentEvent(
+            data=AgentResult(status=RunStatus.SUCCEEDED, text=f"ANTHROPIC_API_KEY={anthropic}"),
+            provider="claude-code",
+        ),
+    ]
+    shown = [redact_event(e, redactor).to_dict() for e in events]
+    payload = redact_payload({"result": {"output": f"token {git}"}}, redactor)
+    message = redact_message(f"git push failed for https://x:{git}@host", redactor)
+    everything = repr(shown) + repr(payload) + message
+    assert anthropic not in everything
+    assert git not in everything
+    assert "ANTHROPIC_API_KEY=[REDACTED:anthropic-key]" in shown[0]["data"]["output"]
+    assert "GIT_TOKEN=[REDACTED:git-token]" in shown[0]["data"]["output"]
+    assert shown[1]["data"]["text"] == "ANTHROPIC_API_KEY=[REDACTED:anthropic-key]"
+    assert payload == {"result": {"output": "token [REDACTED:git-token]"}}

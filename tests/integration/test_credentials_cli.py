@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import secrets
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from forgeline.adapters.credentials.keys import read_key_file
@@ -84,10 +87,11 @@ def test_set_list_delete_rotate(tmp_path: Path) -> None:
 def test_value_is_never_an_argument(tmp_path: Path) -> None:
     """A value given as an argument is refused without being echoed; empty stdin is refused."""
     value = f"oops-{secrets.token_urlsafe(16)}"
-    done = cli(tmp_path, "set", "api-key", value)
-    assert done.returncode == 2
-    assert "never taken as an argument" in done.stderr
-    assert value not in done.stdout + done.stderr
+    for args in ([value], [f"--value={value}"], ["--project", "myapp", value]):
+        done = cli(tmp_path, "set", "api-key", *args)
+        assert done.returncode == 2
+        assert "never taken as an argument" in done.stderr
+        assert value not in done.stdout + done.stderr
     empty = cli(tmp_path, "set", "api-key", stdin="")
     assert empty.returncode == 1
     assert "no value given" in empty.stderr
@@ -114,3 +118,56 @@ def test_wrong_master_key_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot store credentials")
     assert "Traceback" not in done.stderr
+
+
+def _read_until(fd: int, marker: bytes, seen: bytearray, deadline: float) -> None:
+    """Read the terminal's output into ``seen`` until ``marker`` shows up (or EOF)."""
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} on the terminal; got {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            return
+        if not chunk:
+            return
+        seen += chunk
+
+
+def test_hidden_prompt_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, set prompts twice without echoing the value, then stores it."""
+    value = f"typed-{secrets.token_urlsafe(16)}"
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
+    env["FORGELINE_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forgeline", "credential", "set", "typed-key"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = bytearray()
+    try:
+        deadline = time.monotonic() + 30
+        # Wait for getpass's own prompt (the space after the colon): only then is echo off,
+        # and input typed earlier would be flushed (TCSAFLUSH) anyway.
+        _read_until(master, b"Value for typed-key: ", seen, deadline)
+        os.write(master, value.encode() + b"\n")
+        _read_until(master, b"Repeat for confirmation: ", seen, deadline)
+        os.write(master, value.encode() + b"\n")
+        _read_until(master, b"stored credential", seen, deadline)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    assert value.encode() not in seen
+    listed = json.loads(cli(tmp_path, "list", "--json").stdout)
+    assert [c["name"] for c in listed] == ["typed-key"]

@@ -43,6 +43,7 @@ def test_key_formats(text: str) -> None:
         (base64.b64encode(bytes(16)).decode(), "decodes to 16 bytes"),
         (base64.b64encode(bytes(33)).decode(), "decodes to 33 bytes"),
         ("not base64 at all!", "not valid base64"),
+        ("AAAA+AAA-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not valid base64"),
     ],
 )
 def test_bad_keys_are_refused_without_quoting_them(text: str, reason: str) -> None:

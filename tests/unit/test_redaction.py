@@ -76,13 +76,22 @@ def test_overlapping_and_nested_secrets() -> None:
     r.add("abcdef123456", "first")
     r.add("123456uvwxyz", "second")
     r.add("cdef12", "inner")
-    assert r.redact("<abcdef123456uvwxyz>") == "<[REDACTED:first][REDACTED:inner][REDACTED:second]>"
+    assert r.redact("<abcdef123456uvwxyz>") == "<[REDACTED:first][REDACTED:second]>"
     assert r.redact("xx123456uvwxyzxx") == "xx[REDACTED:second]xx"
-    assert r.redact("abcdef123456") == "[REDACTED:first][REDACTED:inner]"
+    assert r.redact("abcdef123456") == "[REDACTED:first]"
+    assert r.redact("abcdef12") == "ab[REDACTED:inner]"
     for text in ["abcdef123456uvwxyz", "zzabcdef123456uvwxyz", "abcdef123456abcdef123456"]:
         out = r.redact(text)
         for piece in ("abcdef", "123456", "uvwxyz"):
             assert piece not in out
+
+
+def test_chained_overlaps_are_one_span() -> None:
+    """A overlapping B overlapping C (C starting after A ends) is masked as one span."""
+    r = Redactor()
+    r.add_many([("111111222", "a"), ("222333333", "b"), ("333333444", "c")])
+    assert r.redact("<111111222333333444>") == "<[REDACTED:a][REDACTED:b][REDACTED:c]>"
+    assert r.redact("111111222 333333444") == "[REDACTED:a] [REDACTED:c]"
 
 
 def test_short_values_are_ignored() -> None:

@@ -105,8 +105,9 @@ class CredentialStore(Protocol):
       from another credential raises ``CredentialError``, never returns a wrong value.
     - Each operation is one transaction: cancelled or failed, it happened wholly or not
       at all (a value is never returned without its use being recorded, nor the reverse).
-    - Every call is bounded by the database's own timeouts; nothing waits on the network
-      beyond the database.
+    - Nothing waits on anything but the database, within its own limits (SQLite's busy
+      timeout, the PostgreSQL pool's connection timeout); transactions are short (one
+      credential, or one batch of a rotation), so a rotation never stalls writers for long.
     - Names are validated (``ValidationError``) before anything is stored.
     """
 

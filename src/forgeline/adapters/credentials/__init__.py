@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forgeline.adapters.credentials.keys import KeyRing, MasterKey, load_keyring, parse_key
@@ -33,15 +32,9 @@ def open_credential_store(database: Database, keyring: KeyRing) -> SqlCredential
     return PostgresCredentialStore(database, keyring)
 
 
-def keyring_from_settings(master_key: str | None, data_dir: Path) -> KeyRing:
-    """The key ring for ``settings.master_key`` (revealed by the caller) and the data dir."""
-    return load_keyring(master_key, data_dir)
-
-
 __all__ = [
     "KeyRing",
     "MasterKey",
-    "keyring_from_settings",
     "load_keyring",
     "open_credential_store",
     "parse_key",

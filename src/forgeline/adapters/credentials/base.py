@@ -4,6 +4,8 @@ The dialect classes (:mod:`.sqlite`, :mod:`.postgres`) only run statements; ever
 about keys and scopes lives here once.
 
 Rotation without downtime
+    0. Check that this process holds every key some credential is encrypted under; if not,
+       refuse before changing anything.
     1. Pick the target key. Key file: a fresh key, written *in front of* the old ones
        (``[new, old]``), so every process can read both; if the file already holds several
        keys an earlier rotation was interrupted and is resumed with its key. Environment:
@@ -65,6 +67,14 @@ def db_scope(project: str | None) -> str:
 def from_db_scope(value: str) -> str | None:
     """Inverse of :func:`db_scope`."""
     return value or None
+
+
+def storage_message(detail: str) -> str:
+    """A ``StorageError`` message, with the fix when the schema is missing."""
+    hint = ""
+    if "no such table" in detail or ("relation" in detail and "does not exist" in detail):
+        hint = " (the schema is not migrated: run `forgeline db migrate`)"
+    return f"credential store: {detail}{hint}"
 
 
 def check_scope(project: str | None) -> str | None:
@@ -161,13 +171,33 @@ class CredentialStoreBase:
 
     # --- rotation --------------------------------------------------------------------------
 
+    async def _key_ids_in_use(self) -> list[str]:
+        raise NotImplementedError
+
     async def rotate_key(self) -> RotationReport:
         """Re-encrypt everything under a new master key (see the module docstring)."""
         key_file = self.keyring.key_file
         if key_file is None:
+            await self._check_keys_held()
             return await self._rotate_to(self.keyring.current, key_file=None)
         with _rotation_lock(key_file):
+            self.keyring.reload()
+            await self._check_keys_held()
             return await self._rotate_file(key_file)
+
+    async def _check_keys_held(self) -> None:
+        # Before anything changes: a rotation started without every key in use would switch
+        # the database to the new key and then fail on what it cannot read, leaving
+        # processes that hold only the old key unable to write. Refuse up front instead.
+        missing = [k for k in await self._key_ids_in_use() if self.keyring.find(k) is None]
+        if missing:
+            raise CredentialError(
+                f"credentials are encrypted under master key(s) {', '.join(missing)}, which "
+                f"this process does not hold (it has {', '.join(self.keyring.ids)} from "
+                f"{self.keyring.source}); give rotate-key every key in use (e.g. "
+                "FORGELINE_MASTER_KEY=NEW,OLD), or, if a key is lost, delete the credentials "
+                "it protects and set them again"
+            )
 
     async def _rotate_file(self, key_file: Path) -> RotationReport:
         keys = await asyncio.to_thread(read_key_file, key_file)

@@ -86,9 +86,11 @@ def parse_key(text: str, *, origin: str) -> MasterKey:
     """
     cleaned = "".join(text.split())
     cleaned += "=" * (-len(cleaned) % 4)
-    alphabet = b"-_" if ("-" in cleaned or "_" in cleaned) else b"+/"
+    url_safe = any(c in cleaned for c in "-_")
     try:
-        raw = base64.b64decode(cleaned, altchars=alphabet, validate=True)
+        if url_safe and any(c in cleaned for c in "+/"):
+            raise ValueError("mixes the standard and URL-safe alphabets")
+        raw = base64.b64decode(cleaned, altchars=b"-_" if url_safe else None, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ConfigurationError(
             f"{origin}: a master key must be base64 of {KEY_BYTES} random bytes "
@@ -258,7 +260,11 @@ class KeyRing:
         return key
 
     def reload(self) -> bool:
-        """Read the source again; True if it can change (a key file), False if fixed."""
+        """Read the source again; True if it can change (a key file), False if fixed.
+
+        A synchronous read of a small local file, done only when an unknown key id shows
+        up (once per rotation), so callers on the event loop may call it directly.
+        """
         if self._loader is None:
             return False
         keys = self._loader()

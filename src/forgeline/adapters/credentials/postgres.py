@@ -23,6 +23,7 @@ from forgeline.adapters.credentials.base import (
     check_value,
     db_scope,
     from_db_scope,
+    storage_message,
 )
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
@@ -62,7 +63,7 @@ def _stored(row: dict[str, Any]) -> StoredRow:
 def _storage_error(exc: psycopg.Error) -> StorageError:
     # The first line of a psycopg message names the failure; later lines may quote data.
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StorageError(f"credential store: {first}")
+    return StorageError(storage_message(first))
 
 
 async def _lookup(conn: Conn, name: str, project: str | None) -> dict[str, Any] | None:
@@ -318,6 +319,15 @@ class PostgresCredentialStore(CredentialStoreBase):
         except psycopg.Error as exc:
             raise _storage_error(exc) from exc
         return changed
+
+    async def _key_ids_in_use(self) -> builtins.list[str]:
+        try:
+            async with self.database.connection() as conn:
+                cur = await conn.execute("select distinct key_id from credentials order by key_id")
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            raise _storage_error(exc) from exc
+        return [str(row[0]) for row in rows]
 
     async def _count_not_under(self, key_id: str) -> int:
         try:

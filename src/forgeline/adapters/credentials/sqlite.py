@@ -22,6 +22,7 @@ from forgeline.adapters.credentials.base import (
     check_value,
     db_scope,
     from_db_scope,
+    storage_message,
 )
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
@@ -108,13 +109,13 @@ class SqliteCredentialStore(CredentialStoreBase):
         try:
             return await self.database.write(fn)
         except sqlite3.Error as exc:
-            raise StorageError(f"credential store: {exc}") from exc
+            raise StorageError(storage_message(str(exc))) from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return await self.database.read(fn)
         except sqlite3.Error as exc:
-            raise StorageError(f"credential store: {exc}") from exc
+            raise StorageError(storage_message(str(exc))) from exc
 
     async def put(self, name: str, value: Secret, *, project: str | None = None) -> CredentialInfo:
         """Create or replace a credential (see the port)."""
@@ -299,6 +300,13 @@ class SqliteCredentialStore(CredentialStoreBase):
             return changed
 
         return await self._write(run)
+
+    async def _key_ids_in_use(self) -> builtins.list[str]:
+        def run(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute("select distinct key_id from credentials order by key_id")
+            return [str(row[0]) for row in rows.fetchall()]
+
+        return await self._read(run)
 
     async def _count_not_under(self, key_id: str) -> int:
         def run(conn: sqlite3.Connection) -> int:

@@ -92,17 +92,15 @@ def _scope(project: str | None) -> str:
     return f"project {project!r}" if project else "global scope"
 
 
-@app.command("set")
+@app.command("set", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def set_(
-    name: str,
-    project: ProjectOption = None,
-    json_out: JsonOption = False,
-    stray: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False)] = None,
+    ctx: typer.Context, name: str, project: ProjectOption = None, json_out: JsonOption = False
 ) -> None:
     """Store NAME (value from stdin or a hidden prompt; never an argument)."""
-    if stray:
-        # Caught here rather than by click, whose "unexpected extra argument" error would
-        # print the value back. The value is not repeated: it is probably a real secret.
+    if ctx.args:
+        # Extra arguments (or unknown options such as --value=…) are collected rather than
+        # left to click, whose "unexpected extra argument" error would print the value
+        # back. The value is not repeated here: it is probably a real secret.
         typer.echo(
             "error: a value is never taken as an argument (it would stay in shell history and "
             f"show in `ps`); pipe it: `forgeline credential set {name} < file`, or omit it to "
