@@ -452,12 +452,19 @@ async def test_basic_auth_from_the_url_reaches_the_receiver(
     assert receiver.received[0].header("Authorization") == "Basic Ym90OnBhNTV3b3Jk"
 
 
-@pytest.mark.postgres
-async def test_two_dispatchers_on_postgres_never_double_send(
-    pg_url: str, receiver: CallbackReceiver
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_two_dispatchers_never_double_send(
+    dialect: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: CallbackReceiver
 ) -> None:
     """Two dispatchers (own pools, like two processes) share the work, each delivery sent once."""
-    databases = [PostgresDatabase(pg_url), PostgresDatabase(pg_url)]
+    databases: list[Database]
+    if dialect == "postgres":
+        pg_url = request.getfixturevalue("pg_url")
+        databases = [PostgresDatabase(pg_url), PostgresDatabase(pg_url)]
+    else:
+        databases = [SqliteDatabase(tmp_path / "f.db"), SqliteDatabase(tmp_path / "f.db")]
     for database in databases:
         await database.open()
     await migrate(databases[0])
