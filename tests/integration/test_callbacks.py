@@ -32,7 +32,7 @@ from forgeline.domain.secrets import Secret
 from forgeline.ports.callbacks import CallbackOutbox
 from forgeline.services.callback_policy import CallbackUrlPolicy
 from forgeline.services.callbacks import CallbackDispatcher, DispatcherConfig
-from tests.support.callback_receiver import Behaviour, CallbackReceiver
+from tests.support.callback_receiver import Behaviour, CallbackReceiver, Reply
 from tests.support.tls import self_signed
 
 SECRET = "test-callback-secret-0123456789"
@@ -452,12 +452,19 @@ async def test_basic_auth_from_the_url_reaches_the_receiver(
     assert receiver.received[0].header("Authorization") == "Basic Ym90OnBhNTV3b3Jk"
 
 
-@pytest.mark.postgres
-async def test_two_dispatchers_on_postgres_never_double_send(
-    pg_url: str, receiver: CallbackReceiver
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_two_dispatchers_never_double_send(
+    dialect: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: CallbackReceiver
 ) -> None:
     """Two dispatchers (own pools, like two processes) share the work, each delivery sent once."""
-    databases = [PostgresDatabase(pg_url), PostgresDatabase(pg_url)]
+    databases: list[Database]
+    if dialect == "postgres":
+        pg_url = request.getfixturevalue("pg_url")
+        databases = [PostgresDatabase(pg_url), PostgresDatabase(pg_url)]
+    else:
+        databases = [SqliteDatabase(tmp_path / "f.db"), SqliteDatabase(tmp_path / "f.db")]
     for database in databases:
         await database.open()
     await migrate(databases[0])
@@ -486,3 +493,26 @@ async def test_two_dispatchers_on_postgres_never_double_send(
     finally:
         for database in databases:
             await database.aclose()
+
+
+async def test_retry_after_is_honoured_and_answers_are_read_bounded(
+    db: SqliteDatabase, receiver: CallbackReceiver
+) -> None:
+    """A 503 with Retry-After delays the next attempt that long; a huge body is cut short."""
+    huge = b"x" * (4 * 1024 * 1024)
+    receiver.script(Reply(503, huge, (("Retry-After", "30"),)))
+    config = DispatcherConfig(
+        retry_period_s=600, backoff_base_s=0.01, backoff_cap_s=60, request_timeout_s=5,
+        lease_s=10, max_response_bytes=1024,
+    )  # fmt: skip
+    async with running(db, config=config) as (dispatcher, attempts):
+        await dispatcher.enqueue("t-1", receiver.url(), BUILD_COMPLETED, PAYLOAD)
+        await attempts.until(lambda items: len(items) >= 1)
+    ((delivery, attempt),) = attempts.items
+    assert delivery.status is DeliveryStatus.PENDING
+    assert attempt.status_code == 503
+    wait = (delivery.next_attempt_at - attempt.started_at).total_seconds()
+    assert 30 <= wait < 35
+    assert attempt.error is not None
+    assert attempt.error.startswith("HTTP 503: xxx")
+    assert len(attempt.error) < 300

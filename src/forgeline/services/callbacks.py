@@ -72,6 +72,8 @@ _log = structlog.get_logger("forgeline.callbacks")
 CALLBACK_KEY_FILE: Final = "callback.key"
 #: Bytes of randomness in a generated signing key (hex-encoded in the file).
 _KEY_BYTES: Final = 32
+#: Longest wait for one outbox operation; a stuck database must not stall the loop forever.
+DATABASE_TIMEOUT_S: Final = 30.0
 #: Excerpt of a non-2xx answer kept in the attempt's error.
 _EXCERPT_CHARS: Final = 200
 
@@ -282,6 +284,7 @@ class CallbackDispatcher:
             if not task.cancelled():
                 continue  # it finished (and recorded its attempt) before the cancel landed
             try:
+                # Short: stop() must stay bounded, and an unreleased lease expires anyway.
                 async with asyncio.timeout(5.0):
                     await self.outbox.release(claimed)
             except (ForgelineError, TimeoutError) as exc:
@@ -335,10 +338,11 @@ class CallbackDispatcher:
             claimed: list[CallbackDelivery] = []
             if free > 0:
                 try:
-                    claimed = await self.outbox.claim_due(
-                        self.owner, limit=free, lease_s=self.config.lease_s
-                    )
-                except ForgelineError as exc:
+                    async with asyncio.timeout(DATABASE_TIMEOUT_S):
+                        claimed = await self.outbox.claim_due(
+                            self.owner, limit=free, lease_s=self.config.lease_s
+                        )
+                except (ForgelineError, TimeoutError) as exc:
                     # The database may be back at the next poll; the loop must outlive it.
                     _log.warning("callback claim failed", error=str(exc))
             if self._stopping:
@@ -368,8 +372,9 @@ class CallbackDispatcher:
         timeout = self.config.poll_interval_s
         if len(self._inflight) < self.config.concurrency:
             try:
-                due = await self.outbox.next_attempt_at()
-            except ForgelineError:
+                async with asyncio.timeout(DATABASE_TIMEOUT_S):
+                    due = await self.outbox.next_attempt_at()
+            except (ForgelineError, TimeoutError):
                 due = None
             if due is not None:
                 until = (due - datetime.now(due.tzinfo)).total_seconds()
@@ -379,13 +384,14 @@ class CallbackDispatcher:
                 await self._wake.wait()
 
     async def _release_quietly(self, delivery: CallbackDelivery) -> None:
-        with contextlib.suppress(ForgelineError):
-            await self.outbox.release(delivery)
+        with contextlib.suppress(ForgelineError, TimeoutError):
+            async with asyncio.timeout(DATABASE_TIMEOUT_S):
+                await self.outbox.release(delivery)
 
     async def _deliver_logged(self, claimed: CallbackDelivery) -> None:
         try:
             await self.deliver(claimed)
-        except ForgelineError as exc:
+        except (ForgelineError, TimeoutError) as exc:
             # Recording failed (database down): the lease expires and the row is retried.
             _log.warning(
                 "callback attempt not recorded",
@@ -460,7 +466,8 @@ class CallbackDispatcher:
             error=self._scrub(answer.error, claimed.url),
         )
         try:
-            updated = await self.outbox.record_attempt(claimed, attempt, retry_at=retry_at)
+            async with asyncio.timeout(DATABASE_TIMEOUT_S):
+                updated = await self.outbox.record_attempt(claimed, attempt, retry_at=retry_at)
         except LeaseLostError:
             _log.warning(
                 "callback lease lost before the attempt was recorded",
