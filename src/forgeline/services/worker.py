@@ -35,6 +35,7 @@ from forgeline.domain.agent import (
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
     AgentError,
+    ExternalServiceError,
     ForgelineError,
     LeaseLostError,
     PushRejectedError,
@@ -354,7 +355,9 @@ class BuildRun:
             return
         except BuildCancelledError:
             outcome = _Outcome(TaskStatus.CANCELLED, "build cancelled")
-        except (PushRejectedError, AgentError) as exc:
+        except (PushRejectedError, AgentError, ExternalServiceError) as exc:
+            # Answers, not accidents: a refused push, an agent that cannot run, a CI
+            # server that stayed down through its client's own retries.
             outcome = _Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
         except ForgelineError as exc:
             if await self._retry(exc.message):
