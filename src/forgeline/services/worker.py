@@ -259,6 +259,8 @@ class BuildRun:
         self.cancel_requested = asyncio.Event()
         self.lease_lost = False
         self.agent_run_id: str | None = None
+        #: What the build produced so far (commit, branch, pipeline), kept on failure too.
+        self.artifacts: dict[str, Any] = {}
         self.provider = PIPELINE
         self.started = time.monotonic()
         self.log = log.bind(task_id=self.task_id, project=self.request.project)
@@ -354,15 +356,15 @@ class BuildRun:
         except _LeaseGoneError:
             return
         except BuildCancelledError:
-            outcome = _Outcome(TaskStatus.CANCELLED, "build cancelled")
+            outcome = _Outcome(TaskStatus.CANCELLED, "build cancelled", self.artifacts)
         except (PushRejectedError, AgentError, ExternalServiceError) as exc:
             # Answers, not accidents: a refused push, an agent that cannot run, a CI
             # server that stayed down through its client's own retries.
-            outcome = _Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
+            outcome = _Outcome(TaskStatus.FAILED, exc.message, self.artifacts, error=exc.message)
         except ForgelineError as exc:
             if await self._retry(exc.message):
                 return
-            outcome = _Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
+            outcome = _Outcome(TaskStatus.FAILED, exc.message, self.artifacts, error=exc.message)
         finally:
             for watcher in watchers:
                 watcher.cancel()
@@ -411,7 +413,7 @@ class BuildRun:
         self.check_cancel()
 
         target = branch if spec.auto_deploy else review_branch(self.task_id)
-        artifacts: dict[str, Any] = {}
+        artifacts = self.artifacts
         earlier = (
             None if checkout.empty else await self.w._git.find_task_commit(workdir, self.task_id)
         )
