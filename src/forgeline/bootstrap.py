@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -216,7 +217,7 @@ class Container:
         return Worker(
             WorkerConfig(
                 name=name,
-                checkouts_dir=s.data_dir / "checkouts",
+                checkouts_dir=Path(s.checkouts_dir or s.data_dir / "checkouts"),
                 author=git_author(s),
                 concurrency=concurrency,
                 lease_s=s.lease_seconds,
@@ -266,6 +267,7 @@ async def open_container(
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
     from forgeline.adapters.workspace import build_workspace
+    from forgeline.adapters.workspace.local import LocalWorkspace
     from forgeline.services.auth import AuthService
     from forgeline.services.builds import BuildService
     from forgeline.services.credentials import CredentialInjector
@@ -335,7 +337,11 @@ async def open_container(
                     git_token_credential=settings.git_token_credential,
                 ),
                 store=store,
-                git=git,
+                # Projects are created from forgeline's own disk (templates render here),
+                # whatever workspace the builds run in.
+                git=git
+                if settings.workspace == "local"
+                else build_git(settings, LocalWorkspace(), redactor),
                 templates=templates,
                 ci=ci,
                 credentials=credentials,

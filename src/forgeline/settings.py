@@ -82,6 +82,11 @@ class Settings(BaseSettings):
 
     # --- where commands run ----------------------------------------------------------------
     workspace: Literal["local", "kubernetes"] = "local"
+    checkouts_dir: str | None = Field(
+        None,
+        description="where build checkouts live, a path in the workspace (in the pod for "
+        "kubernetes); default <data dir>/checkouts",
+    )
     kubectl_bin: str = "kubectl"
     kube_context: str | None = None
     kube_namespace: str = "default"

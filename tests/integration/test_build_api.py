@@ -237,7 +237,8 @@ async def test_cancel_running_build(
         check=False,
     )
     assert leftover.stdout == ""
-    assert not (forgeline.settings.data_dir / "checkouts" / "sleepy").exists()
+    checkout = forgeline.settings.data_dir / "checkouts" / "sleepy"
+    assert git("status", "--porcelain", "--ignored", cwd=checkout) == ""
     [delivery] = await receiver.wait_for(1, timeout_s=20)
     assert json.loads(delivery.body)["status"] == "cancelled"
     assert task["status"] == "cancelled"

@@ -651,11 +651,13 @@ class BuildRun:
         self.log.info("build.finished", status=outcome.status.value, **outcome.artifacts)
 
     async def _clean_checkout(self) -> None:
-        # A cancelled build leaves no half-edited tree behind: the next build of the project
-        # resets the cache anyway, but files an agent wrote should not linger until then.
-        workdir = self.w.config.checkouts_dir / self.request.project
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(_remove_tree, workdir)
+        # A cancelled build leaves no half-edited tree behind (the next build resets the
+        # cache anyway, but what an agent wrote should not linger until then).
+        workdir = str(self.w.config.checkouts_dir / self.request.project)
+        try:
+            await self.w._git.discard_changes(workdir)
+        except ForgelineError as exc:
+            self.log.warning("build.checkout_not_cleaned", error=exc.message)
 
     async def _callback(
         self, status: TaskStatus, output: str, artifacts: Mapping[str, Any]
@@ -702,9 +704,3 @@ def _agent_summary(result: AgentResult | None, provider: str) -> dict[str, Any] 
         "cost_usd": result.cost_usd,
         "usage": result.usage.to_dict(),
     }
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
