@@ -668,6 +668,21 @@ def test_cli_json_events_and_exit_codes(
     assert json.loads(out.splitlines()[-1])["data"]["status"] == "timed_out"
 
 
+def test_cli_live_view(api: AnthropicServer, claude_bin: Path, repo: Path, tmp_path: Path) -> None:
+    """Without --json: a readable view of the run (tool, answer, verdict), exit 0."""
+    proc = cli(
+        "--prompt", "create hello.txt", "--workdir", str(repo),
+        api=api, claude_bin=claude_bin, tmp_path=tmp_path,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "Write" in out
+    assert f"{repo}/hello.txt" in out
+    assert "done" in out
+    assert "succeeded" in out
+    assert not out.lstrip().startswith("{")
+
+
 def test_cli_ctrl_c_cancels_cleanly(
     api: AnthropicServer, claude_bin: Path, repo: Path, tmp_path: Path
 ) -> None:

@@ -85,6 +85,8 @@ ENV_PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 #: Lines read ahead of the consumer; beyond this the reader stops, and so does the CLI
 #: (its stdout pipe fills), which is the back-pressure we want.
 _READ_AHEAD = 64
+#: ... and never more bytes than this (or one line over it, up to the line limit).
+_READ_AHEAD_BYTES = 8 * 1024 * 1024
 #: After the CLI closed stdout, how long it may take to exit before being stopped.
 _EXIT_WAIT_S = 3.0
 #: After the CLI exited, how long a grandchild that inherited stdout may keep it open
@@ -462,6 +464,7 @@ class ClaudeCodeAgent:
                 async with asyncio.timeout(_EXIT_WAIT_S):
                     await proc.wait()
         await self._stop(run)
+        run.reaped.set()
         # Lines printed while stopping (an interrupted CLI reports what it dropped).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
@@ -588,12 +591,15 @@ class ClaudeCodeAgent:
         yield self._result_event(final)
 
     async def _read(self, run: _Run, proc: Process) -> None:
-        """Move stdout lines into the run's bounded read-ahead."""
+        """Move stdout lines into the run's read-ahead, bounded in lines and bytes."""
+        max_bytes = max(self._line_limit, _READ_AHEAD_BYTES)
         try:
             async for line in proc.stdout_lines():
                 run.lines.append(line)
                 run.wake.set()
-                while len(run.lines) >= _READ_AHEAD:
+                while len(run.lines) >= _READ_AHEAD or (
+                    len(run.lines) > 1 and sum(map(len, run.lines)) > max_bytes
+                ):
                     run.space.clear()
                     await run.space.wait()
         except WorkspaceError as exc:  # LineTooLongError, a lost connection to a pod
@@ -625,9 +631,10 @@ class ClaudeCodeAgent:
 
     async def _terminate(self, proc: Process) -> int | None:
         if proc.returncode is None:
-            await proc.interrupt()
+            # The grace covers delivering SIGINT too (a kubectl exec for a pod).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interrupt_grace_s):
+                    await proc.interrupt()
                     await proc.wait()
         # Always: the CLI may be gone while its tool commands, in their own sessions, live.
         return await proc.kill(self._kill_grace_s)
