@@ -253,9 +253,7 @@ class StreamJsonParser:
         if error:
             # The synthetic message the CLI prints when an API call finally failed: its text
             # is the reason ("API Error: 500 …", "Invalid API key …").
-            text = "\n".join(
-                str(b.get("text", "")) for b in blocks if isinstance(b, dict)
-            ).strip()
+            text = "\n".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict)).strip()
             return [ErrorData(kind=str(error), message=text or str(error))]
         out: list[EventData] = []
         for block in blocks:
