@@ -334,6 +334,42 @@ async def test_cancelling_the_consuming_task_kills_the_run(
     assert live(f"sleep {seconds}") == []
 
 
+async def consume_into(agent: CodeAgent, request: AgentRequest, out: list[AgentEvent]) -> None:
+    """Collect a run's events into ``out``."""
+    out.extend([event async for event in agent.execute(request)])
+
+
+@pytest.mark.slow
+async def test_cancel_at_any_moment_is_race_free(
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+) -> None:
+    """cancel() at moments from "at once" to "after the end", from two tasks at once:
+    always exactly one result, cancel() bounded, nothing of the run left behind."""
+    seconds = unique_sleep()
+    api.script = bash_then_done(f"sleep 0.{seconds.split('.')[1]}")  # a short tool call
+    agent = make_agent()
+    statuses = []
+    for delay in (0.0, 0.02, 0.2, 0.5, 0.8, 1.2, None):
+        request = AgentRequest(prompt="sleep", workdir=str(repo))
+        events: list[AgentEvent] = []
+        consumer = asyncio.create_task(consume_into(agent, request, events))
+        if delay is None:  # after the end
+            await asyncio.wait_for(asyncio.shield(consumer), 60)
+        else:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(agent.cancel(request.run_id), agent.cancel(request.run_id))
+        assert loop.time() - start < 5
+        await asyncio.wait_for(consumer, 30)
+        result = result_of(events)
+        statuses.append(result.status)
+        assert live(str(repo)) == []
+    assert statuses[0] is RunStatus.CANCELLED
+    assert statuses[-1] is RunStatus.SUCCEEDED
+    assert set(statuses) <= {RunStatus.CANCELLED, RunStatus.SUCCEEDED}
+
+
 async def test_idle_timeout_on_a_stalled_stream(
     make_agent: AgentFactory, api: AnthropicServer, repo: Path
 ) -> None:

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import re
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import PurePosixPath
 
 import structlog
@@ -387,7 +387,7 @@ class ClaudeCodeAgent:
             data=ErrorData(kind=kind, message=message), provider=self.name, session_id=session_id
         )
 
-    async def _events(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+    async def _events(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
         run_id = request.run_id
         if run_id in self._precancelled:
             del self._precancelled[run_id]
@@ -406,8 +406,11 @@ class ClaudeCodeAgent:
         self._runs[run_id] = run
         tasks: list[asyncio.Task[None]] = []
         try:
-            async for event in self._drive(run, request, tasks):
-                yield event
+            # aclosing: when our consumer stops, the nested generators are closed now, in
+            # order, not whenever the garbage collector gets to them.
+            async with contextlib.aclosing(self._drive(run, request, tasks)) as events:
+                async for event in events:
+                    yield event
         finally:
             # Reached on normal end, on aclose() by the consumer and on cancellation of
             # the consuming task alike: no process of the run may outlive this block.
@@ -427,7 +430,7 @@ class ClaudeCodeAgent:
 
     async def _drive(
         self, run: _Run, request: AgentRequest, tasks: list[asyncio.Task[None]]
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         loop = asyncio.get_running_loop()
         feed = _Feed(run, StreamJsonParser(provider=self.name, raw=self._raw_events))
         try:
@@ -456,8 +459,9 @@ class ClaudeCodeAgent:
         )
         tasks.append(loop.create_task(self._read(run, proc), name=f"claude-read-{run.run_id}"))
         tasks.append(loop.create_task(self._watch(run, proc), name=f"claude-exit-{run.run_id}"))
-        async for event in self._follow(run, request, feed):
-            yield event
+        async with contextlib.aclosing(self._follow(run, request, feed)) as events:
+            async for event in events:
+                yield event
         if run.stop_status is None and run.read_error is None:
             # The CLI closed stdout: let it exit on its own before sweeping its processes.
             with contextlib.suppress(TimeoutError):
@@ -475,8 +479,9 @@ class ClaudeCodeAgent:
                     if not run.eof:
                         run.wake.clear()
                         await run.wake.wait()
-        async for event in self._conclude(run, request, feed, proc):
-            yield event
+        async with contextlib.aclosing(self._conclude(run, request, feed, proc)) as events:
+            async for event in events:
+                yield event
 
     async def _spawn(self, run: _Run, request: AgentRequest) -> Process | None:
         """Prepare the state directories and start the CLI (unless already stopped)."""
@@ -500,7 +505,7 @@ class ClaudeCodeAgent:
 
     async def _follow(
         self, run: _Run, request: AgentRequest, feed: _Feed
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         """Yield the run's events until it ends, stalls, times out or is stopped."""
         loop = asyncio.get_running_loop()
         idle_s = request.idle_timeout_s or self._idle_timeout_s
@@ -532,7 +537,7 @@ class ClaudeCodeAgent:
 
     async def _conclude(
         self, run: _Run, request: AgentRequest, feed: _Feed, proc: Process
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         """Decide the one result event (and the error events that explain it)."""
         duration_ms = int((asyncio.get_running_loop().time() - feed.started) * 1000)
         parser = feed.parser
