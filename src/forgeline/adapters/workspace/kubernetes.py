@@ -94,16 +94,22 @@ def script_line(
     env: Mapping[str, str],
     token: str,
     stdin_from_stream: bool,
+    record_pid: bool = True,
 ) -> str:
-    """The one-line script the pod's shell reads and evaluates (see the module docstring)."""
+    """The one-line script the pod's shell reads and evaluates (see the module docstring).
+
+    ``record_pid`` keeps the command's pid in the pod for :meth:`KubectlProcess.interrupt`
+    (the file goes with the final sweep); short commands run to their end need none.
+    """
     assignments = " ".join(
         _word(f"{key}={value}") for key, value in {**env, RUN_MARKER_VAR: token}.items()
     )
     command = " ".join(_word(arg) for arg in argv)
     redirect = "" if stdin_from_stream else " </dev/null"
+    record = f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; ' if record_pid else ""
     return (
         "NL=$(printf '\\nx'); NL=${NL%x}; "
-        f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; '
+        f"{record}"
         f"cd {_word(cwd)} || exit 127; "
         f"exec env -i {assignments} {command}{redirect}\n"
     )
@@ -307,7 +313,14 @@ class KubernetesWorkspace:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=2**16)
         token = uuid.uuid4().hex
-        line = script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=stdin is not None)
+        line = script_line(
+            argv,
+            cwd=cwd,
+            env=env,
+            token=token,
+            stdin_from_stream=stdin is not None,
+            record_pid=False,
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 out, err = await proc.communicate(line.encode() + (stdin or b""))
