@@ -398,7 +398,8 @@ async def test_wall_clock_timeout(
 async def test_a_5mb_tool_result_line(
     make_agent: AgentFactory, api: AnthropicServer, repo: Path
 ) -> None:
-    """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line) is handled and cut."""
+    """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line), read by a slow
+    consumer: every event arrives, the big ones cut to the limit."""
     content = "x" * (5 * 1024 * 1024)
 
     def script(req: ApiRequest) -> Reply:
@@ -407,7 +408,12 @@ async def test_a_5mb_tool_result_line(
         return [write(f"{req.cwd}/big.txt", content)]
 
     api.script = script
-    events = await collect(make_agent(), AgentRequest(prompt="big", workdir=str(repo)))
+    events = []
+    # A consumer slower than the CLI: the CLI (Bun) drops output queued for a full pipe
+    # when it exits, so this proves nothing is lost between the CLI and the adapter.
+    async for event in make_agent().execute(AgentRequest(prompt="big", workdir=str(repo))):
+        events.append(event)
+        await asyncio.sleep(0.3)
     assert result_of(events).status is RunStatus.SUCCEEDED
     assert (repo / "big.txt").stat().st_size == len(content)
     use = next(e.data for e in events if isinstance(e.data, ToolUseData))
