@@ -334,6 +334,42 @@ async def test_cancelling_the_consuming_task_kills_the_run(
     assert live(f"sleep {seconds}") == []
 
 
+async def consume_into(agent: CodeAgent, request: AgentRequest, out: list[AgentEvent]) -> None:
+    """Collect a run's events into ``out``."""
+    out.extend([event async for event in agent.execute(request)])
+
+
+@pytest.mark.slow
+async def test_cancel_at_any_moment_is_race_free(
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+) -> None:
+    """cancel() at moments from "at once" to "after the end", from two tasks at once:
+    always exactly one result, cancel() bounded, nothing of the run left behind."""
+    seconds = unique_sleep()
+    api.script = bash_then_done(f"sleep 0.{seconds.split('.')[1]}")  # a short tool call
+    agent = make_agent()
+    statuses = []
+    for delay in (0.0, 0.02, 0.2, 0.5, 0.8, 1.2, None):
+        request = AgentRequest(prompt="sleep", workdir=str(repo))
+        events: list[AgentEvent] = []
+        consumer = asyncio.create_task(consume_into(agent, request, events))
+        if delay is None:  # after the end
+            await asyncio.wait_for(asyncio.shield(consumer), 60)
+        else:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(agent.cancel(request.run_id), agent.cancel(request.run_id))
+        assert loop.time() - start < 5
+        await asyncio.wait_for(consumer, 30)
+        result = result_of(events)
+        statuses.append(result.status)
+        assert live(str(repo)) == []
+    assert statuses[0] is RunStatus.CANCELLED
+    assert statuses[-1] is RunStatus.SUCCEEDED
+    assert set(statuses) <= {RunStatus.CANCELLED, RunStatus.SUCCEEDED}
+
+
 async def test_idle_timeout_on_a_stalled_stream(
     make_agent: AgentFactory, api: AnthropicServer, repo: Path
 ) -> None:
@@ -362,7 +398,8 @@ async def test_wall_clock_timeout(
 async def test_a_5mb_tool_result_line(
     make_agent: AgentFactory, api: AnthropicServer, repo: Path
 ) -> None:
-    """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line) is handled and cut."""
+    """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line), read by a slow
+    consumer: every event arrives, the big ones cut to the limit."""
     content = "x" * (5 * 1024 * 1024)
 
     def script(req: ApiRequest) -> Reply:
@@ -371,7 +408,12 @@ async def test_a_5mb_tool_result_line(
         return [write(f"{req.cwd}/big.txt", content)]
 
     api.script = script
-    events = await collect(make_agent(), AgentRequest(prompt="big", workdir=str(repo)))
+    events = []
+    # A consumer slower than the CLI: the CLI (Bun) drops output queued for a full pipe
+    # when it exits, so this proves nothing is lost between the CLI and the adapter.
+    async for event in make_agent().execute(AgentRequest(prompt="big", workdir=str(repo))):
+        events.append(event)
+        await asyncio.sleep(0.3)
     assert result_of(events).status is RunStatus.SUCCEEDED
     assert (repo / "big.txt").stat().st_size == len(content)
     use = next(e.data for e in events if isinstance(e.data, ToolUseData))
@@ -666,6 +708,21 @@ def test_cli_json_events_and_exit_codes(
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 124
     assert json.loads(out.splitlines()[-1])["data"]["status"] == "timed_out"
+
+
+def test_cli_live_view(api: AnthropicServer, claude_bin: Path, repo: Path, tmp_path: Path) -> None:
+    """Without --json: a readable view of the run (tool, answer, verdict), exit 0."""
+    proc = cli(
+        "--prompt", "create hello.txt", "--workdir", str(repo),
+        api=api, claude_bin=claude_bin, tmp_path=tmp_path,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "Write" in out
+    assert f"{repo}/hello.txt" in out
+    assert "done" in out
+    assert "succeeded" in out
+    assert not out.lstrip().startswith("{")
 
 
 def test_cli_ctrl_c_cancels_cleanly(

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+
 # --- what a script returns ------------------------------------------------------------------
 
 
@@ -455,7 +457,10 @@ class AnthropicServer:
         self.stop()
 
 
-def serve(script: Script = hello_script) -> Iterator[AnthropicServer]:
-    """Generator for a pytest fixture: one running server, stopped afterwards."""
-    with AnthropicServer(script) as server:
+@pytest.fixture
+def anthropic_server() -> Iterator[AnthropicServer]:
+    """A running scripted API (:func:`hello_script` until the test sets ``.script``),
+    stopped after the test. Import it into a test module or list this module in
+    ``pytest_plugins`` to use it."""
+    with AnthropicServer(hello_script) as server:
         yield server

@@ -125,8 +125,10 @@ async def test_run_reports_the_remote_exit_code(
     workspace: KubernetesWorkspace, tmp_path: Path
 ) -> None:
     """A command exiting 3 in the pod gives exit code 3, as kubectl reports it."""
+    before = pid_files()
     result = await workspace.run(["sh", "-c", "exit 3"], cwd="/", env=ENV, timeout_s=20)
     assert result.exit_code == 3
+    assert pid_files() == before, "short commands leave no pid file in the pod"
     assert "command terminated with exit code 3" in result.stderr_tail()
     missing = await workspace.run(["true"], cwd=str(tmp_path / "nope"), env=ENV, timeout_s=20)
     assert missing.exit_code == 127
@@ -157,6 +159,7 @@ async def test_spawn_streams_lines_with_a_closed_stdin(
     workspace: KubernetesWorkspace, tmp_path: Path
 ) -> None:
     """spawn(): stdout line by line; the command's stdin in the pod is /dev/null."""
+    before = pid_files()
     proc = await workspace.spawn(
         ["sh", "-c", "echo one; readlink /proc/self/fd/0; cat; echo two"],
         cwd=str(tmp_path),
@@ -167,6 +170,13 @@ async def test_spawn_streams_lines_with_a_closed_stdin(
     assert lines == [b"one", b"/dev/null", b"two"]
     assert await proc.wait() == 0
     assert await proc.kill() == 0
+    assert pid_files() == before, "the final sweep removes the pid file"
+
+
+def pid_files() -> set[str]:
+    """The pid files the workspace keeps in the (fake) pod, other than stale ones."""
+    root = Path("/tmp/.forgeline-runs")
+    return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 
 async def test_killing_kubectl_alone_leaves_the_pod_process_and_kill_ends_it(

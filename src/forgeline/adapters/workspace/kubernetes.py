@@ -94,16 +94,22 @@ def script_line(
     env: Mapping[str, str],
     token: str,
     stdin_from_stream: bool,
+    record_pid: bool = True,
 ) -> str:
-    """The one-line script the pod's shell reads and evaluates (see the module docstring)."""
+    """The one-line script the pod's shell reads and evaluates (see the module docstring).
+
+    ``record_pid`` keeps the command's pid in the pod for :meth:`KubectlProcess.interrupt`
+    (the file goes with the final sweep); short commands run to their end need none.
+    """
     assignments = " ".join(
         _word(f"{key}={value}") for key, value in {**env, RUN_MARKER_VAR: token}.items()
     )
     command = " ".join(_word(arg) for arg in argv)
     redirect = "" if stdin_from_stream else " </dev/null"
+    record = f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; ' if record_pid else ""
     return (
         "NL=$(printf '\\nx'); NL=${NL%x}; "
-        f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; '
+        f"{record}"
         f"cd {_word(cwd)} || exit 127; "
         f"exec env -i {assignments} {command}{redirect}\n"
     )
@@ -163,7 +169,7 @@ class KubectlProcess:
     async def interrupt(self) -> None:
         """SIGINT to the command inside the pod (kubectl does not forward signals)."""
         if self._proc.returncode is None:
-            await self._ws.signal_in_pod(self._token, "root", timeout_s=3.0)
+            await self._ws.signal_in_pod(self._token, "root", timeout_s=1.5)
 
     async def kill(self, grace_s: float = 1.0) -> int | None:
         """End every marked process in the pod, then the local ``kubectl``; bounded."""
@@ -174,12 +180,14 @@ class KubectlProcess:
         return await finish_despite_cancel(self._kill_task)
 
     async def _terminate(self, grace_s: float) -> int | None:
+        # Budget (the port's 5 s for a whole cancel): the in-pod sweep gets grace + 1.5 s,
+        # kubectl 0.5 s to notice, then the local side is killed regardless.
         tenths = max(1, round(grace_s * 10))
-        await self._ws.signal_in_pod(self._token, "sweep", tenths, timeout_s=grace_s + 3.0)
+        await self._ws.signal_in_pod(self._token, "sweep", tenths, timeout_s=grace_s + 1.5)
         # With the command gone, kubectl ends by itself; if the pod is unreachable it may
         # not, and then only the local side can be cleaned up.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(0.5):
                 await self._proc.wait()
         await terminate_tree(self._proc, self._local_token, 0.2)
         if not self._stderr_task.done():
@@ -305,7 +313,14 @@ class KubernetesWorkspace:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=2**16)
         token = uuid.uuid4().hex
-        line = script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=stdin is not None)
+        line = script_line(
+            argv,
+            cwd=cwd,
+            env=env,
+            token=token,
+            stdin_from_stream=stdin is not None,
+            record_pid=False,
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 out, err = await proc.communicate(line.encode() + (stdin or b""))
@@ -358,8 +373,13 @@ class KubernetesWorkspace:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
             return False
+        except asyncio.CancelledError:
+            # Only the local kubectl is ended; the script in the pod is bounded and
+            # idempotent, and asyncio reaps the killed child.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
 
     async def ensure_dir(self, path: str) -> None:
         """``mkdir -p`` in the pod."""

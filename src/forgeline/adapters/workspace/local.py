@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
+import tempfile
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 
 from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.workspace.proctree import find_run_processes, signal_all
@@ -72,13 +75,71 @@ async def read_lines(stream: asyncio.StreamReader, limit: int) -> AsyncIterator[
         yield line[:-1]
 
 
-class LocalProcess:
-    """A command started by :class:`LocalWorkspace`, in its own session, marked by a token."""
+#: Polling of a file-backed stdout: the first retry after an empty read, and the longest
+#: pause once the command has been quiet for a while.
+_FOLLOW_MIN_S = 0.002
+_FOLLOW_MAX_S = 0.05
+_FOLLOW_CHUNK = 256 * 1024
 
-    def __init__(self, proc: asyncio.subprocess.Process, token: str, line_limit: int) -> None:
+
+async def follow_lines(
+    out: io.FileIO, proc: asyncio.subprocess.Process, limit: int
+) -> AsyncIterator[bytes]:
+    """Lines of a regular file a running ``proc`` writes to, until ``proc`` exited and all
+    it wrote was read; ``LineTooLongError`` past ``limit`` bytes.
+
+    The file is polled (from ``_FOLLOW_MIN_S``, backing off to ``_FOLLOW_MAX_S`` while
+    nothing comes): regular files have no readiness to wait for, and reads from the page
+    cache are quick enough for the event loop. Ends quietly if ``out`` is closed meanwhile
+    (the process was killed and its handle released).
+    """
+    buf = bytearray()
+    scan = 0  # where to look for the next newline: what was scanned has none
+    pause = _FOLLOW_MIN_S
+    while not out.closed:
+        exited = proc.returncode is not None  # checked *before* the read: no lost tail
+        chunk = out.read(_FOLLOW_CHUNK)
+        if chunk:
+            pause = _FOLLOW_MIN_S
+            buf += chunk
+            start = 0
+            while (newline := buf.find(b"\n", scan)) != -1:
+                yield bytes(buf[start:newline])
+                start = scan = newline + 1
+            del buf[:start]
+            scan = len(buf)
+            if len(buf) > limit:
+                raise LineTooLongError(limit)
+            continue
+        if exited:
+            if buf:
+                yield bytes(buf)  # the last line had no newline
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _FOLLOW_MAX_S)
+
+
+class LocalProcess:
+    """A command started by :class:`LocalWorkspace`, in its own session, marked by a token.
+
+    Its stdout is a regular (already unlinked) file that :meth:`stdout_lines` follows, not a
+    pipe. Why: the Claude CLI is a Bun program whose writes to a full pipe are queued in the
+    process and dropped when it exits — a reader that falls behind for a moment (parsing a
+    5 MB line) loses the end of the run, ``result`` included, and the CLI still exits 0.
+    Writes to a regular file never block, so nothing is lost however slow the reader.
+    """
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        token: str,
+        line_limit: int,
+        stdout: io.FileIO,
+    ) -> None:
         self._proc = proc
         self._token = token
         self._line_limit = line_limit
+        self._stdout_file = stdout
         self._stderr = StderrTail()
         self._kill_task: asyncio.Task[int | None] | None = None
         assert proc.stderr is not None  # noqa: S101 - spawn always pipes stderr
@@ -103,8 +164,7 @@ class LocalProcess:
 
     async def stdout_lines(self) -> AsyncIterator[bytes]:
         """Stdout line by line; ``LineTooLongError`` past the line limit."""
-        assert self._proc.stdout is not None  # noqa: S101 - spawn always pipes stdout
-        async for line in read_lines(self._proc.stdout, self._line_limit):
+        async for line in follow_lines(self._stdout_file, self._proc, self._line_limit):
             yield line
 
     def stderr_tail(self, lines: int = 20) -> str:
@@ -136,6 +196,7 @@ class LocalProcess:
 
     async def _terminate(self, grace_s: float) -> int | None:
         code = await terminate_tree(self._proc, self._token, grace_s)
+        self._stdout_file.close()  # the reader, if any, ends at its next look
         if not self._stderr_task.done():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
@@ -218,6 +279,7 @@ class LocalWorkspace:
         env: Mapping[str, str],
         limit: int,
         stdin: int,
+        stdout: int = asyncio.subprocess.PIPE,
     ) -> tuple[asyncio.subprocess.Process, str]:
         if not argv:
             raise WorkspaceError("empty command")
@@ -229,7 +291,7 @@ class LocalWorkspace:
                 cwd=cwd,
                 env=child_env,
                 stdin=stdin,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=stdout,
                 stderr=asyncio.subprocess.PIPE,
                 # Its own session: a Ctrl-C at forgeline's terminal does not hit the child
                 # behind forgeline's back, and the group can be signalled as a whole.
@@ -253,11 +315,33 @@ class LocalWorkspace:
         env: Mapping[str, str],
         line_limit: int,
     ) -> LocalProcess:
-        """Start ``argv`` with stdin on ``/dev/null``."""
-        proc, token = await self._start(
-            argv, cwd=cwd, env=env, limit=line_limit, stdin=asyncio.subprocess.DEVNULL
-        )
-        return LocalProcess(proc, token, line_limit)
+        """Start ``argv`` with stdin on ``/dev/null`` and stdout in an unlinked temporary
+        file (see :class:`LocalProcess` for why not a pipe)."""
+        try:
+            write_fd, path = tempfile.mkstemp(prefix="forgeline-stdout-")
+        except OSError as exc:
+            raise WorkspaceError(f"cannot create a stdout file: {exc.strerror or exc}") from exc
+        try:
+            try:
+                reader = io.FileIO(path, "rb")
+            finally:
+                # Gone from the directory at once; the two handles keep the data alive.
+                Path(path).unlink()  # noqa: ASYNC240 - one local unlink, microseconds
+            try:
+                proc, token = await self._start(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    limit=line_limit,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=write_fd,
+                )
+            except BaseException:
+                reader.close()
+                raise
+        finally:
+            os.close(write_fd)  # the child has its own copy
+        return LocalProcess(proc, token, line_limit, stdout=reader)
 
     async def run(
         self,

@@ -85,6 +85,8 @@ ENV_PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 #: Lines read ahead of the consumer; beyond this the reader stops, and so does the CLI
 #: (its stdout pipe fills), which is the back-pressure we want.
 _READ_AHEAD = 64
+#: ... and never more bytes than this (or one line over it, up to the line limit).
+_READ_AHEAD_BYTES = 8 * 1024 * 1024
 #: After the CLI closed stdout, how long it may take to exit before being stopped.
 _EXIT_WAIT_S = 3.0
 #: After the CLI exited, how long a grandchild that inherited stdout may keep it open
@@ -404,8 +406,11 @@ class ClaudeCodeAgent:
         self._runs[run_id] = run
         tasks: list[asyncio.Task[None]] = []
         try:
-            async for event in self._drive(run, request, tasks):
-                yield event
+            # aclosing: when our consumer stops, the nested generators are closed now, in
+            # order, not whenever the garbage collector gets to them.
+            async with contextlib.aclosing(self._drive(run, request, tasks)) as events:
+                async for event in events:
+                    yield event
         finally:
             # Reached on normal end, on aclose() by the consumer and on cancellation of
             # the consuming task alike: no process of the run may outlive this block.
@@ -425,7 +430,7 @@ class ClaudeCodeAgent:
 
     async def _drive(
         self, run: _Run, request: AgentRequest, tasks: list[asyncio.Task[None]]
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         loop = asyncio.get_running_loop()
         feed = _Feed(run, StreamJsonParser(provider=self.name, raw=self._raw_events))
         try:
@@ -454,14 +459,16 @@ class ClaudeCodeAgent:
         )
         tasks.append(loop.create_task(self._read(run, proc), name=f"claude-read-{run.run_id}"))
         tasks.append(loop.create_task(self._watch(run, proc), name=f"claude-exit-{run.run_id}"))
-        async for event in self._follow(run, request, feed):
-            yield event
+        async with contextlib.aclosing(self._follow(run, request, feed)) as events:
+            async for event in events:
+                yield event
         if run.stop_status is None and run.read_error is None:
             # The CLI closed stdout: let it exit on its own before sweeping its processes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXIT_WAIT_S):
                     await proc.wait()
         await self._stop(run)
+        run.reaped.set()
         # Lines printed while stopping (an interrupted CLI reports what it dropped).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
@@ -472,8 +479,9 @@ class ClaudeCodeAgent:
                     if not run.eof:
                         run.wake.clear()
                         await run.wake.wait()
-        async for event in self._conclude(run, request, feed, proc):
-            yield event
+        async with contextlib.aclosing(self._conclude(run, request, feed, proc)) as events:
+            async for event in events:
+                yield event
 
     async def _spawn(self, run: _Run, request: AgentRequest) -> Process | None:
         """Prepare the state directories and start the CLI (unless already stopped)."""
@@ -497,7 +505,7 @@ class ClaudeCodeAgent:
 
     async def _follow(
         self, run: _Run, request: AgentRequest, feed: _Feed
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         """Yield the run's events until it ends, stalls, times out or is stopped."""
         loop = asyncio.get_running_loop()
         idle_s = request.idle_timeout_s or self._idle_timeout_s
@@ -529,7 +537,7 @@ class ClaudeCodeAgent:
 
     async def _conclude(
         self, run: _Run, request: AgentRequest, feed: _Feed, proc: Process
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         """Decide the one result event (and the error events that explain it)."""
         duration_ms = int((asyncio.get_running_loop().time() - feed.started) * 1000)
         parser = feed.parser
@@ -588,12 +596,15 @@ class ClaudeCodeAgent:
         yield self._result_event(final)
 
     async def _read(self, run: _Run, proc: Process) -> None:
-        """Move stdout lines into the run's bounded read-ahead."""
+        """Move stdout lines into the run's read-ahead, bounded in lines and bytes."""
+        max_bytes = max(self._line_limit, _READ_AHEAD_BYTES)
         try:
             async for line in proc.stdout_lines():
                 run.lines.append(line)
                 run.wake.set()
-                while len(run.lines) >= _READ_AHEAD:
+                while len(run.lines) >= _READ_AHEAD or (
+                    len(run.lines) > 1 and sum(map(len, run.lines)) > max_bytes
+                ):
                     run.space.clear()
                     await run.space.wait()
         except WorkspaceError as exc:  # LineTooLongError, a lost connection to a pod
@@ -625,9 +636,10 @@ class ClaudeCodeAgent:
 
     async def _terminate(self, proc: Process) -> int | None:
         if proc.returncode is None:
-            await proc.interrupt()
+            # The grace covers delivering SIGINT too (a kubectl exec for a pod).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interrupt_grace_s):
+                    await proc.interrupt()
                     await proc.wait()
         # Always: the CLI may be gone while its tool commands, in their own sessions, live.
         return await proc.kill(self._kill_grace_s)

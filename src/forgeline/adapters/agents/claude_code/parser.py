@@ -51,6 +51,11 @@ from forgeline.domain.agent import (
 
 PROVIDER = "claude-code"
 
+# json.loads() on bytes first sniffs the encoding and goes through two wrappers; the CLI
+# writes UTF-8, so decoding once and calling the decoder directly saves a third of the
+# per-line overhead on the many small lines.
+_decode = json.JSONDecoder().decode
+
 
 @dataclass(frozen=True, slots=True)
 class CliResult:
@@ -171,7 +176,7 @@ class StreamJsonParser:
         """The events of one line (often one, sometimes none or several)."""
         self.lines += 1
         try:
-            obj = json.loads(line)
+            obj = _decode(line.decode() if isinstance(line, bytes) else line)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             if line.strip():
                 self.bad_lines += 1
@@ -239,7 +244,7 @@ class StreamJsonParser:
 
     def _assistant(self, obj: Mapping[str, Any], size: int) -> list[EventData]:
         message = obj.get("message")
-        if not isinstance(message, Mapping):
+        if not isinstance(message, dict):
             self.bad_lines += 1
             return []
         content = message.get("content")
@@ -248,13 +253,11 @@ class StreamJsonParser:
         if error:
             # The synthetic message the CLI prints when an API call finally failed: its text
             # is the reason ("API Error: 500 …", "Invalid API key …").
-            text = "\n".join(
-                str(b.get("text", "")) for b in blocks if isinstance(b, Mapping)
-            ).strip()
+            text = "\n".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict)).strip()
             return [ErrorData(kind=str(error), message=text or str(error))]
         out: list[EventData] = []
         for block in blocks:
-            if not isinstance(block, Mapping):
+            if not isinstance(block, dict):
                 continue
             btype = block.get("type")
             if btype == "text":
@@ -263,7 +266,7 @@ class StreamJsonParser:
                     out.append(MessageData(role="assistant", text=text))
             elif btype == "tool_use":
                 tool_input = block.get("input")
-                if not isinstance(tool_input, Mapping):
+                if not isinstance(tool_input, dict):
                     tool_input = {}
                 elif size > TOOL_OUTPUT_LIMIT:
                     # Only a line this large can hold a string over the limit.
@@ -283,7 +286,7 @@ class StreamJsonParser:
 
     def _user(self, obj: Mapping[str, Any]) -> list[EventData]:
         message = obj.get("message")
-        if not isinstance(message, Mapping):
+        if not isinstance(message, dict):
             self.bad_lines += 1
             return []
         content = message.get("content")
@@ -291,7 +294,7 @@ class StreamJsonParser:
             return [MessageData(role="user", text=content)] if content else []
         out: list[EventData] = []
         for block in content if isinstance(content, list) else ():
-            if not isinstance(block, Mapping):
+            if not isinstance(block, dict):
                 continue
             btype = block.get("type")
             if btype == "tool_result":
