@@ -544,6 +544,8 @@ async def measure_enqueue(bench: Bench, sizes: Sizes) -> tuple[float, float]:
     """Tasks per second enqueued one by one, and in batches of ``BATCH``."""
     await bench.clear()
     async with bench.producer() as producer:
+        for _ in range(50):  # warm up: connections, prepared statements, caches
+            await producer.one({"t": time.time()})
         start = time.perf_counter()
         for _ in range(sizes.enqueue_one):
             await producer.one({"t": time.time()})
@@ -705,6 +707,10 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     """Parse arguments; run the harness (or, with ``--worker``, one worker process)."""
+    import logging
+
+    # procrastinate warns that the App lives in __main__; true, and harmless here.
+    logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=None, help="PostgreSQL URL (else FORGELINE_BENCH_DSN)")
     parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")

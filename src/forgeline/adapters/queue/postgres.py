@@ -330,6 +330,7 @@ class PostgresWorkQueue:
                 # unique index of running keys); the retry sees the other claim committed.
                 if what != "claim" or time.monotonic() > deadline:
                     raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+                await asyncio.sleep(0.01)
             except psycopg.Error as exc:
                 raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
 
@@ -395,13 +396,14 @@ class PostgresWorkQueue:
         concurrency_key: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key): one round trip."""
-        check_new_task(
+        new = check_new_task(
             NewTask(
                 kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
             )
         )
+        task_id = new_task_id()
         params = {
-            "id": new_task_id(),
+            "id": task_id,
             "kind": kind,
             "payload": dump_json(payload, "payload"),
             "priority": priority,
@@ -414,12 +416,12 @@ class PostgresWorkQueue:
         async def op(conn: Conn) -> Enqueued:
             rows = await self._rows(conn, _SQL["insert_task"], params)
             if rows:
-                return Enqueued(_task(rows[0]), created=True)
+                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
             existing = await self._rows(
-                conn, _SQL["get_existing"], {"ids": [params["id"]], "keys": [idempotency_key]}
+                conn, _SQL["get_existing"], {"ids": [task_id], "keys": [idempotency_key]}
             )
             # Our own id means a retried insert whose first try committed: ours, created.
-            mine = [r for r in existing if r["id"] == params["id"]]
+            mine = [r for r in existing if r["id"] == task_id]
             row = (mine or existing)[0]
             return Enqueued(_task(row), created=bool(mine))
 

@@ -10,7 +10,7 @@ insert into tasks (id, kind, payload, priority, max_attempts, run_after, concurr
 values (%(id)s, %(kind)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
         coalesce(%(run_after)s::timestamptz, now()), %(concurrency_key)s, %(idempotency_key)s)
 on conflict do nothing
-returning *
+returning id, created_at, updated_at, run_after
 
 -- name: insert_tasks
 -- Insert a batch from parallel arrays in their order (so `seq` follows it); clashes insert
