@@ -314,7 +314,10 @@ class PostgresWorkQueue:
         delay = 0.05
         while True:
             try:
-                async with self._db.connection() as conn:
+                # While the server is away the pool has no connection to give: wait for
+                # one no longer than the reconnect budget left.
+                wait_s = max(0.1, deadline - time.monotonic())
+                async with self._db.connection(wait_s=wait_s) as conn:
                     return await op(conn)
             except ForgelineError:
                 raise
