@@ -546,3 +546,31 @@ async def test_concurrent_claimers_never_share_a_task(opener: Opener) -> None:
     assert len(seen) == 120
     assert len(set(seen)) == 120
     assert await queues[1].count(status=TaskStatus.COMPLETED) == 120
+
+
+async def test_concurrent_completes_with_a_stale_lease(q: Queue) -> None:
+    """Completions made together all commit, except the one whose lease is stale."""
+    await q.enqueue_many([NewTask("build", {"i": i}) for i in range(5)])
+    leases = await q.claim("w", lease_s=30, limit=5)
+    stale = leases[0]
+    await q.release(stale)
+    await claim_one(q, "w2")  # the released task is someone else's now
+    outcomes = await asyncio.gather(
+        *(q.complete(lease, {"i": lease.task.payload["i"]}) for lease in leases),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], LeaseLostError)
+    for lease, outcome in zip(leases[1:], outcomes[1:], strict=True):
+        assert not isinstance(outcome, BaseException)
+        assert outcome.status is TaskStatus.COMPLETED
+        assert outcome.result == {"i": lease.task.payload["i"]}
+    assert await q.count(status=TaskStatus.COMPLETED) == 4
+    assert (await q.get(stale.task_id)).status is TaskStatus.RUNNING
+
+
+async def test_migrations_are_idempotent(opener: Opener) -> None:
+    """Opening a second queue on a migrated database applies nothing new and sees the tasks."""
+    first = await opener()
+    done = await first.enqueue("build", {})
+    second = await opener()
+    assert (await second.get(done.task.id)).id == done.task.id

@@ -19,6 +19,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 WORK_CHANNEL = "forgeline_work"
+#: Most completions one statement carries.
+MAX_BATCH = 500
 CANCEL_CHANNEL = "forgeline_cancel"
 
 _SQL = queries.load("postgres")
@@ -85,6 +88,24 @@ def _task(row: DictRow) -> WorkTask:
         finished_at=row["finished_at"],
         last_error=row["last_error"],
         result=row["result"],
+    )
+
+
+def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
+    """A task just inserted, from what was sent and the columns the database chose."""
+    return WorkTask(
+        id=task_id,
+        kind=new.kind,
+        payload=dict(new.payload),
+        status=TaskStatus.QUEUED,
+        priority=new.priority,
+        attempts=0,
+        max_attempts=new.max_attempts,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        run_after=row["run_after"],
+        concurrency_key=new.concurrency_key,
+        idempotency_key=new.idempotency_key,
     )
 
 
@@ -166,6 +187,68 @@ class _Listener:
         self.connected = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Completion:
+    lease: Lease
+    result: str | None
+
+
+class _CompletionBatcher:
+    """Group commit for ``complete``: calls made while a flush is in flight go together in
+    the next one, as one statement and one commit.
+
+    No call waits for company: the first flush starts on the next turn of the event loop.
+    Under load (many slots finishing together) a batch carries many completions and the
+    database commits once for all, which is where a queue of short tasks spends its time.
+    Every caller still returns only after its own row is committed.
+    """
+
+    def __init__(
+        self, flush: Callable[[list[_Completion]], Awaitable[list[WorkTask | BaseException]]]
+    ) -> None:
+        self._flush = flush
+        self._pending: list[tuple[_Completion, asyncio.Future[WorkTask]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _Completion) -> WorkTask:
+        future: asyncio.Future[WorkTask] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="forgeline-queue-completions")
+        # Shielded: a cancelled caller does not cancel the flush others wait on too.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    outcomes = await self._flush([item for item, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._task = None
+
+    async def aclose(self) -> None:
+        """Let the flush under way finish (its callers are waiting for it)."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+
+
 class PostgresWorkQueue:
     """:class:`~forgeline.ports.queue.WorkQueue` on a shared :class:`PostgresDatabase`."""
 
@@ -194,6 +277,7 @@ class PostgresWorkQueue:
         self._seen_seq = -1
         self._work_event = asyncio.Event()
         self._cancel_waiters: dict[str, set[asyncio.Event]] = {}
+        self._completions = _CompletionBatcher(self._complete_batch)
         self._closed = False
 
     # -- notifications --------------------------------------------------------------------
@@ -230,7 +314,10 @@ class PostgresWorkQueue:
         delay = 0.05
         while True:
             try:
-                async with self._db.connection() as conn:
+                # While the server is away the pool has no connection to give: wait for
+                # one no longer than the reconnect budget left.
+                wait_s = max(0.1, deadline - time.monotonic())
+                async with self._db.connection(wait_s=wait_s) as conn:
                     return await op(conn)
             except ForgelineError:
                 raise
@@ -246,6 +333,7 @@ class PostgresWorkQueue:
                 # unique index of running keys); the retry sees the other claim committed.
                 if what != "claim" or time.monotonic() > deadline:
                     raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+                await asyncio.sleep(0.01)
             except psycopg.Error as exc:
                 raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
 
@@ -311,13 +399,14 @@ class PostgresWorkQueue:
         concurrency_key: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key): one round trip."""
-        check_new_task(
+        new = check_new_task(
             NewTask(
                 kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
             )
         )
+        task_id = new_task_id()
         params = {
-            "id": new_task_id(),
+            "id": task_id,
             "kind": kind,
             "payload": dump_json(payload, "payload"),
             "priority": priority,
@@ -330,12 +419,12 @@ class PostgresWorkQueue:
         async def op(conn: Conn) -> Enqueued:
             rows = await self._rows(conn, _SQL["insert_task"], params)
             if rows:
-                return Enqueued(_task(rows[0]), created=True)
+                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
             existing = await self._rows(
-                conn, _SQL["get_existing"], {"ids": [params["id"]], "keys": [idempotency_key]}
+                conn, _SQL["get_existing"], {"ids": [task_id], "keys": [idempotency_key]}
             )
             # Our own id means a retried insert whose first try committed: ours, created.
-            mine = [r for r in existing if r["id"] == params["id"]]
+            mine = [r for r in existing if r["id"] == task_id]
             row = (mine or existing)[0]
             return Enqueued(_task(row), created=bool(mine))
 
@@ -360,27 +449,25 @@ class PostgresWorkQueue:
         }
 
         async def op(conn: Conn) -> list[Enqueued]:
-            by_id = {r["id"]: r for r in await self._rows(conn, _SQL["insert_tasks"], params)}
-            created = set(by_id)
-            missing = [i for i in ids if i not in by_id]
-            by_key: dict[str, DictRow] = {}
+            inserted = {r["id"]: r for r in await self._rows(conn, _SQL["insert_tasks"], params)}
+            existing: dict[str, DictRow] = {}  # by id and by idempotency key
+            missing = [i for i in ids if i not in inserted]
             if missing:
                 keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
                 for row in await self._rows(
                     conn, _SQL["get_existing"], {"ids": missing, "keys": keys}
                 ):
-                    if row["id"] in missing:
-                        by_id[row["id"]] = row  # a retry: ours
-                        created.add(row["id"])
+                    existing[row["id"]] = row
                     if row["idempotency_key"] is not None:
-                        by_key[row["idempotency_key"]] = row
+                        existing[row["idempotency_key"]] = row
             out: list[Enqueued] = []
             for task_id, task in zip(ids, tasks, strict=True):
-                # Rows not inserted and not ours can only be idempotency-key clashes.
-                row = by_id.get(task_id) or by_key[task.idempotency_key or ""]
-                out.append(
-                    Enqueued(_task(row), created=row["id"] in created and row["id"] == task_id)
-                )
+                if task_id in inserted:
+                    out.append(Enqueued(_new_task(task_id, task, inserted[task_id]), created=True))
+                elif task_id in existing:  # a retry whose first try committed: ours
+                    out.append(Enqueued(_task(existing[task_id]), created=True))
+                else:  # only an idempotency-key clash leaves a task out
+                    out.append(Enqueued(_task(existing[task.idempotency_key or ""]), created=False))
             return out
 
         return await self._run(op, "enqueue_many")
@@ -419,9 +506,41 @@ class PostgresWorkQueue:
         return await self._fenced(lease, "heartbeat", {"lease_s": lease_s})
 
     async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
-        """Mark the task completed with an optional result."""
-        params = {"result": dump_json(result, "result")}
-        return await self._fenced(lease, "complete", params, done=TaskStatus.COMPLETED)
+        """Mark the task completed with an optional result (group-committed, see
+        :class:`_CompletionBatcher`); returns once it is committed."""
+        return await self._completions.submit(_Completion(lease, dump_json(result, "result")))
+
+    async def _complete_batch(self, batch: list[_Completion]) -> list[WorkTask | BaseException]:
+        params = {
+            "ids": [c.lease.task_id for c in batch],
+            "tokens": [c.lease.token for c in batch],
+            "results": [c.result for c in batch],
+        }
+
+        async def op(conn: Conn) -> dict[str, WorkTask]:
+            rows = await self._rows(conn, _SQL["complete_many"], params)
+            done = {r["id"]: _task(r) for r in rows}
+            if any(t.concurrency_key is not None for t in done.values()):
+                await conn.execute(_SQL["notify_work"])  # their keys are free again
+            return done
+
+        done = await self._run(op, "complete")
+        outcomes: list[WorkTask | BaseException] = []
+        for item in batch:
+            task = done.get(item.lease.task_id)
+            if task is not None and task.lease_token == item.lease.token:
+                outcomes.append(task)
+                continue
+            # Not completed now: lease lost, or completed by an earlier try of this call.
+            try:
+                outcomes.append(
+                    await self._fenced(
+                        item.lease, "complete", {"result": item.result}, done=TaskStatus.COMPLETED
+                    )
+                )
+            except ForgelineError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def finish_cancelled(
         self, lease: Lease, result: Mapping[str, Any] | None = None
@@ -569,6 +688,7 @@ class PostgresWorkQueue:
 
     async def aclose(self) -> None:
         """Stop listening; the pool belongs to the composition root. Idempotent."""
+        await self._completions.aclose()
         self._closed = True
         await self._listener.aclose()
 

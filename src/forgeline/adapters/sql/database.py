@@ -187,10 +187,13 @@ class PostgresDatabase:
         return pool
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
-        """Borrow a connection from the pool."""
+    async def connection(
+        self, *, wait_s: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        """Borrow a connection from the pool, waiting at most ``wait_s`` seconds for one
+        (the pool's own default when None); ``PoolTimeout`` when none comes."""
         pool = await self._opened()
-        async with pool.connection() as conn:
+        async with pool.connection(timeout=wait_s) as conn:
             yield conn
 
     async def ping(self) -> None:

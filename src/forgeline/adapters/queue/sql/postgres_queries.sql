@@ -10,11 +10,12 @@ insert into tasks (id, kind, payload, priority, max_attempts, run_after, concurr
 values (%(id)s, %(kind)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
         coalesce(%(run_after)s::timestamptz, now()), %(concurrency_key)s, %(idempotency_key)s)
 on conflict do nothing
-returning *
+returning id, created_at, updated_at, run_after
 
 -- name: insert_tasks
 -- Insert a batch from parallel arrays in their order (so `seq` follows it); clashes insert
--- nothing, as above. One statement, one trigger notification for the whole batch.
+-- nothing, as above. One statement, one trigger notification for the whole batch. Only the
+-- columns the database chose come back: the adapter knows the rest.
 insert into tasks (id, kind, payload, priority, max_attempts, run_after, concurrency_key,
                    idempotency_key)
 select v.id, v.kind, v.payload::jsonb, v.priority, v.max_attempts, coalesce(v.run_after, now()),
@@ -26,7 +27,7 @@ from unnest(%(ids)s::text[], %(kinds)s::text[], %(payloads)s::text[], %(prioriti
                           concurrency_key, idempotency_key, ord)
 order by v.ord
 on conflict do nothing
-returning *
+returning id, created_at, updated_at, run_after
 
 -- name: get_existing
 -- The rows a batch insert did not return: ours under the same id (a retry) or the older
@@ -75,6 +76,16 @@ set status = 'completed', result = %(result)s::jsonb, finished_at = now(), updat
     lease_expires_at = null
 where id = %(id)s and lease_token = %(token)s and status = 'running'
 returning *
+
+-- name: complete_many
+-- Complete several leased tasks in one statement and one commit (see _CompletionBatcher);
+-- rows whose lease is no longer current are left alone and missing from the answer.
+update tasks t
+set status = 'completed', result = v.result::jsonb, finished_at = now(), updated_at = now(),
+    lease_expires_at = null
+from unnest(%(ids)s::text[], %(tokens)s::bigint[], %(results)s::text[]) as v(id, token, result)
+where t.id = v.id and t.lease_token = v.token and t.status = 'running'
+returning t.*
 
 -- name: finish_cancelled
 update tasks
