@@ -97,6 +97,7 @@ def test_killed_worker_build_is_finished_once_by_another(
     api_dir = tmp_path / "api"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     receiver = CallbackReceiver(CALLBACK_SECRET).start()
+    stack = contextlib.ExitStack()
     try:
         procs["api"] = _start(
             ["serve", "--workers", "0", "--port", str(port)], env, api_dir, tmp_path / "api.log"
@@ -104,8 +105,8 @@ def test_killed_worker_build_is_finished_once_by_another(
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base, procs["api"], tmp_path / "api.log")
         token = (api_dir / "admin.token").read_text().strip()
-        client = httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        client = stack.enter_context(
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         )
         assert client.post("/projects", json={"name": "shared"}).status_code == 201
         for name in ("w1", "w2"):
@@ -173,3 +174,4 @@ def test_killed_worker_build_is_finished_once_by_another(
                 proc.wait()
         _kill_processes_under(tmp_path)
         receiver.stop()
+        stack.close()

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import re
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import PurePosixPath
 
 import structlog

@@ -1,0 +1,322 @@
+"""A fast scripted :class:`CodeAgent` for benchmarks, and a worker process that runs it.
+
+:class:`ScriptedAgent` plays a short agent run without a model or a subprocess: ``init``,
+a ``Write`` ``tool_use``, the file really written into the workdir, its ``tool_result``,
+a ``message`` and the one ``result``. It records when the worker entered ``execute`` (the
+"agent start" of the POST-to-agent-start latency) and how many runs overlapped.
+
+Run as a module it is one build worker process (what ``forgeline worker`` runs, with this
+agent in place of ``claude``), driven by lines on stdin so a benchmark can measure its
+memory around a batch::
+
+    python -m bench._scripted_agent --data-dir D --database-url URL --concurrency 20
+
+It prints one JSON line when ready, then answers ``mark`` (the RSS now becomes the
+baseline and the peak is reset) and ``report`` (baseline, sampled peak, ``ru_maxrss``,
+runs, most concurrent runs) with one JSON line each; ``exit``, end of stdin, SIGTERM or
+``--max-seconds`` stop it (running builds drain as on a real worker's shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from forgeline.bootstrap import open_container
+from forgeline.domain.agent import (
+    AgentCapabilities,
+    AgentEvent,
+    AgentProvider,
+    AgentRequest,
+    AgentResult,
+    EventData,
+    InitData,
+    MessageData,
+    RunStatus,
+    ToolResultData,
+    ToolUseData,
+    Usage,
+)
+from forgeline.logs import Redactor, configure_logging
+from forgeline.services.registry import ProviderRegistry
+from forgeline.settings import Settings
+
+#: Cancels remembered for runs not started yet (the port allows cancel before execute).
+_PRECANCEL_LIMIT = 1024
+
+
+class ScriptedAgent:
+    """A :class:`~forgeline.ports.agent.CodeAgent` that writes one file and succeeds.
+
+    Registered under ``claude-code`` by default, so builds that name no provider use it.
+    ``hold_s`` is a think time between the ``tool_use`` and the write (cancellable), to
+    make runs overlap when a benchmark wants them concurrent.
+    """
+
+    def __init__(
+        self,
+        *,
+        hold_s: float = 0.0,
+        file_name: str = "hello.txt",
+        name: str = AgentProvider.CLAUDE_CODE.value,
+    ) -> None:
+        self._name = name
+        self._hold_s = hold_s
+        self._file_name = file_name
+        #: ``time.perf_counter()`` when ``execute`` was entered, by task id (run id if none).
+        self.entered: dict[str, float] = {}
+        self.runs = 0
+        self.running = 0
+        self.max_running = 0
+        self._entered_waiters: dict[str, asyncio.Future[float]] = {}
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._precancelled: dict[str, None] = {}
+
+    @property
+    def name(self) -> str:
+        """The provider name it stands in for (``claude-code``)."""
+        return self._name
+
+    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
+        """Record the start, validate ``request``, and return the run's event stream."""
+        stamp = time.perf_counter()
+        request.validate()
+        key = request.task_id or request.run_id
+        self.entered[key] = stamp
+        waiter = self._entered_waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(stamp)
+        return self._events(request)
+
+    async def wait_entered(self, key: str, timeout_s: float) -> float:
+        """The ``perf_counter`` stamp at which the run of task ``key`` entered ``execute``."""
+        if key in self.entered:
+            return self.entered[key]
+        waiter = self._entered_waiters.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        finally:
+            if not waiter.done():
+                self._entered_waiters.pop(key, None)
+
+    async def cancel(self, run_id: str) -> None:
+        """Stop the run at its next step; a run not started yet ends at once as cancelled."""
+        event = self._cancels.get(run_id)
+        if event is not None:
+            event.set()
+            return
+        self._precancelled[run_id] = None
+        while len(self._precancelled) > _PRECANCEL_LIMIT:
+            del self._precancelled[next(iter(self._precancelled))]
+
+    async def capabilities(self) -> AgentCapabilities:
+        """Always available: nothing to install."""
+        return AgentCapabilities(
+            provider=self._name, available=True, version="scripted", models=("scripted",)
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    async def _events(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
+        started = time.monotonic()
+        session = uuid.uuid4().hex
+        cancel = self._cancels.setdefault(request.run_id, asyncio.Event())
+        if request.run_id in self._precancelled:
+            del self._precancelled[request.run_id]
+            cancel.set()
+        self.runs += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+
+        def event(data: EventData) -> AgentEvent:
+            return AgentEvent(data=data, provider=self._name, session_id=session)
+
+        def result(status: RunStatus, text: str, turns: int) -> AgentEvent:
+            return event(
+                AgentResult(
+                    status=status,
+                    text=text,
+                    session_id=session,
+                    num_turns=turns,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    usage=Usage(input_tokens=100 * turns, output_tokens=20 * turns),
+                )
+            )
+
+        try:
+            yield event(InitData(model="scripted", cwd=request.workdir, tools=("Write",)))
+            path = Path(request.workdir) / self._file_name
+            content = f"written by the scripted agent, run {request.run_id}\n"
+            tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
+            yield event(
+                ToolUseData(
+                    id=tool_id, name="Write", input={"file_path": str(path), "content": content}
+                )
+            )
+            if self._hold_s > 0 and not cancel.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cancel.wait(), self._hold_s)
+            if cancel.is_set():
+                yield result(RunStatus.CANCELLED, "cancelled", 1)
+                return
+            try:
+                await asyncio.to_thread(path.write_text, content)
+            except OSError as exc:
+                yield event(ToolResultData(id=tool_id, output=str(exc), is_error=True))
+                yield result(RunStatus.FAILED, f"could not write {path.name}: {exc}", 1)
+                return
+            yield event(ToolResultData(id=tool_id, output=f"File created successfully at: {path}"))
+            yield event(MessageData(role="assistant", text="done"))
+            yield result(RunStatus.SUCCEEDED, "done", 2)
+        finally:
+            self.running -= 1
+            self._cancels.pop(request.run_id, None)
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+def rss_kb() -> int:
+    """This process's resident set size now, in KiB (Linux ``/proc/self/statm``)."""
+    pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def max_rss_kb() -> int:
+    """The process's peak resident set size over its life (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class RssSampler:
+    """Samples the RSS every ``interval_s`` to find the peak since the last :meth:`mark`."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.baseline_kb = rss_kb()
+        self.peak_kb = self.baseline_kb
+
+    def mark(self) -> int:
+        """Make the RSS now the baseline and reset the peak; the baseline."""
+        self.baseline_kb = self.peak_kb = rss_kb()
+        return self.baseline_kb
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            self.peak_kb = max(self.peak_kb, rss_kb())
+            await asyncio.sleep(self.interval_s)
+
+
+def _reply(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while line := (await reader.readline()).decode().strip():
+            if line == "mark":
+                agent.max_running = agent.running
+                _reply({"marked": True, "rss_kb": sampler.mark()})
+            elif line == "report":
+                sampler.peak_kb = max(sampler.peak_kb, rss_kb())
+                _reply(
+                    {
+                        "baseline_rss_kb": sampler.baseline_kb,
+                        "peak_rss_kb": sampler.peak_kb,
+                        "rss_kb": rss_kb(),
+                        "ru_maxrss_kb": max_rss_kb(),
+                        "runs": agent.runs,
+                        "max_running": agent.max_running,
+                    }
+                )
+            elif line == "exit":
+                return
+            else:
+                _reply({"error": f"unknown command {line!r}"})
+    finally:
+        transport.close()
+
+
+async def serve_worker(
+    settings: Settings, *, concurrency: int, hold_s: float, max_seconds: float
+) -> None:
+    """One worker process with the scripted agent, until ``exit``/EOF/SIGTERM/the limit."""
+    redactor = Redactor()
+    configure_logging(settings.log_level, settings.log_format, redactor)
+    agent = ScriptedAgent(hold_s=hold_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with open_container(settings, redactor=redactor) as container:
+        registry = ProviderRegistry()
+        registry.register(agent)
+        container.registry = registry
+        worker = container.worker(f"bench-worker:{os.getpid()}", concurrency=concurrency)
+        sampler = RssSampler()
+        running = asyncio.create_task(worker.run(stop), name="bench-worker")
+        sampling = asyncio.create_task(sampler.run(), name="rss-sampler")
+        commands = asyncio.create_task(_commands(agent, sampler), name="commands")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        _reply({"ready": True, "pid": os.getpid(), "rss_kb": rss_kb()})
+        try:
+            await asyncio.wait(
+                {commands, stopper, running},
+                timeout=max_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop.set()
+            for task in (commands, stopper):
+                task.cancel()
+            await asyncio.gather(commands, stopper, return_exceptions=True)
+            await asyncio.wait_for(running, settings.shutdown_grace_s + 20)
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main() -> None:
+    """Parse the arguments and run the worker."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--hold-s", type=float, default=0.0)
+    parser.add_argument("--max-seconds", type=float, default=600.0)
+    args = parser.parse_args()
+    settings = Settings(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        log_level="error",
+        shutdown_grace_s=10.0,
+    )
+    asyncio.run(
+        serve_worker(
+            settings,
+            concurrency=args.concurrency,
+            hold_s=args.hold_s,
+            max_seconds=args.max_seconds,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
