@@ -313,3 +313,41 @@ async def test_idempotency_key_returns_the_same_task(forgeline: Running) -> None
     assert other.json()["task_id"] != first.json()["task_id"]
     for task_id in {first.json()["task_id"], other.json()["task_id"]}:
         await forgeline.events(task_id)
+
+
+async def test_shutdown_gives_running_builds_back(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> None:
+    """Stopping the server while a build outlives the grace period cancels it and puts the
+    task back in the queue without counting the attempt (another worker will run it)."""
+    from forgeline.adapters.queue import build_queue
+    from forgeline.adapters.sql.database import open_database
+
+    model.script = _sleeping
+    settings = server_settings(tmp_path / "data", claude_bin, shutdown_grace_s=0.5)
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("late")
+        task_id = await forgeline.build("late", prompt="take a nap")
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            got = await forgeline.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
+            if any(e["type"] == "tool_use" for e in got.json()):
+                break
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+    db = open_database(settings.database_url)
+    await db.open()
+    try:
+        task = await build_queue(db).get(task_id)
+    finally:
+        await db.aclose()
+    assert task.status.value == "queued"
+    assert task.attempts == 0
+    leftover = await asyncio.to_thread(
+        subprocess.run,
+        ["pgrep", "-f", "sleep 30; echo finished"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert leftover.stdout == ""

@@ -8,7 +8,12 @@ from typing import Any, Protocol
 
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
-from forgeline.domain.errors import CapacityError, UnknownProviderError, ValidationError
+from forgeline.domain.errors import (
+    CapacityError,
+    ConflictError,
+    UnknownProviderError,
+    ValidationError,
+)
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
 from forgeline.ports.queue import Enqueued, WorkQueue
 from forgeline.ports.store import Store
@@ -86,6 +91,10 @@ class BuildService:
         """
         spec.validate()
         project = await self._store.get_project(project_name)
+        if project.state != "ready":
+            raise ConflictError(
+                f"project {project.name!r} is {project.state}: create it again to finish"
+            )
         if spec.provider:
             try:
                 self._registry.get(spec.provider)
