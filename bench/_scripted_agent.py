@@ -204,8 +204,7 @@ class RssSampler:
 
     def __init__(self, interval_s: float = 0.01) -> None:
         self.interval_s = interval_s
-        self.baseline_kb = rss_kb()
-        self.peak_kb = self.baseline_kb
+        self.ready_kb = self.baseline_kb = self.peak_kb = self.lifetime_peak_kb = rss_kb()
 
     def mark(self) -> int:
         """Make the RSS now the baseline and reset the peak; the baseline."""
@@ -215,8 +214,14 @@ class RssSampler:
     async def run(self) -> None:
         """Sample until cancelled."""
         while True:
-            self.peak_kb = max(self.peak_kb, rss_kb())
+            self.sample()
             await asyncio.sleep(self.interval_s)
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        now = rss_kb()
+        self.peak_kb = max(self.peak_kb, now)
+        self.lifetime_peak_kb = max(self.lifetime_peak_kb, now)
 
 
 def _reply(payload: dict[str, Any]) -> None:
@@ -236,13 +241,18 @@ async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
                 agent.max_running = agent.running
                 _reply({"marked": True, "rss_kb": sampler.mark()})
             elif line == "report":
-                sampler.peak_kb = max(sampler.peak_kb, rss_kb())
+                sampler.sample()
                 _reply(
                     {
+                        "ready_rss_kb": sampler.ready_kb,
                         "baseline_rss_kb": sampler.baseline_kb,
                         "peak_rss_kb": sampler.peak_kb,
+                        "lifetime_peak_rss_kb": sampler.lifetime_peak_kb,
                         "rss_kb": rss_kb(),
                         "ru_maxrss_kb": max_rss_kb(),
+                        "children_maxrss_kb": resource.getrusage(
+                            resource.RUSAGE_CHILDREN
+                        ).ru_maxrss,
                         "runs": agent.runs,
                         "max_running": agent.max_running,
                     }

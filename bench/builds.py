@@ -156,6 +156,8 @@ class Served:
     url: str
     client: httpx.AsyncClient
     container: Container
+    #: SSE streams that ended before their task's ``result`` event (see :meth:`events`).
+    early_ends: int = 0
 
     async def create_project(self, name: str) -> None:
         """``POST /projects`` (embedded bare repository, empty initial commit)."""
@@ -186,14 +188,27 @@ class Served:
         return sum(counts)
 
     async def events(self, task_id: str) -> list[dict[str, Any]]:
-        """The task's SSE stream, read to its end (the ``result``)."""
-        async with self.client.stream("GET", f"/tasks/{task_id}/events") as response:
-            response.raise_for_status()
-            return [
-                json.loads(line[6:])
-                async for line in response.aiter_lines()
-                if line.startswith("data: ")
-            ]
+        """The task's SSE stream, read to its ``result``. A stream that ends before the
+        result is resumed from ``Last-Event-ID``, as a client would, and counted in
+        :attr:`early_ends`: the server can see the task final a moment before the worker
+        has stored its result event, and then ends the stream too early."""
+        events: list[dict[str, Any]] = []
+        for _ in range(50):
+            headers = {"Last-Event-ID": str(events[-1]["seq"])} if events else {}
+            async with self.client.stream(
+                "GET", f"/tasks/{task_id}/events", headers=headers
+            ) as response:
+                response.raise_for_status()
+                events += [
+                    json.loads(line[6:])
+                    async for line in response.aiter_lines()
+                    if line.startswith("data: ")
+                ]
+            if events and events[-1]["type"] == "result":
+                break
+            self.early_ends += 1
+            await asyncio.sleep(0.01)
+        return events
 
     async def wait_finished(self, before: int, count: int, timeout_s: float = 300.0) -> None:
         """Until ``count`` more tasks than ``before`` are final. Polled: in measurement 3
@@ -358,6 +373,7 @@ class OverheadFigures:
     bare_s: list[float] = field(default_factory=list)
     forgeline_s: list[float] = field(default_factory=list)
     steps_ms: dict[str, list[float]] = field(default_factory=dict)
+    sse_early_ends: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of these figures."""
@@ -373,6 +389,7 @@ class OverheadFigures:
             "overhead_ms": (full - bare) * 1000,
             "ratio": full / bare,
             "steps_median_ms": {k: statistics.median(v) for k, v in self.steps_ms.items()},
+            "sse_streams_ended_before_result": self.sse_early_ends,
         }
 
 
@@ -511,6 +528,7 @@ async def overhead(sizes: Sizes, tmp: Path) -> OverheadFigures:
                         f"bare {figures.bare_s[-1]:.2f} s, "
                         f"forgeline {figures.forgeline_s[-1]:.2f} s"
                     )
+                figures.sse_early_ends = served.early_ends
     return figures
 
 
@@ -544,6 +562,9 @@ class ScaleFigures:
                 "peak_during_batch": w.get("peak_rss_kb", 0) / 1024,
                 "delta": (w.get("peak_rss_kb", 0) - w.get("baseline_rss_kb", 0)) / 1024,
                 "ru_maxrss": w.get("ru_maxrss_kb", 0) / 1024,
+                "at_ready": w.get("ready_rss_kb", 0) / 1024,
+                "lifetime_peak": w.get("lifetime_peak_rss_kb", 0) / 1024,
+                "largest_child": w.get("children_maxrss_kb", 0) / 1024,
             },
         }
 
@@ -648,7 +669,82 @@ async def scale(database_url: str, sizes: Sizes, tmp: Path) -> ScaleFigures:
 # --- the report -----------------------------------------------------------------------------
 
 
-TABLE_PLACEHOLDER
+def table(
+    mode: str,
+    one: list[ScriptedFigures],
+    two: OverheadFigures,
+    three: ScaleFigures,
+    sizes: Sizes,
+) -> str:
+    """The printed report."""
+    out: list[str] = []
+    add = out.append
+    add(f"forgeline build orchestration benchmark ({mode}), {os.cpu_count()} CPUs, ")
+    out[-1] += f"Python {platform.python_version()}"
+    add("")
+    add(f"1. Scripted agent (no subprocess), API + in-process worker (concurrency {sizes.workers})")
+    add(f"   {'':<9} {'POST→202':>9} {'POST→agent start (ms)':>26} {'':>4}   {'batch':>8}")
+    add(
+        f"   {'database':<9} {'p50 ms':>9} {'p50':>8} {'p99':>8} {'mean':>8} {'n':>4}   "
+        f"{'builds/s':>8}  completed"
+    )
+    for f in one:
+        d = f.to_dict()
+        lat = d["post_to_agent_start_ms"]
+        add(
+            f"   {f.database:<9} {d['post_to_202_ms']['p50']:>9.1f} {lat['p50']:>8.1f} "
+            f"{lat['p99']:>8.1f} {lat['mean']:>8.1f} {f.samples:>4}   {f.builds_per_s:>8.1f}  "
+            f"{f.batch_completed}/{f.batch_builds} builds of {f.batch_projects} projects "
+            f"in {f.batch_s:.2f} s"
+        )
+    if len(one) == 2 and all(f.start_ms and f.builds_per_s for f in one):
+        sqlite, pg = one
+        latency = pct(pg.start_ms, 0.5) / pct(sqlite.start_ms, 0.5)
+        rate = pg.builds_per_s / sqlite.builds_per_s
+        add(f"   postgres/sqlite: agent-start p50 x{latency:.2f}, builds/s x{rate:.2f}")
+    d2 = two.to_dict()
+    bare, full = d2["bare_claude_s"], d2["forgeline_s"]
+    add("")
+    add(
+        f"2. Orchestration overhead, real claude vs the scripted Anthropic API (hello.txt), "
+        f"{two.rounds} rounds alternated, SQLite"
+    )
+    add(f"   {'':<34} {'median':>8} {'min':>8} {'max':>8}")
+    for label, row in (
+        ("bare claude -p (fresh repo, HOME)", bare),
+        ("forgeline POST → result event", full),
+    ):
+        add(f"   {label:<34} {row['median']:>7.2f}s {row['min']:>7.2f}s {row['max']:>7.2f}s")
+    add(f"   overhead: {d2['overhead_ms']:+.0f} ms per build (x{d2['ratio']:.2f} the bare run)")
+    steps = ", ".join(f"{k} {v:.0f} ms" for k, v in d2["steps_median_ms"].items())
+    add(f"   forgeline steps (median): {steps}")
+    if two.sse_early_ends:
+        add(
+            f"   ({two.sse_early_ends} SSE stream(s) ended before the result event and were "
+            "resumed with Last-Event-ID)"
+        )
+    d3 = three.to_dict()
+    rss = d3["worker_rss_mib"]
+    add("")
+    add(
+        f"3. {three.builds} builds of {three.builds} projects at once, one worker process "
+        f"(concurrency {three.concurrency}), PostgreSQL, scripted agent thinking "
+        f"{three.hold_s:g} s"
+    )
+    add(
+        f"   completed {three.completed}/{three.builds} in {three.wall_s:.2f} s wall; "
+        f"at most {d3['max_concurrent_agents']} agents at once"
+    )
+    add(
+        f"   worker RSS: {rss['before_batch']:.1f} MiB before the batch, "
+        f"{rss['peak_during_batch']:.1f} MiB at its peak ({rss['delta']:+.1f} MiB)"
+    )
+    add(
+        f"   worker ru_maxrss {rss['ru_maxrss']:.1f} MiB (sampled: {rss['at_ready']:.1f} MiB "
+        f"when ready, {rss['lifetime_peak']:.1f} MiB peak over its life); "
+        f"largest child (git) {rss['largest_child']:.1f} MiB"
+    )
+    return "\n".join(out)
 
 
 async def main() -> int:
@@ -664,7 +760,7 @@ async def main() -> int:
         print(f"the pinned claude is missing at {CLAUDE_BIN}; run scripts/setup-tools")
         return 2
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="forgeline-bench-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="forgeline-builds-bench-") as tmp_name:
         tmp = Path(tmp_name)
         one = [await scripted("sqlite", "", sizes, tmp)]
         with postgres_database(args.dsn) as url:
