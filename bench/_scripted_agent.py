@@ -239,7 +239,7 @@ async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
         while line := (await reader.readline()).decode().strip():
             if line == "mark":
                 agent.max_running = agent.running
-                _reply({"marked": True, "rss_kb": sampler.mark()})
+                _reply({"marked": True, "rss_kb": sampler.mark(), "ru_maxrss_kb": max_rss_kb()})
             elif line == "report":
                 sampler.sample()
                 _reply(
@@ -250,9 +250,6 @@ async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
                         "lifetime_peak_rss_kb": sampler.lifetime_peak_kb,
                         "rss_kb": rss_kb(),
                         "ru_maxrss_kb": max_rss_kb(),
-                        "children_maxrss_kb": resource.getrusage(
-                            resource.RUSAGE_CHILDREN
-                        ).ru_maxrss,
                         "runs": agent.runs,
                         "max_running": agent.max_running,
                     }
@@ -285,7 +282,9 @@ async def serve_worker(
         sampling = asyncio.create_task(sampler.run(), name="rss-sampler")
         commands = asyncio.create_task(_commands(agent, sampler), name="commands")
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        _reply({"ready": True, "pid": os.getpid(), "rss_kb": rss_kb()})
+        _reply(
+            {"ready": True, "pid": os.getpid(), "rss_kb": rss_kb(), "ru_maxrss_kb": max_rss_kb()}
+        )
         try:
             await asyncio.wait(
                 {commands, stopper, running},

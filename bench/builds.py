@@ -564,7 +564,8 @@ class ScaleFigures:
                 "ru_maxrss": w.get("ru_maxrss_kb", 0) / 1024,
                 "at_ready": w.get("ready_rss_kb", 0) / 1024,
                 "lifetime_peak": w.get("lifetime_peak_rss_kb", 0) / 1024,
-                "largest_child": w.get("children_maxrss_kb", 0) / 1024,
+                "ru_maxrss_when_ready": w.get("ready_maxrss_kb", 0) / 1024,
+                "ru_maxrss_before_batch": w.get("mark_maxrss_kb", 0) / 1024,
             },
         }
 
@@ -574,6 +575,8 @@ class WorkerProcess:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        #: The worker's first line (pid, RSS and ru_maxrss once ready).
+        self.ready: dict[str, Any] = {}
 
     async def read(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """The next JSON line the worker prints."""
@@ -627,9 +630,9 @@ async def worker_process(
     )
     worker = WorkerProcess(proc)
     try:
-        ready = await worker.read()
-        if not ready.get("ready"):
-            raise RuntimeError(f"worker process: {ready}")
+        worker.ready = await worker.read()
+        if not worker.ready.get("ready"):
+            raise RuntimeError(f"worker process: {worker.ready}")
         yield worker
     finally:
         await worker.stop()
@@ -652,12 +655,16 @@ async def scale(database_url: str, sizes: Sizes, tmp: Path) -> ScaleFigures:
         for name in projects:
             await served.create_project(name)
         before = await served.final_count()
-        await worker.ask("mark")
+        marked = await worker.ask("mark")
         started = time.perf_counter()
         tasks = await asyncio.gather(*(served.build(name) for name in projects))
         await served.wait_finished(before, n)
         figures.wall_s = time.perf_counter() - started
-        figures.worker = await worker.ask("report")
+        figures.worker = {
+            **await worker.ask("report"),
+            "ready_maxrss_kb": worker.ready.get("ru_maxrss_kb", 0),
+            "mark_maxrss_kb": marked.get("ru_maxrss_kb", 0),
+        }
         for task_id in tasks:
             task = (await served.client.get(f"/tasks/{task_id}")).json()
             if task["status"] == "completed" and task["result"]["artifacts"].get("commit_sha"):
@@ -740,9 +747,10 @@ def table(
         f"{rss['peak_during_batch']:.1f} MiB at its peak ({rss['delta']:+.1f} MiB)"
     )
     add(
-        f"   worker ru_maxrss {rss['ru_maxrss']:.1f} MiB (sampled: {rss['at_ready']:.1f} MiB "
-        f"when ready, {rss['lifetime_peak']:.1f} MiB peak over its life); "
-        f"largest child (git) {rss['largest_child']:.1f} MiB"
+        f"   worker ru_maxrss {rss['ru_maxrss']:.1f} MiB at the end "
+        f"({rss['ru_maxrss_when_ready']:.1f} MiB when ready, "
+        f"{rss['ru_maxrss_before_batch']:.1f} MiB before the batch; RSS sampled every 10 ms: "
+        f"{rss['at_ready']:.1f} MiB when ready, {rss['lifetime_peak']:.1f} MiB at most)"
     )
     return "\n".join(out)
 
