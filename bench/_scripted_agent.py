@@ -12,8 +12,8 @@ memory around a batch::
     python -m bench._scripted_agent --data-dir D --database-url URL --concurrency 20
 
 It prints one JSON line when ready, then answers ``mark`` (the RSS now becomes the
-baseline and the peak is reset) and ``report`` (baseline, sampled peak, ``ru_maxrss``,
-runs, most concurrent runs) with one JSON line each; ``exit``, end of stdin, SIGTERM or
+baseline, the peaks are reset) and ``report`` (see :meth:`Memory.report`, plus runs and
+most concurrent runs) with one JSON line each; ``exit``, end of stdin, SIGTERM or
 ``--max-seconds`` stop it (running builds drain as on a real worker's shutdown).
 """
 
@@ -194,22 +194,55 @@ def rss_kb() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def hwm_kb() -> int:
+    """The kernel's high-water mark of this process's RSS (``VmHWM``), in KiB."""
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def max_rss_kb() -> int:
-    """The process's peak resident set size over its life (``ru_maxrss``, KiB on Linux)."""
+    """``ru_maxrss`` (KiB on Linux). Beware: Linux carries over ``exec`` the high-water
+    mark of the process that forked this one, so a process started by a big parent
+    reports at least the parent's size; :func:`hwm_kb` is this process's own."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-class RssSampler:
-    """Samples the RSS every ``interval_s`` to find the peak since the last :meth:`mark`."""
+class Memory:
+    """The process's memory around a batch: the RSS sampled every ``interval_s`` and the
+    kernel's ``VmHWM``, both reset by :meth:`mark` (``VmHWM`` through
+    ``/proc/self/clear_refs``, Linux 4.0+), so the peak between a mark and a report is
+    exact even for a spike shorter than the sampling interval."""
 
     def __init__(self, interval_s: float = 0.01) -> None:
         self.interval_s = interval_s
-        self.ready_kb = self.baseline_kb = self.peak_kb = self.lifetime_peak_kb = rss_kb()
+        self.ready = self.snapshot()
+        self.baseline = self.ready
+        self.sampled_peak_kb = self.sampled_lifetime_peak_kb = self.ready["rss_kb"]
+        self.hwm_reset = False
 
-    def mark(self) -> int:
-        """Make the RSS now the baseline and reset the peak; the baseline."""
-        self.baseline_kb = self.peak_kb = rss_kb()
-        return self.baseline_kb
+    @staticmethod
+    def snapshot() -> dict[str, int]:
+        """RSS, VmHWM and ru_maxrss now."""
+        return {"rss_kb": rss_kb(), "hwm_kb": hwm_kb(), "ru_maxrss_kb": max_rss_kb()}
+
+    def mark(self) -> dict[str, int]:
+        """Reset both peaks to the RSS now; the snapshot after the reset."""
+        try:
+            Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+            self.hwm_reset = True
+        except OSError:
+            self.hwm_reset = False
+        self.baseline = self.snapshot()
+        self.sampled_peak_kb = self.baseline["rss_kb"]
+        return self.baseline
+
+    def sample(self) -> None:
+        """Take one RSS sample now."""
+        now = rss_kb()
+        self.sampled_peak_kb = max(self.sampled_peak_kb, now)
+        self.sampled_lifetime_peak_kb = max(self.sampled_lifetime_peak_kb, now)
 
     async def run(self) -> None:
         """Sample until cancelled."""
@@ -217,11 +250,17 @@ class RssSampler:
             self.sample()
             await asyncio.sleep(self.interval_s)
 
-    def sample(self) -> None:
-        """Take one sample now."""
-        now = rss_kb()
-        self.peak_kb = max(self.peak_kb, now)
-        self.lifetime_peak_kb = max(self.lifetime_peak_kb, now)
+    def report(self) -> dict[str, Any]:
+        """Everything measured since the start and since the last mark."""
+        self.sample()
+        return {
+            "ready": self.ready,
+            "baseline": self.baseline,
+            "now": self.snapshot(),
+            "sampled_peak_kb": self.sampled_peak_kb,
+            "sampled_lifetime_peak_kb": self.sampled_lifetime_peak_kb,
+            "hwm_reset": self.hwm_reset,
+        }
 
 
 def _reply(payload: dict[str, Any]) -> None:
@@ -229,7 +268,7 @@ def _reply(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
+async def _commands(agent: ScriptedAgent, memory: Memory) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
@@ -239,21 +278,9 @@ async def _commands(agent: ScriptedAgent, sampler: RssSampler) -> None:
         while line := (await reader.readline()).decode().strip():
             if line == "mark":
                 agent.max_running = agent.running
-                _reply({"marked": True, "rss_kb": sampler.mark(), "ru_maxrss_kb": max_rss_kb()})
+                _reply({"marked": memory.mark()})
             elif line == "report":
-                sampler.sample()
-                _reply(
-                    {
-                        "ready_rss_kb": sampler.ready_kb,
-                        "baseline_rss_kb": sampler.baseline_kb,
-                        "peak_rss_kb": sampler.peak_kb,
-                        "lifetime_peak_rss_kb": sampler.lifetime_peak_kb,
-                        "rss_kb": rss_kb(),
-                        "ru_maxrss_kb": max_rss_kb(),
-                        "runs": agent.runs,
-                        "max_running": agent.max_running,
-                    }
-                )
+                _reply({**memory.report(), "runs": agent.runs, "max_running": agent.max_running})
             elif line == "exit":
                 return
             else:
@@ -277,14 +304,12 @@ async def serve_worker(
         registry.register(agent)
         container.registry = registry
         worker = container.worker(f"bench-worker:{os.getpid()}", concurrency=concurrency)
-        sampler = RssSampler()
+        memory = Memory()
         running = asyncio.create_task(worker.run(stop), name="bench-worker")
-        sampling = asyncio.create_task(sampler.run(), name="rss-sampler")
-        commands = asyncio.create_task(_commands(agent, sampler), name="commands")
+        sampling = asyncio.create_task(memory.run(), name="rss-sampler")
+        commands = asyncio.create_task(_commands(agent, memory), name="commands")
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        _reply(
-            {"ready": True, "pid": os.getpid(), "rss_kb": rss_kb(), "ru_maxrss_kb": max_rss_kb()}
-        )
+        _reply({"ready": True, "pid": os.getpid(), **memory.ready})
         try:
             await asyncio.wait(
                 {commands, stopper, running},
