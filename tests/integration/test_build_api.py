@@ -351,3 +351,73 @@ async def test_shutdown_gives_running_builds_back(
         check=False,
     )
     assert leftover.stdout == ""
+
+
+async def test_lost_heartbeat_stops_the_run_and_the_task_runs_again(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> None:
+    """When heartbeats fail for a whole lease (database unreachable for this worker), the
+    run stops its agent at once instead of running beside another worker; the expired
+    task is then run again to completion, with one commit."""
+    from forgeline.domain.errors import StorageError
+
+    calls = {"n": 0}
+
+    def sleep_once(req: ApiRequest) -> Reply:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return [bash("sleep 30; echo finished > slept.txt")]
+        return hello_script(req)
+
+    model.script = sleep_once
+    settings = server_settings(tmp_path / "data", claude_bin, lease_seconds=1.5)
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("flaky")
+        task_id = await forgeline.build("flaky", prompt="create hello.txt")
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            got = await forgeline.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
+            if any(e["type"] == "tool_use" for e in got.json()):
+                break
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        while not await _sleep_running():
+            assert asyncio.get_running_loop().time() < deadline, "the Bash tool never started"
+            await asyncio.sleep(0.1)
+        queue = forgeline.container.queue
+        real_heartbeat = queue.heartbeat
+
+        async def unreachable(*_args: object, **_kwargs: object) -> object:
+            raise StorageError("database unreachable: connection refused")
+
+        queue.heartbeat = unreachable  # type: ignore[method-assign]
+        try:
+            stopped = asyncio.get_running_loop().time() + 10
+            while await _sleep_running():
+                assert asyncio.get_running_loop().time() < stopped, "the agent kept running"
+                await asyncio.sleep(0.2)
+        finally:
+            queue.heartbeat = real_heartbeat  # type: ignore[method-assign]
+        task = await forgeline.wait_status(task_id, {"completed"}, timeout_s=60)
+        assert task["attempts"] == 2
+        events = await forgeline.events(task_id)
+        assert [e["type"] for e in events].count("result") == 1
+        log = git(
+            "log",
+            "--format=%(trailers:key=Forgeline-Task,valueonly)",
+            "main",
+            cwd=bare(forgeline, "flaky"),
+        )
+        assert log.splitlines().count(task_id) == 1
+
+
+async def _sleep_running() -> bool:
+    """Whether a Bash tool's ``sleep 30`` of these tests runs right now."""
+    ps = await asyncio.to_thread(
+        subprocess.run,
+        ["pgrep", "-f", "sleep 30; echo finished"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return bool(ps.stdout.strip())

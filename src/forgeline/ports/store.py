@@ -76,6 +76,10 @@ class Store(Protocol):
         """Events of the task with ``seq > after_seq``, in order."""
         ...
 
+    async def last_event(self, task_id: str) -> StoredEvent | None:
+        """The task's newest event, or None when it has none."""
+        ...
+
     async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
         """Return when the task may have events after ``after_seq``, or after ``timeout_s``."""
         ...

@@ -127,29 +127,54 @@ class BuildService:
         ``result`` event and its requester the callback, as a worker would have sent.
         """
         task = await self._queue.cancel(task_id)
-        if task.status is not TaskStatus.CANCELLED or task.kind != BUILD_KIND:
-            return task
-        request = BuildRequest.from_task(task)
-        output = "build cancelled before it started"
-        if request.spec.callback_url and self._callbacks is not None:
-            await self._callbacks.enqueue(
-                task.id,
-                request.spec.callback_url,
-                BUILD_COMPLETED,
-                build_payload(
-                    task_id=task.id,
-                    project_id=request.project,
-                    status=task.status.value,
-                    output=output,
-                    artifacts={},
-                ),
-                idempotency_key=f"{task.id}:{BUILD_COMPLETED}",
+        if task.status is TaskStatus.CANCELLED and task.kind == BUILD_KIND:
+            await finish_without_run(
+                task,
+                store=self._store,
+                callbacks=self._callbacks,
+                provider=self._registry.default_name or "forgeline",
             )
-        provider = request.spec.provider or self._registry.default_name or "forgeline"
-        await self._store.append_event(
-            task.id,
-            AgentEvent(
-                data=AgentResult(status=RunStatus.CANCELLED, text=output), provider=provider
-            ),
-        )
         return task
+
+
+async def finish_without_run(
+    task: WorkTask, *, store: Store, callbacks: Calls | None, provider: str
+) -> bool:
+    """End the stream and call back for a build task the queue made final without a
+    worker finishing it: cancelled while queued, given up after its lease expired too
+    often, or cancelled while its worker shut down. Safe to repeat: nothing is written
+    when the task's stream already ends with its ``result``, and the callback's
+    idempotency key keeps it to one delivery. True when it wrote the ``result`` now."""
+    if not task.status.is_final or task.kind != BUILD_KIND:
+        return False
+    last = await store.last_event(task.id)
+    if last is not None and last.type == "result":
+        return False
+    request = BuildRequest.from_task(task)
+    if task.status is TaskStatus.CANCELLED:
+        run_status, output = RunStatus.CANCELLED, "build cancelled before it finished"
+    else:
+        run_status = RunStatus.FAILED
+        output = f"build failed: {task.last_error or 'no worker could finish it'}"
+    if request.spec.callback_url and callbacks is not None:
+        await callbacks.enqueue(
+            task.id,
+            request.spec.callback_url,
+            BUILD_COMPLETED,
+            build_payload(
+                task_id=task.id,
+                project_id=request.project,
+                status=task.status.value,
+                output=output,
+                artifacts={},
+            ),
+            idempotency_key=f"{task.id}:{BUILD_COMPLETED}",
+        )
+    await store.append_event(
+        task.id,
+        AgentEvent(
+            data=AgentResult(status=run_status, text=output),
+            provider=request.spec.provider or provider,
+        ),
+    )
+    return True

@@ -34,12 +34,13 @@ from forgeline.domain.agent import (
 )
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
-    AgentError,
-    ExternalServiceError,
+    AgentUnavailableError,
     ForgelineError,
+    GitError,
     LeaseLostError,
     PushRejectedError,
     StorageError,
+    WorkspaceError,
 )
 from forgeline.domain.git import GitAuthor, GitRemote, build_commit_message, review_branch
 from forgeline.domain.project import Project
@@ -51,7 +52,7 @@ from forgeline.ports.git import Git
 from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
-from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls
+from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls, finish_without_run
 from forgeline.services.credentials import reveal_env
 from forgeline.services.redaction import TextRedactor, redact_event
 from forgeline.services.registry import ProviderRegistry
@@ -99,6 +100,20 @@ class WorkerConfig:
     ci_pipeline_timeout_s: float = 1800.0
     #: How long an idle worker waits for a wake-up before it claims again anyway.
     idle_wait_s: float = 1.0
+
+
+#: Waits before retrying an event append the database refused (then one last try).
+_EMIT_RETRY_DELAYS = (0.2, 1.0, 3.0)
+
+
+def _retryable(exc: ForgelineError) -> bool:
+    """Accidents of the infrastructure, worth another attempt (maybe on another worker):
+    the database, the workspace, git talking to its remote, an agent binary missing here.
+    Everything else is an answer: invalid input, something not found, a refused push, an
+    agent that ran and failed, CI down through its client's own retries."""
+    if isinstance(exc, PushRejectedError):
+        return False
+    return isinstance(exc, StorageError | WorkspaceError | GitError | AgentUnavailableError)
 
 
 class BuildCancelledError(Exception):
@@ -169,25 +184,14 @@ class Worker:
                 try:
                     if time.monotonic() - last_recovery > self.config.lease_s / 2:
                         last_recovery = time.monotonic()
-                        recovered = await self._queue.recover_expired()
-                        if recovered:
-                            log.info("worker.recovered_expired", count=recovered)
-                    free = self.config.concurrency - len(self._running)
-                    if free > 0:
-                        leases = await self._queue.claim(
-                            self.config.name,
-                            lease_s=self.config.lease_s,
-                            limit=free,
-                            kinds=[BUILD_KIND],
-                        )
-                        for lease in leases:
-                            self._start(lease)
-                        if leases:
-                            continue
-                except StorageError as exc:
-                    # The database went away (restart, network): keep the builds that run,
-                    # try again shortly; nothing is lost, leases are renewed on reconnect.
-                    log.warning("worker.queue_unavailable", error=str(exc))
+                        await self._recover()
+                    if await self._claim():
+                        continue
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive any one error
+                    # The database went away (restart, network) or a bug hit one claim:
+                    # keep the builds that run and try again shortly; leases of running
+                    # builds are renewed by their own heartbeats.
+                    log.warning("worker.loop_error", error=str(exc), kind=type(exc).__name__)
                     await asyncio.wait({stopper}, timeout=1.0)
                     continue
                 await self._idle(stopper)
@@ -196,29 +200,64 @@ class Worker:
             await self._shutdown()
         log.info("worker.stopped", worker=self.config.name)
 
+    async def _claim(self) -> bool:
+        free = self.config.concurrency - len(self._running)
+        if free <= 0:
+            return False
+        leases = await self._queue.claim(
+            self.config.name, lease_s=self.config.lease_s, limit=free, kinds=[BUILD_KIND]
+        )
+        for lease in leases:
+            if lease.task_id in self._running:
+                # Our own earlier run of this task lost its lease and is still winding
+                # down: never run a task twice side by side in one checkout.
+                await self._queue.release(lease)
+                continue
+            self._start(lease)
+        return bool(leases)
+
+    async def _recover(self) -> None:
+        recovered = await self._queue.recover_expired()
+        if recovered:
+            log.info("worker.recovered_expired", count=recovered)
+        # Tasks the queue itself made final (given up after too many lost leases, or
+        # cancelled as their worker stopped) still owe their requester a result and a
+        # callback; finishing is idempotent, so any worker may do it.
+        for status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            for task in await self._queue.list(status=status, kind=BUILD_KIND, limit=20):
+                if task.result is None:
+                    await finish_without_run(
+                        task,
+                        store=self._store,
+                        callbacks=self._callbacks,
+                        provider=self._registry.default_name or PIPELINE,
+                    )
+
     async def _idle(self, stopper: asyncio.Future[Any]) -> None:
         # Wait for whichever comes first: stop, new work, a free slot, or the poll interval.
         self._wake.clear()
-        waiters: set[asyncio.Future[Any]] = {stopper, asyncio.ensure_future(self._wake.wait())}
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
         if len(self._running) < self.config.concurrency:
             waiters.add(asyncio.ensure_future(self._queue.wait_for_work(self.config.idle_wait_s)))
         try:
             await asyncio.wait(
-                waiters, timeout=self.config.idle_wait_s, return_when=asyncio.FIRST_COMPLETED
+                {stopper, *waiters},
+                timeout=self.config.idle_wait_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            for waiter in waiters - {stopper}:
+            for waiter in waiters:
                 waiter.cancel()
-            for waiter in waiters - {stopper}:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await waiter
+            # gather, not suppress: a cancel aimed at run() itself still gets through.
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     def _start(self, lease: Lease) -> None:
         task = asyncio.create_task(self._run_build(lease), name=f"build:{lease.task_id}")
         self._running[lease.task_id] = task
 
-        def done(_: asyncio.Task[None]) -> None:
-            self._running.pop(lease.task_id, None)
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._running.get(lease.task_id) is finished:
+                del self._running[lease.task_id]
             self._wake.set()
 
         task.add_done_callback(done)
@@ -232,12 +271,13 @@ class Worker:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=15.0)
+            _, stuck = await asyncio.wait(pending, timeout=15.0)
+            for task in stuck:
+                log.error("worker.build_did_not_stop", task=task.get_name())
 
     async def _run_build(self, lease: Lease) -> None:
-        run = BuildRun(self, lease)
         try:
-            await run.execute()
+            await BuildRun(self, lease).execute()
         except asyncio.CancelledError:
             # Shutdown: the build did not finish in the grace period. Give the task back
             # so another worker runs it, without counting an attempt.
@@ -245,6 +285,8 @@ class Worker:
                 await asyncio.shield(self._queue.release(lease))
             raise
         except Exception:
+            # Whatever broke, the task is left running: its lease expires and the queue
+            # gives it to another attempt (which finds an already pushed commit).
             log.exception("worker.build_crashed", task_id=lease.task_id)
 
 
@@ -257,6 +299,8 @@ class BuildRun:
         self.task_id = lease.task_id
         self.request = BuildRequest.from_task(lease.task)
         self.cancel_requested = asyncio.Event()
+        #: Set on cancel or on a lost lease: whatever waits on something long stops.
+        self.stop = asyncio.Event()
         self.lease_lost = False
         self.agent_run_id: str | None = None
         #: What the build produced so far (commit, branch, pipeline), kept on failure too.
@@ -268,8 +312,17 @@ class BuildRun:
     # --- events ---------------------------------------------------------------------------
 
     async def emit(self, event: AgentEvent) -> None:
-        """Store an event of this task, redacted."""
-        await self.w._store.append_event(self.task_id, redact_event(event, self.w._redactor))
+        """Store an event of this task, redacted; a short database blip is ridden out
+        (bounded retries) rather than ending a long agent run."""
+        redacted = redact_event(event, self.w._redactor)
+        for delay in _EMIT_RETRY_DELAYS:
+            try:
+                await self.w._store.append_event(self.task_id, redacted)
+                return
+            except StorageError as exc:
+                self.log.warning("build.event_not_stored", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+        await self.w._store.append_event(self.task_id, redacted)
 
     async def status(self, state: str, **detail: Any) -> None:
         """A pipeline ``status`` event."""
@@ -308,21 +361,33 @@ class BuildRun:
     # --- watchers -------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        interval = max(0.2, self.w.config.lease_s / 3)
+        lease_s = self.w.config.lease_s
+        interval = max(0.2, lease_s / 3)
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
-                task = await self.w._queue.heartbeat(self.lease, lease_s=self.w.config.lease_s)
+                task = await self.w._queue.heartbeat(self.lease, lease_s=lease_s)
             except LeaseLostError:
                 self.log.warning("build.lease_lost")
-                self.lease_lost = True
-                await self._stop_agent()
+                await self._lose_lease()
                 return
-            except StorageError as exc:
+            except Exception as exc:  # noqa: BLE001 - a heartbeat must never die quietly
                 self.log.warning("build.heartbeat_failed", error=str(exc))
+                # Past the lease without a renewal, another worker may own the task: stop
+                # now rather than run (and push) beside it.
+                if time.monotonic() - renewed >= lease_s - interval:
+                    await self._lose_lease()
+                    return
                 continue
+            renewed = time.monotonic()
             if task.cancel_requested and not self.cancel_requested.is_set():
                 await self._on_cancel()
+
+    async def _lose_lease(self) -> None:
+        self.lease_lost = True
+        self.stop.set()
+        await self._stop_agent()
 
     async def _cancel_watch(self) -> None:
         while not self.cancel_requested.is_set():
@@ -330,17 +395,23 @@ class BuildRun:
                 if await self.w._queue.wait_for_cancel(self.task_id, 5.0):
                     await self._on_cancel()
                     return
-            except StorageError:
+            except Exception as exc:  # noqa: BLE001 - keep watching through outages
+                self.log.warning("build.cancel_watch_failed", error=str(exc))
                 await asyncio.sleep(1.0)
 
     async def _on_cancel(self) -> None:
         self.log.info("build.cancel_requested")
         self.cancel_requested.set()
+        self.stop.set()
         await self._stop_agent()
 
     async def _stop_agent(self) -> None:
-        if self.agent_run_id is not None:
+        if self.agent_run_id is None:
+            return
+        try:
             await self.w._registry.get(self.provider).cancel(self.agent_run_id)
+        except Exception as exc:  # noqa: BLE001 - the port says cancel never raises; be sure
+            self.log.error("build.agent_cancel_failed", error=str(exc))
 
     # --- the run --------------------------------------------------------------------------
 
@@ -357,14 +428,16 @@ class BuildRun:
             return
         except BuildCancelledError:
             outcome = _Outcome(TaskStatus.CANCELLED, "build cancelled", self.artifacts)
-        except (PushRejectedError, AgentError, ExternalServiceError) as exc:
-            # Answers, not accidents: a refused push, an agent that cannot run, a CI
-            # server that stayed down through its client's own retries.
-            outcome = _Outcome(TaskStatus.FAILED, exc.message, self.artifacts, error=exc.message)
         except ForgelineError as exc:
-            if await self._retry(exc.message):
+            if _retryable(exc) and await self._retry(exc.message):
                 return
             outcome = _Outcome(TaskStatus.FAILED, exc.message, self.artifacts, error=exc.message)
+        except Exception as exc:
+            # A bug, not an answer: fail the task with a generic reason (details in the
+            # log) instead of leaving it running until its lease expires.
+            self.log.exception("build.unexpected_error")
+            message = f"internal error ({type(exc).__name__}); see the worker's log"
+            outcome = _Outcome(TaskStatus.FAILED, message, self.artifacts, error=message)
         finally:
             for watcher in watchers:
                 watcher.cancel()
@@ -386,8 +459,16 @@ class BuildRun:
             )
             await self.status("retrying", attempt=task.attempts, max_attempts=task.max_attempts)
         try:
-            await self.w._queue.fail(self.lease, self.w._redactor.redact(message), retryable=True)
+            task = await self.w._queue.fail(
+                self.lease, self.w._redactor.redact(message), retryable=True
+            )
         except LeaseLostError:
+            return True
+        if task.status is not TaskStatus.QUEUED:
+            # The queue made it final (cancel requested meanwhile): finish it properly.
+            await finish_without_run(
+                task, store=self.w._store, callbacks=self.w._callbacks, provider=self.provider
+            )
             return True
         self.log.warning("build.retrying", error=message)
         return True
@@ -438,11 +519,11 @@ class BuildRun:
             self.check_cancel()
 
         result = await self._run_agent(agent, project, spec, workdir, env)
-        if result.status is RunStatus.CANCELLED or self.cancel_requested.is_set():
+        self.check_cancel()  # a cancel or a lost lease stopped the agent
+        if result.status is RunStatus.CANCELLED:
             raise BuildCancelledError
         if result.status is not RunStatus.SUCCEEDED:
             return _Outcome(TaskStatus.FAILED, result.text, agent=result, error=result.text)
-        self.check_cancel()
 
         outcome = _Outcome(TaskStatus.COMPLETED, result.text, artifacts, agent=result)
         async with self.step("commit") as info:
@@ -460,7 +541,8 @@ class BuildRun:
         self.check_cancel()
 
         async with self.step("push") as info:
-            pushed = await self.w._git.push(workdir, remote, target)
+            # A review branch belongs to this task alone: a retried attempt replaces it.
+            pushed = await self.w._git.push(workdir, remote, target, force=not spec.auto_deploy)
             info.update(branch=target, commit_sha=pushed.sha)
         artifacts["commit_sha"] = pushed.sha
         return await self._after_push(project, outcome, pushed.sha, target)
@@ -501,7 +583,13 @@ class BuildRun:
                 return outcome
             info["pipeline"] = pipeline.number
             outcome.artifacts["pipeline"] = pipeline.number
-            final = await self._follow(ci, repo_id, pipeline)
+            try:
+                final = await self._follow(ci, repo_id, pipeline)
+            except BuildCancelledError:
+                # The task's cancel stops its deploy too; a lost lease does not (the task
+                # goes on under another worker, which follows the same pipeline).
+                await ci.cancel(repo_id, pipeline.number)
+                raise
             outcome.artifacts["pipeline_status"] = final.status
             info["pipeline_status"] = final.status
             if final.status != "success":
@@ -524,19 +612,17 @@ class BuildRun:
                 repo_id, pipeline.number, self.w.config.ci_pipeline_timeout_s, on_change=on_change
             )
         )
-        cancelled = asyncio.ensure_future(self.cancel_requested.wait())
+        stopped = asyncio.ensure_future(self.stop.wait())
         try:
-            done, _ = await asyncio.wait({follow, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-            if follow in done:
+            await asyncio.wait({follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if follow.done():
                 return follow.result()
-            follow.cancel()
-            with contextlib.suppress(Exception):
-                await ci.cancel(repo_id, pipeline.number)
-            raise BuildCancelledError
         finally:
-            cancelled.cancel()
-            if not follow.done():
-                follow.cancel()
+            for waiter in (follow, stopped):
+                waiter.cancel()
+            await asyncio.gather(follow, stopped, return_exceptions=True)
+        self.check_cancel()  # a lost lease ends the run here, silently
+        raise BuildCancelledError  # pragma: no cover - stop is only set with one of them
 
     async def _optional_secret(self, name: str, project: Project) -> Secret | None:
         from forgeline.domain.errors import CredentialNotFoundError
@@ -634,8 +720,6 @@ class BuildRun:
         except LeaseLostError:
             self.log.warning("build.lease_lost_at_finish")
             return
-        if outcome.status is TaskStatus.CANCELLED:
-            await self._clean_checkout()
         agent = outcome.agent or AgentResult(status=RunStatus.FAILED)
         final = replace(
             agent,
@@ -644,6 +728,8 @@ class BuildRun:
             duration_ms=int((time.monotonic() - self.started) * 1000),
         )
         await self.emit(AgentEvent(data=final, provider=self.provider, session_id=final.session_id))
+        if outcome.status is TaskStatus.CANCELLED:
+            await self._clean_checkout()
         if self.w._metrics is not None:
             self.w._metrics.build_finished(
                 outcome.status.value, time.monotonic() - self.started, agent.cost_usd, self.provider
@@ -672,16 +758,16 @@ class BuildRun:
             output=output,
             artifacts=artifacts,
         )
-        try:
-            await self.w._callbacks.enqueue(
-                self.task_id,
-                url,
-                BUILD_COMPLETED,
-                self.w._redactor.redact_obj(payload),
-                idempotency_key=f"{self.task_id}:{BUILD_COMPLETED}",
-            )
-        except ForgelineError as exc:
-            self.log.error("build.callback_not_queued", error=str(exc))
+        # No except: a callback that cannot be queued must not be lost behind a final
+        # status. The task stays running, its lease expires, and the next attempt (which
+        # finds the pushed commit) queues it.
+        await self.w._callbacks.enqueue(
+            self.task_id,
+            url,
+            BUILD_COMPLETED,
+            self.w._redactor.redact_obj(payload),
+            idempotency_key=f"{self.task_id}:{BUILD_COMPLETED}",
+        )
 
 
 def _run_status(status: TaskStatus, agent: AgentResult) -> RunStatus:

@@ -15,7 +15,8 @@ class EventSignals:
     """One :class:`asyncio.Event` per task that watchers wait on and appends set."""
 
     def __init__(self) -> None:
-        self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._events: dict[str, asyncio.Event] = {}
+        self._waiting: defaultdict[str, int] = defaultdict(int)
 
     def notify(self, task_id: str) -> None:
         """Wake every watcher of ``task_id``."""
@@ -25,6 +26,15 @@ class EventSignals:
 
     async def wait(self, task_id: str, timeout_s: float) -> None:
         """Return on the next notify of ``task_id``, or after ``min(timeout_s, poll)``."""
-        event = self._events[task_id]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), min(timeout_s, POLL_INTERVAL_S))
+        event = self._events.setdefault(task_id, asyncio.Event())
+        self._waiting[task_id] += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(timeout_s, POLL_INTERVAL_S))
+        finally:
+            # The last watcher to leave takes the entry with it: no table growing forever.
+            self._waiting[task_id] -= 1
+            if self._waiting[task_id] == 0:
+                del self._waiting[task_id]
+                if self._events.get(task_id) is event:
+                    del self._events[task_id]

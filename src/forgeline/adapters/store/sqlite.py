@@ -132,6 +132,17 @@ class SqliteStore:
         )
         return [StoredEvent(seq=r[0], type=r[1], body=r[2]) for r in rows]
 
+    async def last_event(self, task_id: str) -> StoredEvent | None:
+        """The task's newest event, or None."""
+        row = await self._read(
+            lambda c: c.execute(
+                "select seq, type, body from task_events where task_id = ?"
+                " order by seq desc limit 1",
+                (task_id,),
+            ).fetchone()
+        )
+        return None if row is None else StoredEvent(seq=row[0], type=row[1], body=row[2])
+
     async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
         """Return on an in-process append to the task, or after a short poll interval."""
         await self._signals.wait(task_id, timeout_s)

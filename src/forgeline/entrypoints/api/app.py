@@ -30,18 +30,24 @@ async def running_services(container: Container, workers: int) -> AsyncIterator[
     (none for 0) until the block ends;
     then stop claiming, let builds finish within the grace period, and stop."""
     stop = asyncio.Event()
-    tasks = []
-    if workers > 0:
-        worker = container.worker(f"{socket.gethostname()}:{os.getpid()}", concurrency=workers)
-        tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+    tasks: list[asyncio.Task[None]] = []
     await container.callbacks.start()
     try:
+        if workers > 0:
+            worker = container.worker(f"{socket.gethostname()}:{os.getpid()}", concurrency=workers)
+            tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+            tasks[0].add_done_callback(_report_worker_end)
         yield
     finally:
         stop.set()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await container.callbacks.stop()
+
+
+def _report_worker_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("api.worker_died", error=str(task.exception()), exc_info=task.exception())
 
 
 def create_app(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +32,9 @@ _STATUSES: tuple[tuple[type[ForgelineError], int], ...] = (
     (ExternalServiceError, 502),
     (CredentialError, 500),
 )
+
+
+log = structlog.get_logger("forgeline.api")
 
 
 def status_for(exc: ForgelineError) -> int:
@@ -81,6 +85,14 @@ def install(app: FastAPI) -> None:
         ]
         summary = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields)
         return JSONResponse(status_code=422, content=error_body("invalid", summary, fields=fields))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # A bug: log it whole, answer in the API's shape without its details.
+        log.error("api.unexpected_error", error_type=type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            status_code=500, content=error_body("internal", "internal error; see the server log")
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

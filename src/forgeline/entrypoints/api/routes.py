@@ -22,6 +22,9 @@ from forgeline.services.registry import describe_agents
 
 #: Seconds between SSE keep-alive comments, so proxies do not cut an idle stream.
 SSE_KEEPALIVE_S = 15.0
+#: How long a stream waits for a final task's ``result`` event: a worker writes it just
+#: after making the task final.
+FINAL_RESULT_GRACE_S = 2.0
 
 
 def container_of(request: Request) -> Container:
@@ -253,6 +256,7 @@ async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[
     store = container.store
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
+    final_since: float | None = None
     while True:
         page = await store.list_events(task_id, after_seq=after, limit=500)
         for event in page:
@@ -263,13 +267,13 @@ async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[
         if page:
             quiet_since = loop.time()
             continue
-        task = await container.queue.get(task_id)
-        if task.status.is_final:
-            # A final task whose result event is already behind the client's position,
-            # or one that never had a run: nothing more will come.
-            if not await store.list_events(task_id, after_seq=after, limit=1):
-                return
-            continue
+        if final_since is None:
+            if (await container.queue.get(task_id)).status.is_final:
+                final_since = loop.time()
+        elif loop.time() - final_since > FINAL_RESULT_GRACE_S:
+            # Final for a while and still no result after the client's position (it saw
+            # it already, or the task never ran): nothing more will come.
+            return
         if loop.time() - quiet_since >= SSE_KEEPALIVE_S:
             quiet_since = loop.time()
             yield b": keep-alive\n\n"

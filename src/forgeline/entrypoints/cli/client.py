@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import httpx
@@ -26,6 +26,10 @@ from forgeline.settings import Settings
 task_app = typer.Typer(help="Show, follow and cancel tasks.", no_args_is_help=True)
 project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 
+#: How often a broken event stream is resumed before the command gives up.
+SSE_RECONNECTS = 5
+#: Longest silence on an event stream (the server sends a keep-alive every 15 s).
+SSE_READ_TIMEOUT_S = 45.0
 #: Exit codes of ``build --wait`` and ``task events``: like ``agent run``.
 EXIT = {"completed": 0, "failed": 1, "cancelled": 130}
 
@@ -45,7 +49,7 @@ class Api:
         self.client = httpx.Client(
             base_url=self.base,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0, read=None),
+            timeout=httpx.Timeout(60.0),
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -63,20 +67,34 @@ class Api:
             _die(message)
         return response.json() if response.content else None
 
-    @contextmanager
-    def events(self, task_id: str, after: int = 0) -> Iterator[Iterator[dict[str, Any]]]:
-        """The task's event stream (SSE), resumed after ``after``."""
-        headers = {"Last-Event-ID": str(after)} if after else {}
-        try:
-            with connect_sse(
-                self.client, "GET", f"/tasks/{task_id}/events", headers=headers
-            ) as source:
-                if source.response.status_code >= 400:
-                    source.response.read()
-                    _die(f"HTTP {source.response.status_code}: {source.response.text[:300]}")
-                yield (json.loads(sse.data) for sse in source.iter_sse())
-        except httpx.HTTPError as exc:
-            _die(f"event stream broke: {exc}")
+    def events(self, task_id: str) -> Iterator[dict[str, Any]]:
+        """The task's events until its ``result``; a broken stream is resumed where it
+        stopped (``Last-Event-ID``), a few times, before giving up."""
+        after = 0
+        # Reads wait for at least one keep-alive period of the server (15 s) and more.
+        timeout = httpx.Timeout(60.0, read=SSE_READ_TIMEOUT_S)
+        for attempt in range(SSE_RECONNECTS + 1):
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            try:
+                with connect_sse(
+                    self.client,
+                    "GET",
+                    f"/tasks/{task_id}/events",
+                    headers=headers,
+                    timeout=timeout,
+                ) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        _die(f"HTTP {source.response.status_code}: {source.response.text[:300]}")
+                    for sse in source.iter_sse():
+                        event: dict[str, Any] = json.loads(sse.data)
+                        after = event["seq"]
+                        yield event
+                return
+            except httpx.HTTPError as exc:
+                if attempt == SSE_RECONNECTS:
+                    _die(f"event stream broke: {exc}")
+                time.sleep(min(2**attempt, 10))
 
 
 def _die(message: str) -> Any:
@@ -88,12 +106,20 @@ def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=None))
 
 
-def _parse_vars(pairs: list[str]) -> dict[str, Any]:
-    variables: dict[str, Any] = {}
+def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--var takes key=value, got {pair!r}")
+            raise typer.BadParameter(f"{option} takes key=value, got {pair!r}")
+        parsed[key] = value
+    return parsed
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values that read as JSON (numbers, booleans) are typed."""
+    variables: dict[str, Any] = {}
+    for key, value in _parse_pairs(pairs, "--var").items():
         try:
             variables[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -149,14 +175,12 @@ class Progress:
 def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
     """Print the task's events until its result; the exit code of its final status."""
     if as_json:
-        with api.events(task_id) as events:
-            for event in events:
-                _print_json(event)
+        for event in api.events(task_id):
+            _print_json(event)
     else:
         progress = Progress(task_id)
-        console = Console(stderr=True)
-        with Live(progress.render(), console=console) as live, api.events(task_id) as events:
-            for event in events:
+        with Live(progress.render(), console=Console(stderr=True)) as live:
+            for event in api.events(task_id):
                 progress.feed(event)
                 live.update(progress.render())
     task = api.call("GET", f"/tasks/{task_id}")
@@ -281,7 +305,7 @@ def project_create(
     if repo_url:
         body["repo_url"] = repo_url
     if credential:
-        body["credentials"] = {k: str(v) for k, v in _parse_vars(credential).items()}
+        body["credentials"] = _parse_pairs(credential, "--credential")
     project = Api().call("POST", "/projects", json=body)
     if json_out:
         _print_json(project)

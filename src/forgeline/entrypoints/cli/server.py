@@ -72,6 +72,10 @@ def token_create(
     from forgeline.adapters.store import build_store
     from forgeline.services.auth import AuthService, Role
 
+    try:
+        chosen = Role(role)
+    except ValueError as exc:
+        raise typer.BadParameter("role must be admin or builder", param_hint="--role") from exc
     settings = Settings()
     configure(settings)
 
@@ -81,15 +85,12 @@ def token_create(
         try:
             await db.open()
             await migrate(db)
-            return await AuthService(build_store(db)).create(name, Role(role))
+            return await AuthService(build_store(db)).create(name, chosen)
         finally:
             await db.aclose()
 
     with fail_on_errors():
-        try:
-            new = asyncio.run(create())
-        except ValueError as exc:
-            raise typer.BadParameter(f"role must be admin or builder: {exc}") from exc
+        new = asyncio.run(create())
     if json_out:
         typer.echo(
             json.dumps({"token": new.value, "name": new.record.name, "role": new.record.role})
