@@ -104,7 +104,7 @@ FULL = Sizes(
     batch_projects=8,
     batch_per_project=12,
     workers=4,
-    overhead_rounds=10,
+    overhead_rounds=15,
     scale_builds=20,
     scale_hold_s=1.0,
 )
@@ -698,12 +698,16 @@ def table(
     two: OverheadFigures,
     three: ScaleFigures,
     sizes: Sizes,
+    load: tuple[float, float],
 ) -> str:
-    """The printed report."""
+    """The printed report (``load``: the 1-minute load average at the start and the end)."""
     out: list[str] = []
     add = out.append
-    add(f"forgeline build orchestration benchmark ({mode}), {os.cpu_count()} CPUs, ")
-    out[-1] += f"Python {platform.python_version()}"
+    add(
+        f"forgeline build orchestration benchmark ({mode}), {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end"
+    )
     add("")
     add(f"1. Scripted agent (no subprocess), API + in-process worker (concurrency {sizes.workers})")
     add(f"   {'':<9} {'POST→202':>9} {'POST→agent start (ms)':>26} {'':>4}   {'batch':>8}")
@@ -791,6 +795,7 @@ async def main() -> int:
         print(f"the pinned claude is missing at {CLAUDE_BIN}; run scripts/setup-tools")
         return 2
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="forgeline-builds-bench-") as tmp_name:
         tmp = Path(tmp_name)
         one = [await scripted("sqlite", "", sizes, tmp)]
@@ -800,10 +805,12 @@ async def main() -> int:
         with postgres_database(args.dsn) as url:
             three = await scale(url, sizes, tmp)
     mode = "quick" if args.quick else "full"
+    load = (load_before, os.getloadavg()[0])
     if args.json:
         document = {
             "mode": mode,
             "cpus": os.cpu_count(),
+            "load_average_1m": {"start": load[0], "end": load[1]},
             "scripted": [f.to_dict() for f in one],
             "overhead": two.to_dict(),
             "scale": three.to_dict(),
@@ -811,7 +818,7 @@ async def main() -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        print(table(mode, one, two, three, sizes))
+        print(table(mode, one, two, three, sizes, load))
         print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 
