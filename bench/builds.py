@@ -697,6 +697,7 @@ def table(
     one: list[ScriptedFigures],
     two: OverheadFigures,
     three: ScaleFigures,
+    *,
     sizes: Sizes,
     load: tuple[float, float],
 ) -> str:
@@ -818,7 +819,7 @@ async def main() -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        print(table(mode, one, two, three, sizes, load))
+        print(table(mode, one, two, three, sizes=sizes, load=load))
         print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 
