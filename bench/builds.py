@@ -66,7 +66,6 @@ from forgeline.bootstrap import Container, open_container
 from forgeline.domain.task import TaskStatus
 from forgeline.entrypoints.api.app import create_app
 from forgeline.logs import Redactor, configure_logging
-from forgeline.services.auth import ADMIN_TOKEN_FILE
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
 
@@ -260,7 +259,9 @@ async def serving(
                         serve.result()
                         raise RuntimeError("uvicorn stopped before it started")
                     await asyncio.sleep(0.02)
-            token = (settings.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+            # Its own token (as `forgeline token create`): the admin token file is only
+            # written when the database has no token yet, which --dsn does not promise.
+            token = (await container.auth.create(f"bench-{uuid.uuid4().hex[:8]}")).value
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(
                 base_url=url,
