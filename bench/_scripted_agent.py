@@ -156,6 +156,9 @@ class ScriptedAgent:
             )
 
         try:
+            if cancel.is_set():  # cancelled before it started: end at once
+                yield result(RunStatus.CANCELLED, "cancelled", 0)
+                return
             yield event(InitData(model="scripted", cwd=request.workdir, tools=("Write",)))
             path = Path(request.workdir) / self._file_name
             content = f"written by the scripted agent, run {request.run_id}\n"
