@@ -24,7 +24,7 @@ def build_registry(settings: Settings) -> ProviderRegistry:
 
     registry = ProviderRegistry()
     registry.register(ClaudeCodeAgent(binary=settings.claude_bin))
-    registry.register(OpenCodeAgent(binary=settings.opencode_bin))
+    registry.register(OpenCodeAgent.from_settings(settings))
     return registry
 
 
