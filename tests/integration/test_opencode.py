@@ -96,8 +96,11 @@ def llm(scripted_openai: ScriptedOpenAI) -> Iterator[ScriptedOpenAI]:
 def make_repo(path: Path) -> Path:
     """A git repository with one commit (opencode keys projects by the root commit)."""
     path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    who = {"NAME": "t", "EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        **{f"GIT_{role}_{k}": v for role in ("AUTHOR", "COMMITTER") for k, v in who.items()},
+    }
     subprocess.run(["git", "init", "-q", str(path)], check=True, env=env)
     (path / "README.md").write_text(f"# {path.name}\n")
     subprocess.run(["git", "-C", str(path), "add", "."], check=True, env=env)
@@ -123,10 +126,10 @@ def request(prompt: str, workdir: Path, **kw: object) -> AgentRequest:
 
 
 async def collect(
-    agent: OpenCodeAgent, req: AgentRequest, timeout: float = 120.0
+    agent: OpenCodeAgent, req: AgentRequest, limit_s: float = 120.0
 ) -> list[AgentEvent]:
     """Every event of a run, bounded in time."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         return [event async for event in agent.execute(req)]
 
 
@@ -144,10 +147,10 @@ def of_type(events: list[AgentEvent], kind: type[T]) -> list[T]:
     return [e.data for e in events if isinstance(e.data, kind)]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 30.0) -> None:
     """Poll ``predicate`` (for conditions no event announces), bounded."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - state of other processes, no event to await
             await asyncio.sleep(0.05)
 
 
@@ -172,13 +175,17 @@ async def test_write_tool_then_text(agent: OpenCodeAgent, llm: ScriptedOpenAI, r
     assert kinds.index("tool_use") < kinds.index("tool_result") < kinds.index("message")
     (use,) = of_type(events, ToolUseData)
     (answer,) = of_type(events, ToolResultData)
-    assert use.name == "write" and use.input["filePath"] == str(target)
-    assert answer.id == use.id and not answer.is_error
+    assert use.name == "write"
+    assert use.input["filePath"] == str(target)
+    assert answer.id == use.id
+    assert not answer.is_error
     assert [m.text for m in of_type(events, MessageData)] == ["done"]
     assert result.text == "done"
-    assert result.session_id and result.session_id.startswith("ses_")
+    assert result.session_id
+    assert result.session_id.startswith("ses_")
     assert {e.session_id for e in events} == {result.session_id}
-    assert result.usage.input_tokens == 200 and result.usage.output_tokens == 20
+    assert result.usage.input_tokens == 200
+    assert result.usage.output_tokens == 20
     assert result.num_turns == 2
     # A titled session makes no title request: exactly the two model calls of the script.
     assert len(llm.requests) == 2
@@ -197,7 +204,8 @@ async def test_follow_up_in_same_session(
     # Only the new answer is reported, not the first run's again.
     assert [m.text for m in of_type(events, MessageData)] == ["plain answer from fake model"]
     history = [m.get("role") for m in llm.requests[-1].body["messages"]]
-    assert history.count("user") == 2 and "assistant" in history
+    assert history.count("user") == 2
+    assert "assistant" in history
 
 
 async def test_resume_unknown_session_fails(agent: OpenCodeAgent, repo: Path) -> None:
@@ -237,7 +245,8 @@ async def test_provider_500_retries_then_cancel(
     result = result_of(events)
     assert result.status is RunStatus.CANCELLED
     (retry, *_) = [s for s in of_type(events, StatusData) if s.state == "retrying"]
-    assert retry.attempt == 1 and "fake 500" in str(retry.detail["message"])
+    assert retry.attempt == 1
+    assert "fake 500" in str(retry.detail["message"])
     calls = len(llm.requests)
     await asyncio.sleep(3)  # the next retry would have come ~4.5 s after the first
     assert len(llm.requests) == calls
@@ -259,7 +268,7 @@ async def test_cancel_while_streaming(
     assert result.status is RunStatus.CANCELLED
     assert "thinking" in result.text
     assert not of_type(events, ErrorData)  # an abort we asked for is not an error
-    await wait_until(lambda: llm.disconnects > disconnects, timeout=10)
+    await wait_until(lambda: llm.disconnects > disconnects, limit_s=10)
 
 
 async def test_consumer_aclose_aborts_the_run(
@@ -323,7 +332,7 @@ async def test_stream_cut_mid_run(
 
     llm.script = cut_before_answering
     try:
-        events = await collect(via_proxy, request("write then answer", repo), timeout=90)
+        events = await collect(via_proxy, request("write then answer", repo), limit_s=90)
     finally:
         await via_proxy.aclose()
         proxy.stop()
@@ -351,7 +360,9 @@ async def test_password_required_and_wrong_password_refused(
     )
     try:
         caps = await intruder.capabilities()
-        assert not caps.available and caps.detail and "401" in caps.detail
+        assert not caps.available
+        assert caps.detail
+        assert "401" in caps.detail
         events = await collect(intruder, request("TEXTONLY", repo))
     finally:
         await intruder.aclose()
@@ -398,7 +409,7 @@ async def test_cancel_before_and_after(
 
 async def test_wall_clock_timeout(agent: OpenCodeAgent, llm: ScriptedOpenAI, repo: Path) -> None:
     """A run past its wall-clock limit is aborted and ends timed_out."""
-    events = await collect(agent, request("HANG on", repo, timeout_s=3.0), timeout=60)
+    events = await collect(agent, request("HANG on", repo, timeout_s=3.0), limit_s=60)
     result = result_of(events)
     assert result.status is RunStatus.TIMED_OUT
     assert [e.kind for e in of_type(events, ErrorData)] == ["timeout"]
@@ -409,9 +420,11 @@ async def test_wall_clock_timeout(agent: OpenCodeAgent, llm: ScriptedOpenAI, rep
 async def test_capabilities(agent: OpenCodeAgent) -> None:
     """A running server reports itself healthy, with its version and configured models."""
     caps = await agent.capabilities()
-    assert caps.available and caps.version == "1.18.33"
+    assert caps.available
+    assert caps.version == "1.18.33"
     assert caps.models == (MODEL,)
-    assert caps.resume and caps.streaming
+    assert caps.resume
+    assert caps.streaming
 
 
 @pytest.mark.slow
@@ -429,11 +442,13 @@ async def test_through_the_registry(
     assert isinstance(agent, OpenCodeAgent)
     try:
         caps = await agent.capabilities()  # not started yet: the binary answers
-        assert caps.available and caps.models == (MODEL,)
+        assert caps.available
+        assert caps.models == (MODEL,)
         events = await collect(agent, request("TEXTONLY", repo))
         assert result_of(events).status is RunStatus.SUCCEEDED
-        server = agent._server  # noqa: SLF001 - the test checks the process it owns
-        assert isinstance(server, ManagedServer) and server.pid is not None
+        server = agent._server
+        assert isinstance(server, ManagedServer)
+        assert server.pid is not None
         pid = server.pid
         assert (tmp_path / "data" / "opencode" / "home" / ".local" / "share").is_dir()
     finally:
@@ -444,6 +459,6 @@ async def test_through_the_registry(
 
 async def agent_client(agent: OpenCodeAgent) -> OpenCodeClient:
     """The adapter's client of its running server."""
-    client = agent._server.running_client()  # noqa: SLF001 - tests look at the server state
+    client = agent._server.running_client()
     assert client is not None
     return client

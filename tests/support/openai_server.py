@@ -4,8 +4,8 @@ OpenCode talks to it as a custom provider (``@ai-sdk/openai-compatible``, built 
 binary, so nothing is downloaded): see :meth:`ScriptedOpenAI.opencode_config`. Every request
 is recorded; what the server answers is decided by a *script*, a function from the request
 to a :class:`Reply`. The default script follows the prompt's keywords (``TEXTONLY``,
-``FAIL401``, ``FAIL500``, ``HANG``, ``BASHSLEEP=<seconds>:<marker file>``, else a ``write`` tool call), as in the
-reference notes; a test swaps it with :attr:`ScriptedOpenAI.script`.
+``FAIL401``, ``FAIL500``, ``HANG``, ``BASHSLEEP=<seconds>:<marker file>``, else a ``write``
+tool call), as in the reference notes; a test swaps it with :attr:`ScriptedOpenAI.script`.
 
 The server runs in its own threads (``ThreadingHTTPServer``), so it keeps answering while a
 test's event loop is busy, and a script may block (e.g. to cut a proxy) without stalling the
