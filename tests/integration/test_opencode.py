@@ -271,6 +271,29 @@ async def test_cancel_while_streaming(
     await wait_until(lambda: llm.disconnects > disconnects, limit_s=10)
 
 
+async def test_cancel_right_after_the_prompt_is_sent(
+    agent: OpenCodeAgent, llm: ScriptedOpenAI, tmp_path: Path
+) -> None:
+    """cancel() in the gap after prompt_async answered but before the session is busy
+    (an abort there is a no-op on the server) still stops the run."""
+    repo = make_repo(tmp_path / "fresh")  # a new directory widens the gap (instance boot)
+    req = request("HANG on", repo)
+    run = asyncio.create_task(collect(agent, req), name="gap-run")
+    # White-box: the moment between the 204 and the session turning busy.
+    await wait_until(
+        lambda: (
+            req.run_id in agent._runs
+            and agent._runs[req.run_id].prompt_posted.is_set()
+        )
+    )
+    await agent.cancel(req.run_id)
+    result = result_of(await run)
+    assert result.status is RunStatus.CANCELLED
+    client = await agent_client(agent)
+    await asyncio.sleep(1.0)  # had the abort been lost, the run would be busy by now
+    assert result.session_id not in await client.session_status(str(repo))
+
+
 async def test_consumer_aclose_aborts_the_run(
     agent: OpenCodeAgent, llm: ScriptedOpenAI, repo: Path
 ) -> None:

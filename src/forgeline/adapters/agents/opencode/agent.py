@@ -480,8 +480,16 @@ class OpenCodeAgent:
         await asyncio.shield(run.abort_task)
 
     async def _abort_loop(self, run: _Run) -> None:
-        # An abort that reaches the server before the prompt is admitted is a no-op (and
-        # still answers true), so wait for prompt_async to have returned first.
+        """Abort until the run has visibly ended; the caller bounds the time.
+
+        ``prompt_async`` answers 204 *before* the session turns busy (observed: the status
+        right after it is often still idle), and an abort in that gap is a no-op that
+        still answers ``true``. So an idle status alone does not prove the run is over:
+        it is over when the newest message of this run is an assistant message with
+        ``time.completed`` (finished or aborted), or the run already reported an error.
+        Until then the abort is repeated.
+        """
+        # An abort before the prompt is even stored cannot work: wait for the 204 first.
         await run.prompt_posted.wait()
         client, session_id = run.client, run.session_id
         if client is None or session_id is None:
@@ -490,11 +498,22 @@ class OpenCodeAgent:
         while True:
             try:
                 await client.abort(session_id, run.directory)
-                if session_id not in await client.session_status(run.directory):
+                if session_id not in await client.session_status(
+                    run.directory
+                ) and await self._run_is_over(run, client, session_id):
                     return
             except ExternalServiceError as exc:
                 log.warning("opencode.abort_failed", session=session_id, error=exc.message)
             await asyncio.sleep(ABORT_POLL_S)
+
+    @staticmethod
+    async def _run_is_over(run: _Run, client: OpenCodeClient, session_id: str) -> bool:
+        """The stored state shows this run ended (see ``_abort_loop``)."""
+        if run.translator.errors:
+            return True
+        messages = await client.messages(session_id, run.directory)
+        ours = [m for m in messages if run.translator.is_new(m.info.id)]
+        return bool(ours) and ours[-1].info.role == "assistant" and ours[-1].info.completed
 
 
 async def _bounded(awaitable: Awaitable[T], deadline: float) -> T:

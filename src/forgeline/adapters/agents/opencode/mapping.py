@@ -122,6 +122,10 @@ class RunTranslator:
 
     # --- what the state says ---------------------------------------------------------------
 
+    def is_new(self, message_id: str) -> bool:
+        """True for a message of this run (not one the session held before the prompt)."""
+        return message_id not in self._known
+
     @property
     def last_assistant(self) -> MessageInfo | None:
         """The newest assistant message of this run (ids are time-ordered)."""
