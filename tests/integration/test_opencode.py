@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from forgeline.adapters.agents.opencode import OpenCodeAgent
 from forgeline.adapters.agents.opencode.client import OpenCodeClient
+from forgeline.adapters.agents.opencode.events import PartDelta
 from forgeline.adapters.agents.opencode.server import ManagedServer, RemoteServer
 from forgeline.bootstrap import build_registry
 from forgeline.domain.agent import (
@@ -259,14 +260,32 @@ async def test_cancel_while_streaming(
 ) -> None:
     """cancel() during a streamed answer closes the provider stream; the text so far remains."""
     req = request("HANG on", repo)
+    client = await agent_client(agent)
+    streaming = asyncio.Event()
+
+    async def watch() -> None:
+        # A second subscriber: the text deltas show opencode is mid-answer.
+        text = ""
+        async with client.events(str(repo)) as stream:
+            async for event in stream:
+                if isinstance(event, PartDelta):
+                    text += event.delta
+                    if "thinking" in text:
+                        streaming.set()
+                        return
+
+    watcher = asyncio.create_task(watch(), name="delta-watcher")
     run = asyncio.create_task(collect(agent, req), name="hang-run")
-    await wait_until(lambda: len(llm.requests) >= 1)
+    async with asyncio.timeout(60):
+        await streaming.wait()
     disconnects = llm.disconnects
     await agent.cancel(req.run_id)
     events = await run
+    await watcher
     result = result_of(events)
     assert result.status is RunStatus.CANCELLED
     assert "thinking" in result.text
+    assert [m.text for m in of_type(events, MessageData)] == ["thinking"]
     assert not of_type(events, ErrorData)  # an abort we asked for is not an error
     await wait_until(lambda: llm.disconnects > disconnects, limit_s=10)
 
@@ -281,10 +300,7 @@ async def test_cancel_right_after_the_prompt_is_sent(
     run = asyncio.create_task(collect(agent, req), name="gap-run")
     # White-box: the moment between the 204 and the session turning busy.
     await wait_until(
-        lambda: (
-            req.run_id in agent._runs
-            and agent._runs[req.run_id].prompt_posted.is_set()
-        )
+        lambda: req.run_id in agent._runs and agent._runs[req.run_id].prompt_posted.is_set()
     )
     await agent.cancel(req.run_id)
     result = result_of(await run)
@@ -440,6 +456,23 @@ async def test_wall_clock_timeout(agent: OpenCodeAgent, llm: ScriptedOpenAI, rep
     assert result.session_id not in await client.session_status(str(repo))
 
 
+async def test_max_turns_stops_the_next_model_call(
+    agent: OpenCodeAgent, llm: ScriptedOpenAI, repo: Path
+) -> None:
+    """max_turns=1: the tool step runs, the second model call is stopped, the run fails.
+
+    (The scripted model answers within milliseconds, so the second call's text may still
+    arrive before the abort lands; the run ends failed either way.)"""
+    target = repo / "limited.txt"
+    events = await collect(agent, request(f"PATH={target}", repo, max_turns=1))
+    result = result_of(events)
+    assert result.status is RunStatus.FAILED
+    assert [e.kind for e in of_type(events, ErrorData)] == ["limit"]
+    assert target.exists()
+    client = await agent_client(agent)
+    assert result.session_id not in await client.session_status(str(repo))
+
+
 async def test_capabilities(agent: OpenCodeAgent) -> None:
     """A running server reports itself healthy, with its version and configured models."""
     caps = await agent.capabilities()
@@ -481,7 +514,5 @@ async def test_through_the_registry(
 
 
 async def agent_client(agent: OpenCodeAgent) -> OpenCodeClient:
-    """The adapter's client of its running server."""
-    client = agent._server.running_client()
-    assert client is not None
-    return client
+    """The adapter's client of its server (started if need be)."""
+    return await agent._server.client()

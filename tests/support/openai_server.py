@@ -302,7 +302,7 @@ def _stream_chunks(reply: Reply) -> Iterator[dict[str, Any]]:
         args = json.dumps(reply.arguments)
         half = len(args) // 2
         for piece in (args[:half], args[half:]):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            delta: dict[str, Any] = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
             yield {**_base(cid), "choices": [{"index": 0, "delta": delta}]}
         finish = "tool_calls"
     else:

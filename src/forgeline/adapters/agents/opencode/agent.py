@@ -41,6 +41,7 @@ from forgeline.adapters.agents.opencode.events import (
     PartDelta,
     PermissionAsked,
     SessionIdle,
+    SessionStatus,
 )
 from forgeline.adapters.agents.opencode.mapping import RunTranslator
 from forgeline.adapters.agents.opencode.server import (
@@ -253,21 +254,12 @@ class OpenCodeAgent:
         request = run.request
         deadline = started + request.timeout_s
         status: RunStatus
+        ended_by_itself = False
         error: ErrorData | None = None
         stream: SessionStream | None = None
         try:
             try:
-                if not _is_dir(run.directory):
-                    raise _RunEnded(
-                        RunStatus.FAILED,
-                        ErrorData("workdir", f"{run.directory} is not a directory"),
-                    )
-                self._check_cancel(run)
-                run.client = client = await _bounded(self._server.client(), deadline)
-                self._check_cancel(run)
-                session_id, known = await _bounded(self._session(run, client), deadline)
-                run.session_id = session_id
-                run.translator = RunTranslator(known_messages=known)
+                client, session_id = await self._prepare(run, deadline)
                 yield InitData(model=request.model, cwd=run.directory, tools=())
                 stream = SessionStream(
                     client,
@@ -276,20 +268,14 @@ class OpenCodeAgent:
                     name=f"opencode-events-{request.run_id}",
                 )
                 await _bounded(stream.open(), deadline)
-                self._check_cancel(run)
-                run.prompt_started = True
-                try:
-                    await _bounded(
-                        client.prompt_async(
-                            session_id, run.directory, request.prompt, request.model
-                        ),
-                        deadline,
-                    )
-                finally:
-                    run.prompt_posted.set()
-                async for data in self._follow(run, client, stream, deadline):
-                    yield data
+                await self._send_prompt(run, client, session_id, deadline)
+                async with contextlib.aclosing(
+                    self._follow(run, client, stream, deadline)
+                ) as follow:
+                    async for data in follow:
+                        yield data
                 status = run.translator.outcome().status
+                ended_by_itself = True
             except _RunEnded as ended:
                 status, error = ended.status, ended.error
             except ForgelineError as exc:
@@ -297,8 +283,10 @@ class OpenCodeAgent:
             except Exception as exc:  # the port promises a result whatever fails
                 log.exception("opencode.run_crashed", run_id=request.run_id)
                 status, error = RunStatus.FAILED, ErrorData("internal", type(exc).__name__)
-            if status in (RunStatus.CANCELLED, RunStatus.TIMED_OUT) and run.prompt_started:
-                # Stop the agent before reading the final state, so it is final.
+            if run.prompt_started and not ended_by_itself:
+                # Cancelled, timed out, or we lost track of it (stream gone, a failed call):
+                # stop the agent before reading the final state, so it is final and nothing
+                # keeps running unobserved.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CANCEL_TIMEOUT_S):
                         await self._abort_and_settle(run)
@@ -322,6 +310,38 @@ class OpenCodeAgent:
             usage=outcome.usage,
         )
 
+    async def _prepare(self, run: _Run, deadline: float) -> tuple[OpenCodeClient, str]:
+        """The server's client and the run's session (created, or resumed)."""
+        if not _is_dir(run.directory):
+            raise _RunEnded(
+                RunStatus.FAILED, ErrorData("workdir", f"{run.directory} is not a directory")
+            )
+        self._check_cancel(run)
+        run.client = client = await _bounded(self._server.client(), deadline)
+        self._check_cancel(run)
+        session_id, known = await _bounded(self._session(run, client), deadline)
+        run.session_id = session_id
+        run.translator = RunTranslator(known_messages=known)
+        return client, session_id
+
+    async def _send_prompt(
+        self, run: _Run, client: OpenCodeClient, session_id: str, deadline: float
+    ) -> None:
+        """``prompt_async``, unless cancelled first; marks the points ``cancel`` relies on."""
+        # No await between the check and the flag: a cancel either sees the flag (and
+        # aborts) or set cancel_requested before it (and nothing is sent).
+        self._check_cancel(run)
+        run.prompt_started = True
+        try:
+            await _bounded(
+                client.prompt_async(
+                    session_id, run.directory, run.request.prompt, run.request.model
+                ),
+                deadline,
+            )
+        finally:
+            run.prompt_posted.set()
+
     async def _session(self, run: _Run, client: OpenCodeClient) -> tuple[str, list[str]]:
         """The run's session id and the ids of messages it held before this prompt."""
         request = run.request
@@ -342,7 +362,7 @@ class OpenCodeAgent:
 
     async def _follow(  # noqa: PLR0912, PLR0915 - one state machine reads best in one place
         self, run: _Run, client: OpenCodeClient, stream: SessionStream, deadline: float
-    ) -> AsyncIterator[EventData]:
+    ) -> AsyncGenerator[EventData, None]:
         """Map the stream until the loop ended and its last message is final."""
         translator = run.translator
         idle_timeout = run.request.idle_timeout_s or self._idle_timeout_s
@@ -393,6 +413,12 @@ class OpenCodeAgent:
                         raise _RunEnded(RunStatus.FAILED, ErrorData(exc.code, exc.message))
                     case SessionIdle():
                         idle_since = idle_since or time.monotonic()
+                    case SessionStatus(state="busy" | "retry"):
+                        # Working again: an earlier idle was not this run's end (a late idle
+                        # pair of a previous, aborted run of a resumed session).
+                        idle_since = None
+                        for data in translator.on_event(item):
+                            yield data
                     case PermissionAsked(request_id=request_id, permission=permission):
                         # Unattended runs: the rules that asked are the operator's; an ask
                         # would block forever, so it is granted once, visibly.
@@ -407,6 +433,8 @@ class OpenCodeAgent:
                     case _:
                         for data in translator.on_event(item):
                             yield data
+                        if (limit := _limit_reached(run.request, translator)) is not None:
+                            raise _RunEnded(RunStatus.FAILED, ErrorData("limit", limit))
         finally:
             cancel_wait.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -531,6 +559,20 @@ def _loop_time(monotonic_deadline: float) -> float:
     """``time.monotonic`` deadline → the running loop's clock (they may differ)."""
     loop = asyncio.get_running_loop()
     return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _limit_reached(request: AgentRequest, translator: RunTranslator) -> str | None:
+    """Why the run must stop now (``max_turns``, ``max_cost_usd``), if it must.
+
+    opencode has no such limits of its own, so they are enforced here as the step parts
+    arrive (a model call beyond ``max_turns`` is stopped as it starts); the run is then
+    aborted like a cancelled one and ends failed.
+    """
+    if request.max_turns is not None and translator.steps_started > request.max_turns:
+        return f"max_turns ({request.max_turns}) reached"
+    if request.max_cost_usd is not None and translator.cost_usd > request.max_cost_usd:
+        return f"max_cost_usd ({request.max_cost_usd:g}) exceeded"
+    return None
 
 
 def _absolute(workdir: str) -> str:

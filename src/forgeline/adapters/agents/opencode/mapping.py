@@ -32,6 +32,7 @@ from forgeline.adapters.agents.opencode.events import (
     MessageInfo,
     MessageUpdated,
     OpenCodeEvent,
+    OtherPart,
     Part,
     PartUpdated,
     SessionError,
@@ -84,6 +85,7 @@ class RunTranslator:
         self._tools_used: set[str] = set()
         self._tools_done: set[str] = set()
         self._steps: dict[str, StepFinishPart] = {}
+        self._step_starts: set[str] = set()
         self._retries: set[int] = set()
         self._errors: dict[tuple[str, str], ErrorInfo] = {}
         self._last_state: str | None = None
@@ -132,6 +134,16 @@ class RunTranslator:
         if not self._assistant:
             return None
         return self._assistant[max(self._assistant)]
+
+    @property
+    def steps_started(self) -> int:
+        """Model calls started so far (step-start parts)."""
+        return len(self._step_starts)
+
+    @property
+    def cost_usd(self) -> float:
+        """Cost of the model calls so far, as opencode reports it."""
+        return sum(s.cost for s in self._steps.values())
 
     @property
     def errors(self) -> list[ErrorInfo]:
@@ -213,6 +225,9 @@ class RunTranslator:
                 return self._on_tool(part)
             case StepFinishPart():
                 self._steps.setdefault(part.id, part)
+                return []
+            case OtherPart(kind="step-start"):
+                self._step_starts.add(part.id)
                 return []
             case _:
                 return []
