@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 import pytest_asyncio
 
 from forgeline.adapters.agents.opencode import OpenCodeAgent
+from forgeline.adapters.agents.opencode import stream as stream_module
 from forgeline.adapters.agents.opencode.client import OpenCodeClient
 from forgeline.adapters.agents.opencode.events import PartDelta
 from forgeline.adapters.agents.opencode.server import ManagedServer, RemoteServer
@@ -471,6 +473,30 @@ async def test_max_turns_stops_the_next_model_call(
     assert target.exists()
     client = await agent_client(agent)
     assert result.session_id not in await client.session_status(str(repo))
+
+
+async def test_server_crash_fails_the_run_and_next_run_restarts_it(
+    agent: OpenCodeAgent,
+    server: ManagedServer,
+    llm: ScriptedOpenAI,
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server dies mid-run: the run ends failed (one result); the next run starts a
+    new server and succeeds."""
+    monkeypatch.setattr(stream_module, "RECONNECT_DELAYS_S", (0.05, 0.1, 0.2))
+    req = request("HANG on", repo)
+    run = asyncio.create_task(collect(agent, req), name="crash-run")
+    await wait_until(lambda: len(llm.requests) >= 1)
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    events = await run
+    assert result_of(events).status is RunStatus.FAILED
+    assert of_type(events, ErrorData)
+    again = await collect(agent, request("TEXTONLY", repo))
+    assert result_of(again).status is RunStatus.SUCCEEDED
+    assert server.pid not in (None, pid)
 
 
 async def test_capabilities(agent: OpenCodeAgent) -> None:

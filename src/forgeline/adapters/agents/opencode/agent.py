@@ -524,6 +524,8 @@ class OpenCodeAgent:
             return
         run.translator.abort_expected = True
         while True:
+            if self._server.running_client() is None:
+                return  # our server died: nothing of the run is left to stop
             try:
                 await client.abort(session_id, run.directory)
                 if session_id not in await client.session_status(

@@ -308,6 +308,10 @@ def descendants(pid: int) -> list[int]:
 async def _end_process_group(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the group, wait, SIGKILL the group and any descendant that left it."""
     if proc.returncode is not None:
+        # The server died on its own (crash, OOM kill): what it started may live on in its
+        # group (a group id is not reused while the group has members), so end them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         return
     # Tools may put their children in process groups of their own; note them now, while
     # the tree is still connected, so none survives the server.
