@@ -119,7 +119,6 @@ async def shared_server(llm: ScriptedOpenAI, state: Path) -> AsyncIterator[OpenC
     config = json.dumps(llm.opencode_config())
     agent = OpenCodeAgent(
         server=ManagedServer(binary=str(BINARY), state_dir=state, config_content=config),
-        binary=str(BINARY),
     )
     try:
         yield agent

@@ -83,9 +83,9 @@ async def server(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def agent(server: ManagedServer, oc_binary: str, oc_config: str) -> OpenCodeAgent:
+async def agent(server: ManagedServer, oc_config: str) -> OpenCodeAgent:
     """The adapter under test, on the shared server (the server fixture ends it)."""
-    return OpenCodeAgent(server=server, binary=oc_binary, config_content=oc_config)
+    return OpenCodeAgent(server=server, config_content=oc_config)
 
 
 @pytest.fixture
@@ -354,14 +354,12 @@ async def test_cancel_during_bash_leaves_no_process(
     assert [r.id for r in of_type(events, ToolResultData)] == [use.id]
 
 
-async def test_stream_cut_mid_run(
-    server: ManagedServer, oc_binary: str, llm: ScriptedOpenAI, repo: Path
-) -> None:
+async def test_stream_cut_mid_run(server: ManagedServer, llm: ScriptedOpenAI, repo: Path) -> None:
     """The SSE stream dies mid-run: the run reconnects, re-syncs, ends right, no duplicates."""
     address = (await server.client()).address
     port = int(address.base_url.rsplit(":", 1)[1])
     proxy = TcpProxy(port)
-    via_proxy = OpenCodeAgent(server=RemoteServer(proxy.url, address.password), binary=oc_binary)
+    via_proxy = OpenCodeAgent(server=RemoteServer(proxy.url, address.password))
 
     def cut_before_answering(req: RecordedRequest) -> Reply:
         if req.last_role == "tool":
@@ -388,7 +386,7 @@ async def test_stream_cut_mid_run(
 
 
 async def test_password_required_and_wrong_password_refused(
-    server: ManagedServer, oc_binary: str, repo: Path
+    server: ManagedServer, repo: Path
 ) -> None:
     """The server refuses calls without or with a wrong password; the adapter says so."""
     address = (await server.client()).address
@@ -396,9 +394,7 @@ async def test_password_required_and_wrong_password_refused(
         assert (await raw.get("/global/health")).status_code == 401
         wrong = await raw.get("/global/health", auth=("opencode", "not-the-password"))
         assert wrong.status_code == 401
-    intruder = OpenCodeAgent(
-        server=RemoteServer(address.base_url, Secret("not-the-password")), binary=oc_binary
-    )
+    intruder = OpenCodeAgent(server=RemoteServer(address.base_url, Secret("not-the-password")))
     try:
         caps = await intruder.capabilities()
         assert not caps.available
@@ -525,7 +521,10 @@ async def test_through_the_registry(
     try:
         caps = await agent.capabilities()  # not started yet: the binary answers
         assert caps.available
+        assert caps.version == "1.18.33"
         assert caps.models == (MODEL,)
+        # Even --version writes state (P14): it went to the server's own HOME.
+        assert (tmp_path / "data" / "opencode" / "home" / ".local" / "share").is_dir()
         events = await collect(agent, request("TEXTONLY", repo))
         assert result_of(events).status is RunStatus.SUCCEEDED
         server = agent._server

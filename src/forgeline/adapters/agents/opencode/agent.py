@@ -51,9 +51,7 @@ from forgeline.adapters.agents.opencode.server import (
     read_config_content,
 )
 from forgeline.adapters.agents.opencode.stream import Resync, SessionStream, StreamFailed
-from forgeline.adapters.agents.probe import probe_binary
 from forgeline.domain.agent import (
-    DEFAULT_AVAILABILITY_TIMEOUT,
     AgentCapabilities,
     AgentEvent,
     AgentProvider,
@@ -127,12 +125,10 @@ class OpenCodeAgent:
         self,
         *,
         server: OpenCodeServer,
-        binary: str = "opencode",
         idle_timeout_s: float = 600.0,
         config_content: str | None = None,
     ) -> None:
         self._server = server
-        self._binary = binary
         self._idle_timeout_s = idle_timeout_s
         self._models = _models_of(config_content)
         self._runs: dict[str, _Run] = {}
@@ -159,7 +155,6 @@ class OpenCodeAgent:
             )
         return cls(
             server=server,
-            binary=settings.opencode_bin,
             idle_timeout_s=settings.agent_idle_timeout_s,
             config_content=config,
         )
@@ -214,24 +209,14 @@ class OpenCodeAgent:
             log.warning("opencode.cancel_unconfirmed", run_id=run_id, session=run.session_id)
 
     async def capabilities(self) -> AgentCapabilities:
-        """A running (or configured) server is asked for its health; else the binary."""
-        client = self._server.running_client()
-        if client is None:
-            probe = await probe_binary(self._binary)
-            available, version, detail = probe.available, probe.version, probe.detail
-        else:
-            try:
-                async with asyncio.timeout(DEFAULT_AVAILABILITY_TIMEOUT):
-                    version = await client.health()
-                available, detail = True, client.address.base_url
-            except (TimeoutError, ExternalServiceError) as exc:
-                available, version = False, None
-                detail = str(exc) or f"no answer within {DEFAULT_AVAILABILITY_TIMEOUT:g} s"
+        """A running (or configured) server is asked for its health; else the binary
+        answers ``--version`` (the server starts with the first run, not for a probe)."""
+        check = await self._server.check()
         return AgentCapabilities(
             provider=self.name,
-            available=available,
-            version=version,
-            detail=detail,
+            available=check.available,
+            version=check.version,
+            detail=check.detail,
             resume=True,
             streaming=True,
             permission_modes=(),

@@ -31,6 +31,7 @@ import re
 import secrets
 import signal
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -64,8 +65,21 @@ _LISTENING = re.compile(rb"listening on (http://[^\s]+)")
 _STDERR_TAIL = 50
 
 
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """Whether the server can be used right now (for ``capabilities``)."""
+
+    available: bool
+    version: str | None
+    detail: str | None
+
+
 class OpenCodeServer(Protocol):
     """A server the adapter talks to; duties: address on demand, bounded stop."""
+
+    async def check(self) -> ServerCheck:
+        """Health of a running server, else whether one can start; bounded, never raises."""
+        ...
 
     async def client(self) -> OpenCodeClient:
         """A client of the running server, starting it first if needed."""
@@ -89,6 +103,10 @@ class RemoteServer:
     async def client(self) -> OpenCodeClient:
         """The client (the server is assumed up; calls fail with context if not)."""
         return self._client
+
+    async def check(self) -> ServerCheck:
+        """``GET /global/health`` within ``DEFAULT_AVAILABILITY_TIMEOUT``."""
+        return await _health_check(self._client)
 
     def running_client(self) -> OpenCodeClient | None:
         """Always the client: whether it answers is for a health check to say."""
@@ -127,6 +145,55 @@ class ManagedServer:
     def pid(self) -> int | None:
         """The server's pid while it runs (for resource measurements)."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    async def check(self) -> ServerCheck:
+        """A running server's health; before the first run, ``opencode --version``.
+
+        The version probe runs with the server's own HOME and XDG directories: even
+        ``--version`` writes there (P14), and it must not litter the worker's home.
+        """
+        if (client := self.running_client()) is not None:
+            return await _health_check(client)
+        return await self._probe_version()
+
+    async def _probe_version(self) -> ServerCheck:
+        env = self._environment(Secret("unused-for-version"))
+        (self._state_dir / "home").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self._state_dir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._binary,
+                "--version",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ServerCheck(False, None, f"{self._binary}: {exc.strerror or exc}")
+        try:
+            async with asyncio.timeout(DEFAULT_AVAILABILITY_TIMEOUT):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            return ServerCheck(
+                False,
+                None,
+                f"{self._binary} --version gave no answer within"
+                f" {DEFAULT_AVAILABILITY_TIMEOUT:g} s",
+            )
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        text = out.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            reason = (err.decode(errors="replace").strip() or text)[:300]
+            return ServerCheck(
+                False, None, f"{self._binary} --version exited {proc.returncode}: {reason}"
+            )
+        return ServerCheck(True, text.split()[0] if text else None, self._binary)
 
     def running_client(self) -> OpenCodeClient | None:
         """The client when the process is up."""
@@ -276,6 +343,17 @@ class ManagedServer:
         for task in drains:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _health_check(client: OpenCodeClient) -> ServerCheck:
+    try:
+        async with asyncio.timeout(DEFAULT_AVAILABILITY_TIMEOUT):
+            version = await client.health()
+    except TimeoutError:
+        return ServerCheck(False, None, f"no answer within {DEFAULT_AVAILABILITY_TIMEOUT:g} s")
+    except ExternalServiceError as exc:
+        return ServerCheck(False, None, exc.message)
+    return ServerCheck(True, version or None, client.address.base_url)
 
 
 def descendants(pid: int) -> list[int]:
