@@ -13,10 +13,17 @@ One run, as the real server needs it (``shared/reference/opencode-serve.md``):
    that message is final, pitfall P4, so it is awaited, polling the stored messages if the
    stream stays quiet); later idles are ignored.
 
-Cancelling (:meth:`OpenCodeAgent.cancel`, the consumer closing the iterator, a timeout)
-aborts the session and waits until ``GET /session/status`` shows it idle: the abort answer
-proves nothing (P3), the idle status does (opencode has then closed the provider stream and
-killed the bash tool's processes). A busy session is never deleted (P5).
+Cancelling (:meth:`OpenCodeAgent.cancel`, the consumer closing the iterator, a timeout, a
+limit) aborts the session until ``GET /session/status`` shows it idle *and* the run's newest
+message is a completed assistant message: the abort's answer proves nothing (P3), and an
+abort sent between ``prompt_async``'s 204 and the session turning busy is silently lost,
+so it is repeated until the stored state shows the end. opencode has then closed the
+provider stream and killed the bash tool's processes. A session is never deleted (P5).
+
+What the shared server cannot do per run: ``AgentRequest.env`` is not applied (one server
+process serves every run; provider keys come from the worker's environment or the
+configuration). ``max_turns`` and ``max_cost_usd``, which opencode lacks, are enforced here
+by aborting.
 """
 
 from __future__ import annotations
@@ -301,6 +308,9 @@ class OpenCodeAgent:
             raise _RunEnded(
                 RunStatus.FAILED, ErrorData("workdir", f"{run.directory} is not a directory")
             )
+        if run.request.env:
+            # Names only: the values are the build's credentials.
+            log.warning("opencode.request_env_not_applied", names=sorted(run.request.env))
         self._check_cancel(run)
         run.client = client = await _bounded(self._server.client(), deadline)
         self._check_cancel(run)

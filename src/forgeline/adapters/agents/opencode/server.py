@@ -14,7 +14,8 @@ runs of one adapter (one server serves many directories through ``?directory=``)
   process resume a session);
 - ``OPENCODE_DISABLE_MODELS_FETCH=1`` and the provider configuration as
   ``OPENCODE_CONFIG_CONTENT`` (it applies to every directory, unlike a project file);
-- an explicit environment: an allow-list of the worker's own variables, nothing else;
+- an explicit environment: an allow-list of the worker's own variables plus its model
+  providers' variables (``OPENAI_*``, ``ANTHROPIC_*`` …), nothing else;
 - its own process group, ended as a whole (with any straggling descendants) on
   :meth:`aclose`: SIGTERM, a bounded wait, then SIGKILL.
 
@@ -60,6 +61,23 @@ START_ATTEMPTS = 3
 #: the tools the agent runs need. Everything else (tokens of the worker, cloud keys) stays
 #: out unless passed explicitly as ``extra_env``.
 ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+#: Model providers' variables of the worker's environment are handed on too, so that an
+#: operator's keys and gateways (``OPENAI_BASE_URL``, or ``{env:OPENAI_API_KEY}`` in the
+#: provider configuration) reach the server, as ``ANTHROPIC_*`` reaches Claude Code.
+PROVIDER_ENV_PREFIXES = (
+    "OPENAI_",
+    "ANTHROPIC_",
+    "OPENROUTER_",
+    "AZURE_",
+    "AWS_",
+    "GOOGLE_",
+    "GEMINI_",
+    "MISTRAL_",
+    "GROQ_",
+    "DEEPSEEK_",
+    "XAI_",
+)
 
 _LISTENING = re.compile(rb"listening on (http://[^\s]+)")
 _STDERR_TAIL = 50
@@ -232,7 +250,14 @@ class ManagedServer:
     def _environment(self, password: Secret) -> dict[str, str]:
         home = self._state_dir / "home"
         env = {name: os.environ[name] for name in ENV_ALLOW if name in os.environ}
+        env.update(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith(PROVIDER_ENV_PREFIXES)
+        )
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(self._extra_env)
+        # Last, so nothing inherited or extra can replace the sandbox or the password.
         env.update(
             HOME=str(home),
             XDG_CONFIG_HOME=str(home / ".config"),
@@ -247,7 +272,6 @@ class ManagedServer:
         )
         if self._config_content is not None:
             env["OPENCODE_CONFIG_CONTENT"] = self._config_content
-        env.update(self._extra_env)
         return env
 
     async def _start(self) -> OpenCodeClient:
