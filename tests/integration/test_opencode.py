@@ -378,6 +378,7 @@ async def test_stream_cut_mid_run(server: ManagedServer, llm: ScriptedOpenAI, re
     result = result_of(events)
     assert result.status is RunStatus.SUCCEEDED, events
     assert proxy.cuts >= 1
+    assert proxy.refused >= 1  # the stream was down while the run ended: found by re-sync
     assert [m.text for m in of_type(events, MessageData)] == ["done after the cut"]
     assert len(of_type(events, ToolUseData)) == 1
     assert len(of_type(events, ToolResultData)) == 1
@@ -450,6 +451,17 @@ async def test_wall_clock_timeout(agent: OpenCodeAgent, llm: ScriptedOpenAI, rep
     result = result_of(events)
     assert result.status is RunStatus.TIMED_OUT
     assert [e.kind for e in of_type(events, ErrorData)] == ["timeout"]
+    client = await agent_client(agent)
+    assert result.session_id not in await client.session_status(str(repo))
+
+
+async def test_idle_timeout(agent: OpenCodeAgent, llm: ScriptedOpenAI, repo: Path) -> None:
+    """A run whose agent goes silent (the model stream hangs) ends timed_out after the
+    idle limit, and is aborted."""
+    events = await collect(agent, request("HANG on", repo, idle_timeout_s=2.0), limit_s=60)
+    result = result_of(events)
+    assert result.status is RunStatus.TIMED_OUT
+    assert [e.kind for e in of_type(events, ErrorData)] == ["idle_timeout"]
     client = await agent_client(agent)
     assert result.session_id not in await client.session_status(str(repo))
 
