@@ -173,3 +173,23 @@ async def test_first_subscription_failure_is_raised() -> None:
     stream = stream_of(FakeClient([ExternalServiceError("401", service="opencode")]))
     with pytest.raises(ExternalServiceError):
         await stream.open()
+
+
+async def test_reader_crash_becomes_a_stream_failure() -> None:
+    """An unexpected error in the reader ends the stream visibly, never silently."""
+
+    class Exploding(FakeClient):
+        @asynccontextmanager
+        async def events(self, directory: str) -> AsyncIterator[AsyncIterator[OpenCodeEvent]]:
+            async def gen() -> AsyncIterator[OpenCodeEvent]:
+                yield ServerConnected()
+                raise RuntimeError("bug")
+
+            yield gen()
+
+    stream = stream_of(Exploding([]))
+    await stream.open()
+    failed = await stream.get()
+    assert isinstance(failed, StreamFailed)
+    assert "RuntimeError" in failed.error.message
+    await stream.aclose()

@@ -149,6 +149,15 @@ class SessionStream:
                 )
             except ExternalServiceError as exc:
                 error = exc
+            except Exception as exc:  # noqa: BLE001 - a reader dying silently would hang the run
+                error = ExternalServiceError(
+                    f"event reader failed: {type(exc).__name__}: {exc}", service="opencode"
+                )
+                if self._connected.is_set():
+                    await self._queue.put(StreamFailed(error))
+                else:
+                    self._first_error = error
+                return
             if not self._connected.is_set():
                 # The first subscription failed: open() reports it, no retrying blindly.
                 self._first_error = error
