@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from forgeline.adapters.agents.opencode.server import ManagedServer, read_config_content
-from forgeline.domain.errors import ConfigurationError
+from forgeline.domain.errors import AgentUnavailableError, ConfigurationError
 from forgeline.domain.secrets import Secret
 
 
@@ -63,3 +65,39 @@ async def test_missing_binary_is_reported_unavailable(tmp_path: Path) -> None:
     assert not check.available
     assert check.detail is not None
     assert "no-opencode" in check.detail
+
+
+def fake_binary(tmp_path: Path, body: str) -> str:
+    """A shell script standing in for opencode."""
+    script = tmp_path / "fake-opencode"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+async def test_server_exiting_before_listening_is_unavailable(tmp_path: Path) -> None:
+    """A server that dies at start (the port race of P13) is retried, then reported with
+    its own words."""
+    binary = fake_binary(tmp_path, 'echo "Error: ServeError" >&2; exit 1')
+    server = ManagedServer(binary=binary, state_dir=tmp_path / "state")
+    with pytest.raises(AgentUnavailableError, match="ServeError"):
+        await server.client()
+    await server.aclose()
+
+
+async def test_cancel_during_start_leaves_no_process(tmp_path: Path) -> None:
+    """Giving up while the server starts ends the half-started process."""
+    binary = fake_binary(tmp_path, "exec sleep 53.25")
+    server = ManagedServer(binary=binary, state_dir=tmp_path / "state")
+    starting = asyncio.create_task(server.client())
+    async with asyncio.timeout(10):
+        while server.pid is None:  # noqa: ASYNC110 - the child appears without an event
+            await asyncio.sleep(0.01)
+    pid = server.pid
+    assert pid is not None
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    with pytest.raises(ProcessLookupError):  # gone before aclose: the cancel ended it
+        os.kill(pid, 0)
+    await server.aclose()

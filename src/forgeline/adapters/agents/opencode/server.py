@@ -237,6 +237,10 @@ class ManagedServer:
                     await self._stop_locked()
                     if attempt == START_ATTEMPTS:
                         raise
+                except asyncio.CancelledError:
+                    # The caller gave up mid-start: no half-started server stays behind.
+                    await asyncio.shield(self._stop_locked())
+                    raise
             raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
