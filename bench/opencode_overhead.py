@@ -5,8 +5,8 @@ once, so what is measured is opencode's and forgeline's own cost):
 
 1. **Latency.** Session-to-result time of one scripted run (a ``write`` tool call, then
    text) through ``OpenCodeAgent.execute``, against the same run driven by direct HTTP
-   calls (create session, subscribe, ``prompt_async``, wait for ``session.idle``, read the
-   messages), alternated on one shared server so both see the same server state. Goal:
+   calls on a kept-alive client (create session, subscribe, ``prompt_async``, wait for
+   ``session.idle``), alternated on one shared server so both see the same server state. Goal:
    adapter/direct ≤ 1.10.
 2. **Memory.** Resident memory (the server and its descendants, peak while running) of one
    shared server running 1, 4 and 8 concurrent sessions, against one server per run.
@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))  # the scripted model server lives in the test sup
 from tests.support.openai_server import ScriptedOpenAI  # noqa: E402
 
 from forgeline.adapters.agents.opencode import OpenCodeAgent  # noqa: E402
-from forgeline.adapters.agents.opencode.client import ServerAddress  # noqa: E402
 from forgeline.adapters.agents.opencode.server import ManagedServer, descendants  # noqa: E402
 from forgeline.domain.agent import AgentRequest, RunStatus  # noqa: E402
 
@@ -83,32 +82,30 @@ async def via_adapter(agent: OpenCodeAgent, repo: Path, n: int) -> float:
     return elapsed
 
 
-async def direct(address: ServerAddress, repo: Path, n: int) -> float:
-    """The same run with bare HTTP calls: the least any client must do."""
-    assert address.password is not None
-    auth = ("opencode", address.password.reveal())
+async def direct(http: httpx.AsyncClient, repo: Path, n: int) -> float:
+    """The same run with bare HTTP calls on a kept-alive client: the least any client must
+    do (create, subscribe, prompt, wait for idle); the outcome is checked off the clock."""
     params = {"directory": str(repo)}
-    async with httpx.AsyncClient(base_url=address.base_url, auth=auth, timeout=60) as http:
-        started = time.perf_counter()
-        sid = (await http.post("/session", params=params, json={"title": "direct"})).json()["id"]
-        async with http.stream("GET", "/event", params=params) as stream:
-            lines = stream.aiter_lines()
-            async for line in lines:
-                if line.startswith("data:") and "server.connected" in line:
-                    break
-            body = {
-                "parts": [{"type": "text", "text": f"PATH={repo / f'd{n}.txt'}"}],
-                "model": {"providerID": "fake", "modelID": "fake-model"},
-            }
-            await http.post(f"/session/{sid}/prompt_async", params=params, json=body)
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                if event["type"] == "session.idle" and event["properties"]["sessionID"] == sid:
-                    break
-        messages = (await http.get(f"/session/{sid}/message", params=params)).json()
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    sid = (await http.post("/session", params=params, json={"title": "direct"})).json()["id"]
+    async with http.stream("GET", "/event", params=params) as stream:
+        lines = stream.aiter_lines()
+        async for line in lines:
+            if line.startswith("data:") and "server.connected" in line:
+                break
+        body = {
+            "parts": [{"type": "text", "text": f"PATH={repo / f'd{n}.txt'}"}],
+            "model": {"providerID": "fake", "modelID": "fake-model"},
+        }
+        await http.post(f"/session/{sid}/prompt_async", params=params, json=body)
+        async for line in lines:
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if event["type"] == "session.idle" and event["properties"]["sessionID"] == sid:
+                break
+    elapsed = time.perf_counter() - started
+    messages = (await http.get(f"/session/{sid}/message", params=params)).json()
     assert messages[-1]["info"].get("finish") == "stop"
     return elapsed
 
@@ -149,17 +146,20 @@ async def latency(llm: ScriptedOpenAI, tmp: Path, runs: int) -> None:
         repo = make_repo(tmp / "lat-repo")
         await via_adapter(agent, repo, -1)  # warm-up: server start, first prompt per dir
         address = (await server_of(agent).client()).address
-        await direct(address, repo, -1)
-        ours: list[float] = []
-        bare: list[float] = []
-        for n in range(runs):
-            # Alternate which goes first, so drift in the server's state hits both alike.
-            if n % 2:
-                bare.append(await direct(address, repo, n))
-                ours.append(await via_adapter(agent, repo, n))
-            else:
-                ours.append(await via_adapter(agent, repo, n))
-                bare.append(await direct(address, repo, n))
+        assert address.password is not None
+        auth = ("opencode", address.password.reveal())
+        async with httpx.AsyncClient(base_url=address.base_url, auth=auth, timeout=60) as http:
+            await direct(http, repo, -1)
+            ours: list[float] = []
+            bare: list[float] = []
+            for n in range(runs):
+                # Alternate which goes first, so drift in the server's state hits both alike.
+                if n % 2:
+                    bare.append(await direct(http, repo, n))
+                    ours.append(await via_adapter(agent, repo, n))
+                else:
+                    ours.append(await via_adapter(agent, repo, n))
+                    bare.append(await direct(http, repo, n))
     med_ours, med_bare = statistics.median(ours), statistics.median(bare)
     # Each pair ran back to back, so its ratio is the least disturbed by a busy machine.
     paired = statistics.median(o / b for o, b in zip(ours, bare, strict=True))
