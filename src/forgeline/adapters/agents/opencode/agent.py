@@ -110,6 +110,7 @@ class _Run:
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     prompt_posted: asyncio.Event = field(default_factory=asyncio.Event)
     abort_task: asyncio.Task[None] | None = None
+    idle_at_resync: bool = False
 
 
 class _RunEnded(Exception):  # noqa: N818 - control flow inside a run, not an error
@@ -402,7 +403,7 @@ class OpenCodeAgent:
                     case Resync():
                         for data in await self._resync(run, with_status=True):
                             yield data
-                        if await self._idle_after_resync(run, client):
+                        if self._idle_after_resync(run):
                             idle_since = idle_since or time.monotonic()
                     case StreamFailed(error=exc):
                         raise _RunEnded(RunStatus.FAILED, ErrorData(exc.code, exc.message))
@@ -457,13 +458,18 @@ class OpenCodeAgent:
     async def _resync(
         self, run: _Run, *, with_status: bool, quiet: bool = False
     ) -> list[EventData]:
-        """Re-read the stored state; the translator drops what was emitted already."""
+        """Re-read the stored state; the translator drops what was emitted already.
+
+        The status is read before the messages: if it says idle, the messages read after
+        it are final.
+        """
         if run.client is None or run.session_id is None:
             return []
         out: list[EventData] = []
         try:
             if with_status:
                 states = await run.client.session_status(run.directory)
+                run.idle_at_resync = run.session_id not in states
                 out += run.translator.on_status(states.get(run.session_id))
             out += run.translator.on_messages(
                 await run.client.messages(run.session_id, run.directory)
@@ -474,15 +480,15 @@ class OpenCodeAgent:
             log.warning("opencode.resync_failed", session=run.session_id, error=exc.message)
         return out
 
-    async def _idle_after_resync(self, run: _Run, client: OpenCodeClient) -> bool:
+    @staticmethod
+    def _idle_after_resync(run: _Run) -> bool:
         """After a reconnect: did the loop end while the stream was down?
 
         Idle in ``GET /session/status`` counts only with evidence that the prompt ran (an
         answer or an error of this run): right after ``prompt_async`` the session may not
         be busy yet (P3: idle proves nothing by itself).
         """
-        states = await client.session_status(run.directory)
-        if run.session_id in states:
+        if not run.idle_at_resync:
             return False
         return run.translator.last_assistant is not None or bool(run.translator.errors)
 
