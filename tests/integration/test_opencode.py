@@ -522,9 +522,11 @@ async def test_through_the_registry(
     oc_binary: str, oc_config: str, llm: ScriptedOpenAI, repo: Path, tmp_path: Path
 ) -> None:
     """Built from settings by the composition root, the adapter starts its own server,
-    runs, and aclose() ends the server's whole process group."""
+    runs (granting the permission its configuration asks for), and aclose() ends the
+    server's whole process group."""
     config = tmp_path / "opencode.json"
-    config.write_text(oc_config)
+    # This server's configuration makes bash ask first: the unattended run must answer.
+    config.write_text(json.dumps({**json.loads(oc_config), "permission": {"bash": "ask"}}))
     settings = Settings(data_dir=tmp_path / "data", opencode_bin=oc_binary, opencode_config=config)
     registry = build_registry(settings)
     assert registry.names()[0] == "claude-code"
@@ -537,13 +539,16 @@ async def test_through_the_registry(
         assert caps.models == (MODEL,)
         # Even --version writes state (P14): it went to the server's own HOME.
         assert (tmp_path / "data" / "opencode" / "home" / ".local" / "share").is_dir()
-        events = await collect(agent, request("TEXTONLY", repo))
+        marker = repo / "asked.txt"
+        events = await collect(agent, request(f"BASHSLEEP=0.1:{marker}", repo))
         assert result_of(events).status is RunStatus.SUCCEEDED
+        granted = [s for s in of_type(events, StatusData) if s.state == "permission_granted"]
+        assert [s.detail["permission"] for s in granted] == ["bash"]
+        assert marker.read_text() == "slept\n"
         server = agent._server
         assert isinstance(server, ManagedServer)
         assert server.pid is not None
         pid = server.pid
-        assert (tmp_path / "data" / "opencode" / "home" / ".local" / "share").is_dir()
     finally:
         await agent.aclose()
     with pytest.raises(ProcessLookupError):
