@@ -45,8 +45,14 @@ if TYPE_CHECKING:
     from forgeline.services.worker import Worker
 
 
-def build_registry(settings: Settings, workspace: Workspace | None = None) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default)."""
+def build_registry(
+    settings: Settings,
+    workspace: Workspace | None = None,
+    *,
+    opencode_password: Secret | None = None,
+) -> ProviderRegistry:
+    """The agent providers, Claude Code first (the default). ``opencode_password`` is the
+    password of the server at ``FORGELINE_OPENCODE_URL`` (a credential), when one is set."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
     from forgeline.adapters.workspace import build_workspace
@@ -66,7 +72,7 @@ def build_registry(settings: Settings, workspace: Workspace | None = None) -> Pr
             raw_events=settings.debug_raw_events,
         )
     )
-    registry.register(OpenCodeAgent(binary=settings.opencode_bin))
+    registry.register(OpenCodeAgent.from_settings(settings, password=opencode_password))
     return registry
 
 
@@ -248,13 +254,16 @@ class Container:
                 structlog.get_logger("forgeline").exception("container.close_failed")
 
 
-async def _ci_token(settings: Settings, credentials: CredentialStore) -> Secret | None:
-    if not settings.woodpecker_url:
-        return None
+async def _optional_credential(
+    credentials: CredentialStore, name: str, redactor: Redactor
+) -> Secret | None:
+    """A global credential forgeline itself uses (masked from now on), or None."""
     try:
-        return await credentials.get(settings.woodpecker_token_credential)
+        secret = await credentials.get(name)
     except CredentialNotFoundError:
         return None
+    redactor.add(secret.reveal(), name)
+    return secret
 
 
 @asynccontextmanager
@@ -264,6 +273,32 @@ async def open_container(
     """Build every adapter from ``settings`` (migrating the schema when allowed) and close
     them all on exit. ``redactor`` is the one the process's logging already filters
     through, so values registered by builds are masked in its logs too."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = open_database(settings.database_url)
+    await database.open()
+    closers: list[Callable[[], Awaitable[None]]] = [database.aclose]
+    try:
+        if settings.auto_migrate:
+            await migrate(database)
+        container = await _assemble(settings, redactor or Redactor(), database, closers)
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+    try:
+        yield container
+    finally:
+        await container.aclose()
+
+
+async def _assemble(
+    settings: Settings,
+    redactor: Redactor,
+    database: Database,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> Container:
+    """Every adapter and service on ``database``; each closer is added as it is built."""
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
     from forgeline.adapters.workspace import build_workspace
@@ -274,87 +309,75 @@ async def open_container(
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectConfig, ProjectService
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    redactor = redactor or Redactor()
-    database = open_database(settings.database_url)
-    await database.open()
-    closers: list[Callable[[], Awaitable[None]]] = [database.aclose]
-    try:
-        if settings.auto_migrate:
-            await migrate(database)
-        workspace = build_workspace(settings)
-        registry = build_registry(settings, workspace)
-        closers += [agent.aclose for agent in registry.agents()]
-        store = build_store(database)
-        queue = build_queue(database)
-        closers.append(queue.aclose)
-        credentials = build_credential_store(settings, database)
-        injector = CredentialInjector(credentials, redactor)
-        git = build_git(settings, workspace, redactor)
-        templates = build_templates(settings)
-        ci_token = await _ci_token(settings, credentials)
-        if ci_token is not None:
-            redactor.add(ci_token.reveal(), settings.woodpecker_token_credential)
-        ci = build_ci(settings, ci_token)
-        if ci is not None:
-            closers.append(ci.aclose)
-        metrics = Metrics(queue=queue)
-        callback_policy = build_callback_policy(settings)
-        callbacks = build_callback_dispatcher(
-            settings, database, redactor, metrics.callback_attempt
+    credentials = build_credential_store(settings, database)
+    injector = CredentialInjector(credentials, redactor)
+    workspace = build_workspace(settings)
+    opencode_password = None
+    if settings.opencode_url:
+        opencode_password = await _optional_credential(
+            credentials, settings.opencode_password_credential, redactor
         )
-        metrics.outbox = callbacks.outbox
-        author = git_author(settings)
-        container = Container(
-            settings=settings,
-            registry=registry,
-            database=database,
-            redactor=redactor,
-            workspace=workspace,
-            store=store,
+    registry = build_registry(settings, workspace, opencode_password=opencode_password)
+    closers += [agent.aclose for agent in registry.agents()]
+    store = build_store(database)
+    queue = build_queue(database)
+    closers.append(queue.aclose)
+    git = build_git(settings, workspace, redactor)
+    templates = build_templates(settings)
+    ci_token = None
+    if settings.woodpecker_url:
+        ci_token = await _optional_credential(
+            credentials, settings.woodpecker_token_credential, redactor
+        )
+    ci = build_ci(settings, ci_token)
+    if ci is not None:
+        closers.append(ci.aclose)
+    metrics = Metrics(queue=queue)
+    callback_policy = build_callback_policy(settings)
+    callbacks = build_callback_dispatcher(settings, database, redactor, metrics.callback_attempt)
+    metrics.outbox = callbacks.outbox
+    author = git_author(settings)
+    return Container(
+        settings=settings,
+        registry=registry,
+        database=database,
+        redactor=redactor,
+        workspace=workspace,
+        store=store,
+        queue=queue,
+        credentials=credentials,
+        injector=injector,
+        git=git,
+        templates=templates,
+        ci=ci,
+        callback_policy=callback_policy,
+        callbacks=callbacks,
+        auth=AuthService(store),
+        builds=BuildService(
             queue=queue,
-            credentials=credentials,
-            injector=injector,
-            git=git,
+            store=store,
+            registry=registry,
+            max_queued_per_project=settings.max_queued_per_project,
+            check_callback_url=callback_policy.check,
+            callbacks=callbacks,
+        ),
+        projects=ProjectService(
+            ProjectConfig(
+                git_base_url=settings.git_base_url,
+                scratch_dir=settings.data_dir / "scratch",
+                author=author,
+                git_token_credential=settings.git_token_credential,
+            ),
+            store=store,
+            # Projects are created from forgeline's own disk (templates render here),
+            # whatever workspace the builds run in.
+            git=git
+            if settings.workspace == "local"
+            else build_git(settings, LocalWorkspace(), redactor),
             templates=templates,
             ci=ci,
-            callback_policy=callback_policy,
-            callbacks=callbacks,
-            auth=AuthService(store),
-            builds=BuildService(
-                queue=queue,
-                store=store,
-                registry=registry,
-                max_queued_per_project=settings.max_queued_per_project,
-                check_callback_url=callback_policy.check,
-                callbacks=callbacks,
-            ),
-            projects=ProjectService(
-                ProjectConfig(
-                    git_base_url=settings.git_base_url,
-                    scratch_dir=settings.data_dir / "scratch",
-                    author=author,
-                    git_token_credential=settings.git_token_credential,
-                ),
-                store=store,
-                # Projects are created from forgeline's own disk (templates render here),
-                # whatever workspace the builds run in.
-                git=git
-                if settings.workspace == "local"
-                else build_git(settings, LocalWorkspace(), redactor),
-                templates=templates,
-                ci=ci,
-                credentials=credentials,
-            ),
-            metrics=metrics,
-            _closers=closers,
-        )
-    except BaseException:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                await close()
-        raise
-    try:
-        yield container
-    finally:
-        await container.aclose()
+            credentials=credentials,
+        ),
+        metrics=metrics,
+        _closers=closers,
+    )

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     opencode_url: str | None = Field(
         None, description="connect to this server instead of starting one"
     )
+    opencode_password_credential: str = Field(
+        "opencode-password",
+        description="credential holding the password of the server at FORGELINE_OPENCODE_URL",
+    )
     opencode_config: Path | None = Field(
         None, description="JSON handed on as OPENCODE_CONFIG_CONTENT"
     )
