@@ -395,8 +395,19 @@ async def test_wall_clock_timeout(
     assert "timed out after 2 s" in result.text
 
 
+def kubectl_workspace() -> KubernetesWorkspace:
+    """A kubernetes workspace whose kubectl is the fake one (the "pod" is this host)."""
+    return KubernetesWorkspace(
+        pod="web-0",
+        namespace="builds",
+        kubectl=str(FAKE_KUBECTL),
+        kubectl_env={"PATH": os.environ["PATH"]},
+    )
+
+
+@pytest.mark.parametrize("kind", ["local", "kubernetes"])
 async def test_a_5mb_tool_result_line(
-    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path, kind: str
 ) -> None:
     """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line), read by a slow
     consumer: every event arrives, the big ones cut to the limit."""
@@ -411,7 +422,9 @@ async def test_a_5mb_tool_result_line(
     events = []
     # A consumer slower than the CLI: the CLI (Bun) drops output queued for a full pipe
     # when it exits, so this proves nothing is lost between the CLI and the adapter.
-    async for event in make_agent().execute(AgentRequest(prompt="big", workdir=str(repo))):
+    workspace = kubectl_workspace() if kind == "kubernetes" else LocalWorkspace()
+    agent = make_agent(workspace=workspace)
+    async for event in agent.execute(AgentRequest(prompt="big", workdir=str(repo))):
         events.append(event)
         await asyncio.sleep(0.3)
     assert result_of(events).status is RunStatus.SUCCEEDED
@@ -498,13 +511,7 @@ async def test_through_kubectl_exec_and_cancel_in_the_pod(
 ) -> None:
     """Through the kubernetes workspace: a run succeeds, and a cancel during a Bash sleep
     ends every process in the "pod" (killing kubectl alone would leave them)."""
-    workspace = KubernetesWorkspace(
-        pod="web-0",
-        namespace="builds",
-        kubectl=str(FAKE_KUBECTL),
-        kubectl_env={"PATH": os.environ["PATH"]},
-    )
-    agent = make_agent(workspace=workspace)
+    agent = make_agent(workspace=kubectl_workspace())
     events = await collect(agent, AgentRequest(prompt="create hello.txt", workdir=str(repo)))
     assert result_of(events).status is RunStatus.SUCCEEDED
     assert (repo / "hello.txt").exists()

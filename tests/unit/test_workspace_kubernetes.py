@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from forgeline.adapters.workspace import build_workspace
-from forgeline.adapters.workspace.kubernetes import KubernetesWorkspace, script_line
+from forgeline.adapters.workspace.kubernetes import (
+    KubernetesWorkspace,
+    follow_script_line,
+    script_line,
+)
 from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.domain.errors import ConfigurationError, WorkspaceError
 from forgeline.ports.workspace import RUN_MARKER_VAR, Workspace
@@ -223,7 +227,11 @@ async def test_interrupt_delivers_sigint_inside_the_pod(
     lines = proc.stdout_lines()
     assert await anext(lines) == b"ready"
     await proc.interrupt()
-    assert [line async for line in lines] == [b"got-int"]
+
+    async def rest() -> list[bytes]:
+        return [line async for line in lines]
+
+    assert await asyncio.wait_for(rest(), 10) == [b"got-int"]
     assert await proc.wait() == 0
     await proc.kill()
 
@@ -256,6 +264,9 @@ def test_script_line_is_one_line_with_the_marker() -> None:
     assert line.count("\n") == 1
     assert line.endswith("</dev/null\n")
     assert f"{RUN_MARKER_VAR}=t0k" in line
+    follow = follow_script_line(["claude", "-p", "a\nb"], cwd="/w", env={"K": "v\nw"}, token="t")
+    assert follow.count("\n") == 1
+    assert f"{RUN_MARKER_VAR}=t" in follow
 
 
 def test_build_workspace_from_settings(tmp_path: Path) -> None:
