@@ -126,29 +126,41 @@ def follow_script_line(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
     (a background job of a non-interactive shell would ignore SIGINT, the polite stop),
     through ``sh -c 'echo $$ > pidfile; exec …'`` so its pid is known for
     :meth:`KubectlProcess.interrupt`. The script exits with the command's exit code and
-    removes its files. The copy loop polls every 0.05 s, every 0.2 s after 1 s of quiet.
+    removes its files.
     """
     run = f"{_PID_DIR}/{token}"
-    follow = (
-        "( o=0; q=0; while :; do "
-        '[ -e "$f.done" ] && d=1 || d=0; '
-        's=$(wc -c < "$f"); '
-        'if [ "$s" -gt "$o" ]; then tail -c +$((o + 1)) "$f" | head -c $((s - o)); o=$s; q=0; '
-        "else q=$((q + 1)); fi; "
-        '[ "$d" = 1 ] && break; '
-        'if [ "$q" -lt 20 ]; then sleep 0.05; else sleep 0.2; fi; '
-        "done ) & w=$!; "
-    )
     return (
         f'{_NEWLINE}mkdir -p "{_PID_DIR}" || exit 126; f="{run}.out"; '
         ': > "$f" || exit 126; rm -f "$f.done"; '
         f"cd {_word(cwd)} || exit 127; "
-        f"{follow}"
-        f'sh -c \'echo $$ > "$0"; exec "$@"\' "{run}.pid" '
+        # From here the shell's own words ("Terminated" when the command is killed) go to
+        # /dev/null: if kubectl is gone, writing them would kill this shell with SIGPIPE
+        # before it cleans up. The command's stderr is the real one, kept as fd 3 and put
+        # back by the inner shell (dash applies a foreground command's redirections in the
+        # parent while it waits, so a "2>&3" there would send the words to fd 3 again).
+        "exec 3>&2 2>/dev/null; "
+        # The copy loop carries the run's marker, so the final sweep ends it too.
+        f"env {RUN_MARKER_VAR}={token} sh -c {_word(_FOLLOW_LOOP)} forgeline-follow "
+        '"$f" $$ 3>&- & w=$!; '
+        f'sh -c \'echo $$ > "$0"; exec "$@" 2>&3 3>&-\' "{run}.pid" '
         f'{_env_and_command(argv, env, token)} </dev/null >"$f"; r=$?; '
         ': > "$f.done"; wait "$w"; '
         f'rm -f "$f" "$f.done" "{run}.pid"; exit $r\n'
     )
+
+
+#: Copies what is new in file ``$1`` to stdout until ``$1.done`` exists or the shell
+#: ``$2`` that started it is gone; polls every 0.05 s, every 0.2 s after 1 s of quiet.
+_FOLLOW_LOOP = (
+    "f=$1; p=$2; o=0; q=0; while :; do "
+    'if [ -e "$f.done" ] || ! kill -0 "$p" 2>/dev/null; then d=1; else d=0; fi; '
+    's=$(wc -c < "$f"); '
+    'if [ "$s" -gt "$o" ]; then tail -c +$((o + 1)) "$f" | head -c $((s - o)); o=$s; q=0; '
+    "else q=$((q + 1)); fi; "
+    '[ "$d" = 1 ] && break; '
+    'if [ "$q" -lt 20 ]; then sleep 0.05; else sleep 0.2; fi; '
+    "done"
+)
 
 
 class KubectlProcess:
