@@ -252,8 +252,9 @@ async def test_cancel_while_waiting_for_the_model(
     events = agent.execute(request)
     seen = [await anext(events)]
     assert seen[0].type == "init"
-    while not api.message_requests:  # noqa: ASYNC110 - the server runs in another thread
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):
+        while not api.message_requests:  # noqa: ASYNC110 - the server runs in another thread
+            await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     start = loop.time()
     await agent.cancel(request.run_id)
