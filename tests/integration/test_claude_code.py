@@ -538,6 +538,43 @@ async def test_through_kubectl_exec_and_cancel_in_the_pod(
     assert live(str(repo)) == []
 
 
+class GatedWorkspace(LocalWorkspace):
+    """A local workspace whose ensure_dir waits for a gate (a run caught mid-preparation)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.spawned = 0
+
+    async def ensure_dir(self, path: str) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().ensure_dir(path)
+
+    async def spawn(self, *args: Any, **kwargs: Any) -> Any:
+        self.spawned += 1
+        return await super().spawn(*args, **kwargs)
+
+
+async def test_cancel_while_the_run_is_being_prepared(
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+) -> None:
+    """cancel() between execute() and the CLI's start: cancelled, and the CLI never starts."""
+    workspace = GatedWorkspace()
+    agent = make_agent(workspace=workspace)
+    request = AgentRequest(prompt="x", workdir=str(repo))
+    events: list[AgentEvent] = []
+    consumer = asyncio.create_task(consume_into(agent, request, events))
+    await workspace.entered.wait()
+    canceller = asyncio.create_task(agent.cancel(request.run_id))
+    await asyncio.sleep(0)
+    workspace.gate.set()
+    await asyncio.wait_for(asyncio.gather(consumer, canceller), 10)
+    assert result_of(events).status is RunStatus.CANCELLED
+    assert workspace.spawned == 0
+    assert api.requests == []
+
+
 # --- the fake CLI: only what the real one cannot print --------------------------------------
 
 
