@@ -236,7 +236,8 @@ def parser_throughput(lines: list[bytes], target_mb: int) -> None:
         f"{len(stream)} lines, {total / 1024 / 1024:.0f} MiB"
     )
     best_json = best_parser = float("inf")
-    for _ in range(3):
+    # Best of several interleaved rounds: the machine is shared, the minimum is the signal.
+    for _ in range(7):
         start = time.perf_counter()
         for line in stream:
             json.loads(line)
@@ -251,15 +252,17 @@ def parser_throughput(lines: list[bytes], target_mb: int) -> None:
     print(f"  StreamJsonParser: {best_parser:.3f} s  {mb / best_parser:8.1f} MiB/s")
     print(f"  parser / json.loads throughput: {best_json / best_parser:.2f}x (goal >= 0.8x)")
     small = [line for line in lines if len(line) < 4096] * (copies * 20)
-    start = time.perf_counter()
-    for line in small:
-        json.loads(line)
-    t_json = time.perf_counter() - start
-    parser = StreamJsonParser()
-    start = time.perf_counter()
-    for line in small:
-        parser.feed(line)
-    t_parser = time.perf_counter() - start
+    t_json = t_parser = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for line in small:
+            json.loads(line)
+        t_json = min(t_json, time.perf_counter() - start)
+        parser = StreamJsonParser()
+        start = time.perf_counter()
+        for line in small:
+            parser.feed(line)
+        t_parser = min(t_parser, time.perf_counter() - start)
     print(
         f"  small lines only ({len(small)} lines < 4 KiB): "
         f"{t_json / t_parser:.2f}x ({len(small) / t_parser:,.0f} lines/s)"
@@ -271,11 +274,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=8, help="runs of each kind (alternated)")
     parser.add_argument("--parser-mb", type=int, default=200, help="size of the replayed stream")
+    parser.add_argument("--parser-only", action="store_true", help="skip the wall-time part")
     args = parser.parse_args()
     configure_logging("warning", "console", Redactor())
     base = Path(tempfile.mkdtemp(prefix="forgeline-bench-"))
     try:
         with AnthropicServer(hello_script) as api:
+            if args.parser_only:
+                parser_throughput(record_stream(base, api), args.parser_mb)
+                return
             fl_wall: list[float] = []
             fl_rss: list[int] = []
             bare_wall: list[float] = []

@@ -252,8 +252,9 @@ async def test_cancel_while_waiting_for_the_model(
     events = agent.execute(request)
     seen = [await anext(events)]
     assert seen[0].type == "init"
-    while not api.message_requests:  # noqa: ASYNC110 - the server runs in another thread
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):
+        while not api.message_requests:  # noqa: ASYNC110 - the server runs in another thread
+            await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     start = loop.time()
     await agent.cancel(request.run_id)
@@ -395,8 +396,19 @@ async def test_wall_clock_timeout(
     assert "timed out after 2 s" in result.text
 
 
+def kubectl_workspace() -> KubernetesWorkspace:
+    """A kubernetes workspace whose kubectl is the fake one (the "pod" is this host)."""
+    return KubernetesWorkspace(
+        pod="web-0",
+        namespace="builds",
+        kubectl=str(FAKE_KUBECTL),
+        kubectl_env={"PATH": os.environ["PATH"]},
+    )
+
+
+@pytest.mark.parametrize("kind", ["local", "kubernetes"])
 async def test_a_5mb_tool_result_line(
-    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path, kind: str
 ) -> None:
     """A Write of 5 MB (a 5 MB tool_use line and a 5 MB tool_result line), read by a slow
     consumer: every event arrives, the big ones cut to the limit."""
@@ -411,7 +423,9 @@ async def test_a_5mb_tool_result_line(
     events = []
     # A consumer slower than the CLI: the CLI (Bun) drops output queued for a full pipe
     # when it exits, so this proves nothing is lost between the CLI and the adapter.
-    async for event in make_agent().execute(AgentRequest(prompt="big", workdir=str(repo))):
+    workspace = kubectl_workspace() if kind == "kubernetes" else LocalWorkspace()
+    agent = make_agent(workspace=workspace)
+    async for event in agent.execute(AgentRequest(prompt="big", workdir=str(repo))):
         events.append(event)
         await asyncio.sleep(0.3)
     assert result_of(events).status is RunStatus.SUCCEEDED
@@ -498,13 +512,7 @@ async def test_through_kubectl_exec_and_cancel_in_the_pod(
 ) -> None:
     """Through the kubernetes workspace: a run succeeds, and a cancel during a Bash sleep
     ends every process in the "pod" (killing kubectl alone would leave them)."""
-    workspace = KubernetesWorkspace(
-        pod="web-0",
-        namespace="builds",
-        kubectl=str(FAKE_KUBECTL),
-        kubectl_env={"PATH": os.environ["PATH"]},
-    )
-    agent = make_agent(workspace=workspace)
+    agent = make_agent(workspace=kubectl_workspace())
     events = await collect(agent, AgentRequest(prompt="create hello.txt", workdir=str(repo)))
     assert result_of(events).status is RunStatus.SUCCEEDED
     assert (repo / "hello.txt").exists()
@@ -528,6 +536,43 @@ async def test_through_kubectl_exec_and_cancel_in_the_pod(
     assert result_of(seen).status is RunStatus.CANCELLED
     assert live(f"sleep {seconds}") == []
     assert live(str(repo)) == []
+
+
+class GatedWorkspace(LocalWorkspace):
+    """A local workspace whose ensure_dir waits for a gate (a run caught mid-preparation)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.spawned = 0
+
+    async def ensure_dir(self, path: str) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().ensure_dir(path)
+
+    async def spawn(self, *args: Any, **kwargs: Any) -> Any:
+        self.spawned += 1
+        return await super().spawn(*args, **kwargs)
+
+
+async def test_cancel_while_the_run_is_being_prepared(
+    make_agent: AgentFactory, api: AnthropicServer, repo: Path
+) -> None:
+    """cancel() between execute() and the CLI's start: cancelled, and the CLI never starts."""
+    workspace = GatedWorkspace()
+    agent = make_agent(workspace=workspace)
+    request = AgentRequest(prompt="x", workdir=str(repo))
+    events: list[AgentEvent] = []
+    consumer = asyncio.create_task(consume_into(agent, request, events))
+    await workspace.entered.wait()
+    canceller = asyncio.create_task(agent.cancel(request.run_id))
+    await asyncio.sleep(0)
+    workspace.gate.set()
+    await asyncio.wait_for(asyncio.gather(consumer, canceller), 10)
+    assert result_of(events).status is RunStatus.CANCELLED
+    assert workspace.spawned == 0
+    assert api.requests == []
 
 
 # --- the fake CLI: only what the real one cannot print --------------------------------------

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from forgeline.adapters.workspace import build_workspace
-from forgeline.adapters.workspace.kubernetes import KubernetesWorkspace, script_line
+from forgeline.adapters.workspace.kubernetes import (
+    KubernetesWorkspace,
+    follow_script_line,
+    script_line,
+)
 from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.domain.errors import ConfigurationError, WorkspaceError
 from forgeline.ports.workspace import RUN_MARKER_VAR, Workspace
@@ -161,7 +165,7 @@ async def test_spawn_streams_lines_with_a_closed_stdin(
     """spawn(): stdout line by line; the command's stdin in the pod is /dev/null."""
     before = pid_files()
     proc = await workspace.spawn(
-        ["sh", "-c", "echo one; readlink /proc/self/fd/0; cat; echo two"],
+        ["sh", "-c", "echo one; readlink /proc/self/fd/0; cat; echo oops >&2; echo two"],
         cwd=str(tmp_path),
         env=ENV,
         line_limit=1 << 20,
@@ -170,7 +174,8 @@ async def test_spawn_streams_lines_with_a_closed_stdin(
     assert lines == [b"one", b"/dev/null", b"two"]
     assert await proc.wait() == 0
     assert await proc.kill() == 0
-    assert pid_files() == before, "the final sweep removes the pid file"
+    assert proc.stderr_tail() == "oops"
+    assert pid_files() == before, "the script removes its files"
 
 
 def pid_files() -> set[str]:
@@ -185,6 +190,7 @@ async def test_killing_kubectl_alone_leaves_the_pod_process_and_kill_ends_it(
     """The in-pod kill path: kubectl's death leaves the command; kill() ends it and its
     setsid'ed children inside the pod, within the port's bound."""
     seconds = unique_sleep()
+    before = pid_files()
     proc = await workspace.spawn(
         ["sh", "-c", f"setsid sleep {seconds} & echo up; sleep {seconds}"],
         cwd=str(tmp_path),
@@ -203,6 +209,7 @@ async def test_killing_kubectl_alone_leaves_the_pod_process_and_kill_ends_it(
     await proc.kill(grace_s=0.5)
     assert loop.time() - start < 5
     assert live(f"sleep {seconds}") == []
+    assert await until(lambda: pid_files() == before), "the script cleans up after itself"
     sweep = invocations(kubectl_log)[-1]
     assert sweep[:9] == [
         "--context", "ci", "--namespace", "builds", "exec", "web-0", "-c", "agent", "--",
@@ -223,7 +230,11 @@ async def test_interrupt_delivers_sigint_inside_the_pod(
     lines = proc.stdout_lines()
     assert await anext(lines) == b"ready"
     await proc.interrupt()
-    assert [line async for line in lines] == [b"got-int"]
+
+    async def rest() -> list[bytes]:
+        return [line async for line in lines]
+
+    assert await asyncio.wait_for(rest(), 10) == [b"got-int"]
     assert await proc.wait() == 0
     await proc.kill()
 
@@ -256,6 +267,9 @@ def test_script_line_is_one_line_with_the_marker() -> None:
     assert line.count("\n") == 1
     assert line.endswith("</dev/null\n")
     assert f"{RUN_MARKER_VAR}=t0k" in line
+    follow = follow_script_line(["claude", "-p", "a\nb"], cwd="/w", env={"K": "v\nw"}, token="t")
+    assert follow.count("\n") == 1
+    assert f"{RUN_MARKER_VAR}=t" in follow
 
 
 def test_build_workspace_from_settings(tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
 """The kubernetes workspace: commands run in a configured pod through ``kubectl exec``.
 
 How a command is started: ``kubectl [--context C] --namespace N exec -i POD [-c CONTAINER]
--- sh -c 'IFS= read -r line && eval "$line"'``, and the first line written to its stdin is a
-shell script that records the command's pid, changes directory and ``exec``\\ s ``env -i
-<the explicit environment> <argv>``. The environment (credentials included) thus travels
-over the exec stream, never in an argv that ``ps`` would show on either side. The command
-itself gets ``/dev/null`` as stdin (an open, idle stdin costs the Claude CLI 3 s a run),
-unless :meth:`KubernetesWorkspace.run` was given stdin data, which then follows the script
-line.
+-- sh -c 'IFS= read -r line && eval "$line"'``, and the first line written to its stdin is
+a shell script (:func:`script_line`, :func:`follow_script_line`) that changes directory and
+runs ``env -i <the explicit environment> <argv>``. The environment (credentials included)
+thus travels over the exec stream, never in an argv that ``ps`` would show on either side.
+The command gets ``/dev/null`` as stdin (an open, idle stdin costs the Claude CLI 3 s a
+run), unless :meth:`KubernetesWorkspace.run` was given stdin data, which then follows the
+script line. A streamed command (:meth:`KubernetesWorkspace.spawn`) writes its stdout to a
+file in the pod that the script copies out as it grows.
 
 How it is stopped: killing ``kubectl`` leaves the command running in the pod, so signals
 are delivered *inside* the pod by a second ``kubectl exec`` running :data:`_SIGNAL_SCRIPT`:
@@ -87,6 +88,16 @@ def _word(value: str) -> str:
     return "'" + value.replace("'", "'\\''").replace("\n", "'\"$NL\"'") + "'"
 
 
+def _env_and_command(argv: Sequence[str], env: Mapping[str, str], token: str) -> str:
+    assignments = " ".join(
+        _word(f"{key}={value}") for key, value in {**env, RUN_MARKER_VAR: token}.items()
+    )
+    return f"env -i {assignments} " + " ".join(_word(arg) for arg in argv)
+
+
+_NEWLINE = "NL=$(printf '\\nx'); NL=${NL%x}; "
+
+
 def script_line(
     argv: Sequence[str],
     *,
@@ -94,25 +105,62 @@ def script_line(
     env: Mapping[str, str],
     token: str,
     stdin_from_stream: bool,
-    record_pid: bool = True,
 ) -> str:
-    """The one-line script the pod's shell reads and evaluates (see the module docstring).
-
-    ``record_pid`` keeps the command's pid in the pod for :meth:`KubectlProcess.interrupt`
-    (the file goes with the final sweep); short commands run to their end need none.
-    """
-    assignments = " ".join(
-        _word(f"{key}={value}") for key, value in {**env, RUN_MARKER_VAR: token}.items()
-    )
-    command = " ".join(_word(arg) for arg in argv)
+    """The one-line script for a short command: ``exec`` it with exactly ``env`` in ``cwd``
+    (stdin: the rest of the exec stream, or ``/dev/null``)."""
     redirect = "" if stdin_from_stream else " </dev/null"
-    record = f'mkdir -p "{_PID_DIR}" && echo $$ > "{_PID_DIR}/{token}.pid"; ' if record_pid else ""
     return (
-        "NL=$(printf '\\nx'); NL=${NL%x}; "
-        f"{record}"
-        f"cd {_word(cwd)} || exit 127; "
-        f"exec env -i {assignments} {command}{redirect}\n"
+        f"{_NEWLINE}cd {_word(cwd)} || exit 127; "
+        f"exec {_env_and_command(argv, env, token)}{redirect}\n"
     )
+
+
+def follow_script_line(argv: Sequence[str], *, cwd: str, env: Mapping[str, str], token: str) -> str:
+    """The one-line script for a streamed command (the agent CLI).
+
+    Inside the pod the command writes stdout to a file, and a background loop copies what
+    is new to the exec stream until the command has ended — for the same reason as the
+    local workspace's file-backed stdout: the Claude CLI drops output queued on a full pipe
+    when it exits, and between the pod and forgeline a container runtime, an API server and
+    kubectl may each fall behind for a moment. The command itself runs in the foreground
+    (a background job of a non-interactive shell would ignore SIGINT, the polite stop),
+    through ``sh -c 'echo $$ > pidfile; exec …'`` so its pid is known for
+    :meth:`KubectlProcess.interrupt`. The script exits with the command's exit code and
+    removes its files.
+    """
+    run = f"{_PID_DIR}/{token}"
+    return (
+        f'{_NEWLINE}mkdir -p "{_PID_DIR}" || exit 126; f="{run}.out"; '
+        ': > "$f" || exit 126; rm -f "$f.done"; '
+        f"cd {_word(cwd)} || exit 127; "
+        # From here the shell's own words ("Terminated" when the command is killed) go to
+        # /dev/null: if kubectl is gone, writing them would kill this shell with SIGPIPE
+        # before it cleans up. The command's stderr is the real one, kept as fd 3 and put
+        # back by the inner shell (dash applies a foreground command's redirections in the
+        # parent while it waits, so a "2>&3" there would send the words to fd 3 again).
+        "exec 3>&2 2>/dev/null; "
+        # The copy loop carries the run's marker, so the final sweep ends it too.
+        f"env {RUN_MARKER_VAR}={token} sh -c {_word(_FOLLOW_LOOP)} forgeline-follow "
+        '"$f" $$ 3>&- & w=$!; '
+        f'sh -c \'echo $$ > "$0"; exec "$@" 2>&3 3>&-\' "{run}.pid" '
+        f'{_env_and_command(argv, env, token)} </dev/null >"$f"; r=$?; '
+        ': > "$f.done"; wait "$w"; '
+        f'rm -f "$f" "$f.done" "{run}.pid"; exit $r\n'
+    )
+
+
+#: Copies what is new in file ``$1`` to stdout until ``$1.done`` exists or the shell
+#: ``$2`` that started it is gone; polls every 0.05 s, every 0.2 s after 1 s of quiet.
+_FOLLOW_LOOP = (
+    "f=$1; p=$2; o=0; q=0; while :; do "
+    'if [ -e "$f.done" ] || ! kill -0 "$p" 2>/dev/null; then d=1; else d=0; fi; '
+    's=$(wc -c < "$f"); '
+    'if [ "$s" -gt "$o" ]; then tail -c +$((o + 1)) "$f" | head -c $((s - o)); o=$s; q=0; '
+    "else q=$((q + 1)); fi; "
+    '[ "$d" = 1 ] && break; '
+    'if [ "$q" -lt 20 ]; then sleep 0.05; else sleep 0.2; fi; '
+    "done"
+)
 
 
 class KubectlProcess:
@@ -288,7 +336,7 @@ class KubernetesWorkspace:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=line_limit)
         token = uuid.uuid4().hex
-        line = script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=False)
+        line = follow_script_line(argv, cwd=cwd, env=env, token=token)
         assert proc.stdin is not None  # noqa: S101 - piped above
         try:
             proc.stdin.write(line.encode())
@@ -319,7 +367,6 @@ class KubernetesWorkspace:
             env=env,
             token=token,
             stdin_from_stream=stdin is not None,
-            record_pid=False,
         )
         try:
             async with asyncio.timeout(timeout_s):

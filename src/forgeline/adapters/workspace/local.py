@@ -1,4 +1,11 @@
-"""The local workspace: commands run as children of forgeline, in a directory on this host."""
+"""The local workspace: commands run as children of forgeline, in a directory on this host.
+
+Each command runs in a session of its own, with exactly the environment given plus the run
+marker (:data:`~forgeline.ports.workspace.RUN_MARKER_VAR`, see ``proctree``), so that
+killing it reaches every process it started. A streamed command (:meth:`LocalWorkspace.spawn`)
+writes its stdout to an unlinked temporary file that is followed (see :class:`LocalProcess`
+for why not a pipe); a short command (:meth:`LocalWorkspace.run`) uses pipes.
+"""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from forgeline.domain.agent import (
     ToolResultData,
     ToolUseData,
 )
-from forgeline.domain.errors import ForgelineError
+from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.ports.agent import CodeAgent
 
 EXIT_CODES = {
@@ -225,5 +225,9 @@ def run(
         typer.echo(f"error: {workdir} is not a directory", err=True)
         raise typer.Exit(2)
     printer: Printer = JsonPrinter() if json_out else LivePrinter(agent.name)
-    result = asyncio.run(run_agent(agent, request, printer))
+    try:
+        result = asyncio.run(run_agent(agent, request, printer))
+    except ForgelineError as exc:  # e.g. a provider that cannot run here at all
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2 if isinstance(exc, ValidationError) else 1) from exc
     raise typer.Exit(EXIT_CODES[result.status])

@@ -436,6 +436,7 @@ class ClaudeCodeAgent:
         try:
             proc = await self._spawn(run, request)
         except WorkspaceError as exc:
+            run.reaped.set()
             yield self._error_event("spawn_failed", exc.message, None)
             yield self._result_event(
                 AgentResult(
@@ -445,7 +446,8 @@ class ClaudeCodeAgent:
                 )
             )
             return
-        if proc is None:  # cancelled while preparing
+        if proc is None:  # cancelled while preparing: nothing was started
+            run.reaped.set()
             yield self._result_event(
                 AgentResult(status=run.stop_status or RunStatus.CANCELLED, text=run.stop_text)
             )
