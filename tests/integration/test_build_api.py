@@ -214,14 +214,11 @@ async def test_cancel_running_build(
     model.script = _sleeping
     await forgeline.create_project("sleepy")
     task_id = await forgeline.build("sleepy", prompt="take a nap", callback_url=receiver.url())
+    await forgeline.wait_for_event(task_id, "tool_use")
     deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        got = await forgeline.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
-        if any(e["type"] == "tool_use" for e in got.json()):
-            break
+    while not await _sleep_running():  # the Bash tool's sleep has started
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # let the Bash tool start its sleep
     started = asyncio.get_running_loop().time()
     response = await forgeline.client.post(f"/tasks/{task_id}/cancel")
     assert response.status_code == 200
@@ -328,13 +325,7 @@ async def test_shutdown_gives_running_builds_back(
     async with running_forgeline(settings) as forgeline:
         await forgeline.create_project("late")
         task_id = await forgeline.build("late", prompt="take a nap")
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
-            got = await forgeline.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
-            if any(e["type"] == "tool_use" for e in got.json()):
-                break
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.1)
+        await forgeline.wait_for_event(task_id, "tool_use")
     db = open_database(settings.database_url)
     await db.open()
     try:
@@ -374,13 +365,8 @@ async def test_lost_heartbeat_stops_the_run_and_the_task_runs_again(
     async with running_forgeline(settings) as forgeline:
         await forgeline.create_project("flaky")
         task_id = await forgeline.build("flaky", prompt="create hello.txt")
+        await forgeline.wait_for_event(task_id, "tool_use")
         deadline = asyncio.get_running_loop().time() + 30
-        while True:
-            got = await forgeline.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
-            if any(e["type"] == "tool_use" for e in got.json()):
-                break
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.1)
         while not await _sleep_running():
             assert asyncio.get_running_loop().time() < deadline, "the Bash tool never started"
             await asyncio.sleep(0.1)

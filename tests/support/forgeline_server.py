@@ -105,6 +105,19 @@ class Running:
         data: dict[str, Any] = response.json()
         return data
 
+    async def wait_for_event(
+        self, task_id: str, event_type: str, timeout_s: float = 30
+    ) -> list[dict[str, Any]]:
+        """Poll the task's events until one of ``event_type`` is stored; the events so far."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            got = await self.client.get(f"/tasks/{task_id}/events", params={"format": "json"})
+            events: list[dict[str, Any]] = got.json()
+            if any(e["type"] == event_type for e in events):
+                return events
+            assert asyncio.get_running_loop().time() < deadline, events
+            await asyncio.sleep(0.1)
+
     async def wait_status(
         self, task_id: str, statuses: set[str], timeout_s: float = 30
     ) -> dict[str, Any]:
