@@ -11,11 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-import httpx
 import typer
-from httpx_sse import connect_sse
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -38,6 +35,10 @@ class Api:
     """A small client of forgeline's API; errors become a message and exit code 1."""
 
     def __init__(self) -> None:
+        # httpx is imported here, not at the top: only commands that talk to the API pay
+        # for it, not every start of the CLI.
+        import httpx
+
         settings = Settings()
         self.base = os.environ.get("FORGELINE_URL") or f"http://{settings.host}:{settings.port}"
         token = os.environ.get("FORGELINE_TOKEN")
@@ -54,6 +55,8 @@ class Api:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; the decoded JSON answer, or exit with the API's error message."""
+        import httpx
+
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -70,6 +73,9 @@ class Api:
     def events(self, task_id: str) -> Iterator[dict[str, Any]]:
         """The task's events until its ``result``; a broken stream is resumed where it
         stopped (``Last-Event-ID``), a few times, before giving up."""
+        import httpx
+        from httpx_sse import connect_sse
+
         after = 0
         # Reads wait for at least one keep-alive period of the server (15 s) and more.
         timeout = httpx.Timeout(60.0, read=SSE_READ_TIMEOUT_S)
@@ -178,6 +184,8 @@ def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
         for event in api.events(task_id):
             _print_json(event)
     else:
+        from rich.live import Live
+
         progress = Progress(task_id)
         with Live(progress.render(), console=Console(stderr=True)) as live:
             for event in api.events(task_id):

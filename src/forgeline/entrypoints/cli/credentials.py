@@ -19,10 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgeline.adapters.credentials.base import MAX_VALUE_BYTES
-from forgeline.adapters.sql.database import open_database
-from forgeline.adapters.sql.migrate import migrate
-from forgeline.bootstrap import build_credential_store
 from forgeline.domain.agent import format_time
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.domain.secrets import Secret
@@ -44,6 +40,11 @@ ProjectOption = Annotated[
 
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[CredentialStore]:
+    # Imported here: the database and crypto stack load only for credential commands.
+    from forgeline.adapters.sql.database import open_database
+    from forgeline.adapters.sql.migrate import migrate
+    from forgeline.bootstrap import build_credential_store
+
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     database = open_database(settings.database_url)
     try:
@@ -77,6 +78,8 @@ def _read_value(name: str) -> Secret:
             f"Value for {name}", hide_input=True, confirmation_prompt=True, err=True
         )
     else:
+        from forgeline.adapters.credentials.base import MAX_VALUE_BYTES
+
         # Read one byte more than allowed, so an oversized value is refused, not cut.
         text = sys.stdin.read(MAX_VALUE_BYTES + 1)
         if text.endswith("\r\n"):

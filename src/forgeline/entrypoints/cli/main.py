@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgeline import __version__
 from forgeline.entrypoints.cli import client, server
 from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
@@ -40,6 +39,8 @@ app.add_typer(db_cli.app, name="db")
 
 def _version(value: bool) -> None:
     if value:
+        from forgeline import __version__
+
         typer.echo(f"forgeline {__version__}")
         raise typer.Exit
 
