@@ -635,7 +635,8 @@ async def run_all(
                 for system, bench in benches.items():
                     schema = schema_name(system)
                     await admin.execute(f"drop schema if exists {schema} cascade")
-                    await admin.execute(f"create schema {schema}")
+                    if system != "forgeline-sqlite":  # its tables live in a file
+                        await admin.execute(f"create schema {schema}")
                     await bench.install()
                 # Measurement by measurement, every system in turn: on a shared machine the
                 # load drifts, and this spreads the drift evenly instead of onto one system.
