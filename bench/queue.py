@@ -53,6 +53,7 @@ SLOTS = 10
 BATCH = 1000
 RATE_PER_S = 200.0
 LATENCY_WORKERS = 4
+LATENCY_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -580,8 +581,9 @@ async def measure_drain(bench: Bench, sizes: Sizes, workers: int, sqlite_path: P
     return done / (max(c.last for c in children) - go)
 
 
-async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tuple[float, float]:
-    """p50 and p99 enqueue-to-start in milliseconds at ``RATE_PER_S`` with 4 workers."""
+async def measure_latency(bench: Bench, seconds: float, sqlite_path: Path) -> list[float]:
+    """Enqueue-to-start latencies in milliseconds at ``RATE_PER_S`` for ``seconds``, with
+    ``LATENCY_WORKERS`` idle workers waiting for the work."""
     await bench.clear()
     children = await start_children(
         bench.name, _BASE_DSN, sqlite_path, LATENCY_WORKERS, drain=False
@@ -591,7 +593,7 @@ async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tupl
         child.proc.stdin.write(b"go\n")
         await child.proc.stdin.drain()
     await asyncio.sleep(1.0)  # let every worker settle into its idle wait
-    total = int(sizes.latency_s * RATE_PER_S)
+    total = int(seconds * RATE_PER_S)
     readers = [
         asyncio.create_task(c.read_until("done"), name=f"read-{i}") for i, c in enumerate(children)
     ]
@@ -612,10 +614,14 @@ async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tupl
         child.proc.stdin.close()
     await asyncio.gather(*readers)
     await stop_children(children)
-    latencies = sorted(ms * 1000 for c in children for ms in c.latencies)
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, round(0.99 * len(latencies)) - 1)]
-    return p50, p99
+    return [s * 1000 for c in children for s in c.latencies]
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 of ``latencies``."""
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * len(ordered)) - 1)]
+    return statistics.median(ordered), p99
 
 
 _BASE_DSN = ""
@@ -645,15 +651,26 @@ async def run_all(
                     one, batched = await measure_enqueue(bench, sizes)
                     results[system]["enqueue_per_s"] = one
                     results[system]["enqueue_batched_per_s"] = batched
+                order = list(benches.items())
                 for workers in WORKER_COUNTS:
-                    for system, bench in benches.items():
+                    for system, bench in order:
                         say(f"{system}: drain with {workers} worker(s)")
                         results[system]["drain_per_s"][str(workers)] = await measure_drain(
                             bench, sizes, workers, bench.sqlite_path
                         )
-                for system, bench in benches.items():
-                    say(f"{system}: latency at {RATE_PER_S:g}/s with {LATENCY_WORKERS} workers")
-                    p50, p99 = await measure_latency(bench, sizes, bench.sqlite_path)
+                    order = order[1:] + order[:1]  # nobody always goes first
+                # Latency in rounds, every system in turn, so a burst of load elsewhere on
+                # the machine hits all of them alike.
+                latencies: dict[str, list[float]] = {s: [] for s in systems}
+                for round_ in range(LATENCY_ROUNDS):
+                    for system, bench in order:
+                        say(f"{system}: latency round {round_ + 1}/{LATENCY_ROUNDS}")
+                        latencies[system] += await measure_latency(
+                            bench, sizes.latency_s / LATENCY_ROUNDS, bench.sqlite_path
+                        )
+                    order = order[1:] + order[:1]
+                for system in systems:
+                    p50, p99 = percentiles(latencies[system])
                     results[system]["p50_ms"] = p50
                     results[system]["p99_ms"] = p99
             finally:
