@@ -9,13 +9,14 @@ Figures per system:
   take them all (from the "go" to the last completion);
 - enqueue-to-start latency (p50, p99) at a steady 200 tasks/s with 4 worker processes.
 
-Each worker process works with 10 slots where its system has the notion (procrastinate
-``concurrency=10``, pgqueuer ``batch_size=10``, forgeline claims up to its free slots);
-the raw reference claims one task at a time, as the simplest correct loop does.
+Each worker process runs up to ``--slots`` tasks at once (default 50) where its system has
+the notion (procrastinate ``concurrency``, pgqueuer ``batch_size`` — pgqueuer itself puts
+no cap on tasks in flight —, forgeline claims up to its free slots in one call); the raw
+reference claims one task at a time, as the simplest correct loop does.
 
 Usage::
 
-    python bench/queue.py [--quick] [--json] [--dsn postgresql://…] [--systems a,b]
+    python bench/queue.py [--quick] [--json] [--dsn postgresql://…] [--systems a,b] [--slots N]
 
 The DSN comes from ``--dsn``, else ``FORGELINE_BENCH_DSN``, else the test server. Benchmarks
 print figures; nothing here asserts a timing.
@@ -49,7 +50,11 @@ from psycopg.conninfo import make_conninfo  # noqa: E402
 
 SYSTEMS = ("forgeline-postgres", "forgeline-sqlite", "procrastinate", "pgqueuer", "raw-skip-locked")
 WORKER_COUNTS = (1, 2, 4, 8)
-SLOTS = 10
+#: Tasks one worker process runs at once (``--slots``): forgeline's slots, procrastinate's
+#: ``concurrency``, pgqueuer's ``batch_size``. Set from the command line (children too).
+SLOTS = 50
+#: Connections per worker process (the server is shared; 8 workers must fit).
+POOL = 4
 BATCH = 1000
 RATE_PER_S = 200.0
 LATENCY_WORKERS = 4
@@ -125,7 +130,7 @@ class ForgelinePostgres(Bench):
 
     name = "forgeline-postgres"
 
-    def _db(self, max_size: int = SLOTS) -> Any:
+    def _db(self, max_size: int = POOL) -> Any:
         from forgeline.adapters.sql.database import PostgresDatabase
 
         return PostgresDatabase(self.dsn, max_size=max_size)
@@ -190,7 +195,7 @@ class ForgelineSqlite(ForgelinePostgres):
 
     name = "forgeline-sqlite"
 
-    def _db(self, max_size: int = SLOTS) -> Any:
+    def _db(self, max_size: int = POOL) -> Any:
         from forgeline.adapters.sql.database import SqliteDatabase
 
         return SqliteDatabase(self.sqlite_path, pool_size=min(max_size, 4))
@@ -254,7 +259,7 @@ class Procrastinate(Bench):
         import procrastinate
 
         app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(conninfo=self.dsn, min_size=1, max_size=12)
+            connector=procrastinate.PsycopgConnector(conninfo=self.dsn, min_size=1, max_size=POOL)
         )
 
         @app.task(name="noop", queue="bench")
@@ -517,6 +522,8 @@ async def start_children(
             dsn,
             "--sqlite-path",
             str(sqlite_path),
+            "--slots",
+            str(SLOTS),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -716,6 +723,7 @@ def table(results: dict[str, Any]) -> str:
         )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    out.append(f"slots per worker process: {SLOTS}; raw-skip-locked claims one at a time")
     out.append(
         "ratio: forgeline-postgres divided by the best of procrastinate and pgqueuer "
         "(higher is better for rates, lower for latencies)"
@@ -734,11 +742,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--slots", type=int, default=50, help="tasks per worker at once")
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "NAME"), help=argparse.SUPPRESS)
     parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sqlite-path", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SLOTS  # noqa: PLW0603  # one knob for every system, read by the workers
+    SLOTS = args.slots
     dsn = (
         args.dsn
         or os.environ.get("FORGELINE_BENCH_DSN")
