@@ -9,13 +9,14 @@ Figures per system:
   take them all (from the "go" to the last completion);
 - enqueue-to-start latency (p50, p99) at a steady 200 tasks/s with 4 worker processes.
 
-Each worker process works with 10 slots where its system has the notion (procrastinate
-``concurrency=10``, pgqueuer ``batch_size=10``, forgeline claims up to its free slots);
-the raw reference claims one task at a time, as the simplest correct loop does.
+Each worker process runs up to ``--slots`` tasks at once (default 50) where its system has
+the notion (procrastinate ``concurrency``, pgqueuer ``batch_size`` — pgqueuer itself puts
+no cap on tasks in flight —, forgeline claims up to its free slots in one call); the raw
+reference claims one task at a time, as the simplest correct loop does.
 
 Usage::
 
-    python bench/queue.py [--quick] [--json] [--dsn postgresql://…] [--systems a,b]
+    python bench/queue.py [--quick] [--json] [--dsn postgresql://…] [--systems a,b] [--slots N]
 
 The DSN comes from ``--dsn``, else ``FORGELINE_BENCH_DSN``, else the test server. Benchmarks
 print figures; nothing here asserts a timing.
@@ -49,10 +50,15 @@ from psycopg.conninfo import make_conninfo  # noqa: E402
 
 SYSTEMS = ("forgeline-postgres", "forgeline-sqlite", "procrastinate", "pgqueuer", "raw-skip-locked")
 WORKER_COUNTS = (1, 2, 4, 8)
-SLOTS = 10
+#: Tasks one worker process runs at once (``--slots``): forgeline's slots, procrastinate's
+#: ``concurrency``, pgqueuer's ``batch_size``. Set from the command line (children too).
+SLOTS = 50
+#: Connections per worker process (the server is shared; 8 workers must fit).
+POOL = 4
 BATCH = 1000
 RATE_PER_S = 200.0
 LATENCY_WORKERS = 4
+LATENCY_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ class ForgelinePostgres(Bench):
 
     name = "forgeline-postgres"
 
-    def _db(self, max_size: int = SLOTS) -> Any:
+    def _db(self, max_size: int = POOL) -> Any:
         from forgeline.adapters.sql.database import PostgresDatabase
 
         return PostgresDatabase(self.dsn, max_size=max_size)
@@ -189,7 +195,7 @@ class ForgelineSqlite(ForgelinePostgres):
 
     name = "forgeline-sqlite"
 
-    def _db(self, max_size: int = SLOTS) -> Any:
+    def _db(self, max_size: int = POOL) -> Any:
         from forgeline.adapters.sql.database import SqliteDatabase
 
         return SqliteDatabase(self.sqlite_path, pool_size=min(max_size, 4))
@@ -253,7 +259,7 @@ class Procrastinate(Bench):
         import procrastinate
 
         app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(conninfo=self.dsn, min_size=1, max_size=12)
+            connector=procrastinate.PsycopgConnector(conninfo=self.dsn, min_size=1, max_size=POOL)
         )
 
         @app.task(name="noop", queue="bench")
@@ -516,6 +522,8 @@ async def start_children(
             dsn,
             "--sqlite-path",
             str(sqlite_path),
+            "--slots",
+            str(SLOTS),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -580,8 +588,9 @@ async def measure_drain(bench: Bench, sizes: Sizes, workers: int, sqlite_path: P
     return done / (max(c.last for c in children) - go)
 
 
-async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tuple[float, float]:
-    """p50 and p99 enqueue-to-start in milliseconds at ``RATE_PER_S`` with 4 workers."""
+async def measure_latency(bench: Bench, seconds: float, sqlite_path: Path) -> list[float]:
+    """Enqueue-to-start latencies in milliseconds at ``RATE_PER_S`` for ``seconds``, with
+    ``LATENCY_WORKERS`` idle workers waiting for the work."""
     await bench.clear()
     children = await start_children(
         bench.name, _BASE_DSN, sqlite_path, LATENCY_WORKERS, drain=False
@@ -591,7 +600,7 @@ async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tupl
         child.proc.stdin.write(b"go\n")
         await child.proc.stdin.drain()
     await asyncio.sleep(1.0)  # let every worker settle into its idle wait
-    total = int(sizes.latency_s * RATE_PER_S)
+    total = int(seconds * RATE_PER_S)
     readers = [
         asyncio.create_task(c.read_until("done"), name=f"read-{i}") for i, c in enumerate(children)
     ]
@@ -612,10 +621,14 @@ async def measure_latency(bench: Bench, sizes: Sizes, sqlite_path: Path) -> tupl
         child.proc.stdin.close()
     await asyncio.gather(*readers)
     await stop_children(children)
-    latencies = sorted(ms * 1000 for c in children for ms in c.latencies)
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, round(0.99 * len(latencies)) - 1)]
-    return p50, p99
+    return [s * 1000 for c in children for s in c.latencies]
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 of ``latencies``."""
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * len(ordered)) - 1)]
+    return statistics.median(ordered), p99
 
 
 _BASE_DSN = ""
@@ -635,7 +648,8 @@ async def run_all(
                 for system, bench in benches.items():
                     schema = schema_name(system)
                     await admin.execute(f"drop schema if exists {schema} cascade")
-                    await admin.execute(f"create schema {schema}")
+                    if system != "forgeline-sqlite":  # its tables live in a file
+                        await admin.execute(f"create schema {schema}")
                     await bench.install()
                 # Measurement by measurement, every system in turn: on a shared machine the
                 # load drifts, and this spreads the drift evenly instead of onto one system.
@@ -644,15 +658,26 @@ async def run_all(
                     one, batched = await measure_enqueue(bench, sizes)
                     results[system]["enqueue_per_s"] = one
                     results[system]["enqueue_batched_per_s"] = batched
+                order = list(benches.items())
                 for workers in WORKER_COUNTS:
-                    for system, bench in benches.items():
+                    for system, bench in order:
                         say(f"{system}: drain with {workers} worker(s)")
                         results[system]["drain_per_s"][str(workers)] = await measure_drain(
                             bench, sizes, workers, bench.sqlite_path
                         )
-                for system, bench in benches.items():
-                    say(f"{system}: latency at {RATE_PER_S:g}/s with {LATENCY_WORKERS} workers")
-                    p50, p99 = await measure_latency(bench, sizes, bench.sqlite_path)
+                    order = order[1:] + order[:1]  # nobody always goes first
+                # Latency in rounds, every system in turn, so a burst of load elsewhere on
+                # the machine hits all of them alike.
+                latencies: dict[str, list[float]] = {s: [] for s in systems}
+                for round_ in range(LATENCY_ROUNDS):
+                    for system, bench in order:
+                        say(f"{system}: latency round {round_ + 1}/{LATENCY_ROUNDS}")
+                        latencies[system] += await measure_latency(
+                            bench, sizes.latency_s / LATENCY_ROUNDS, bench.sqlite_path
+                        )
+                    order = order[1:] + order[:1]
+                for system in systems:
+                    p50, p99 = percentiles(latencies[system])
                     results[system]["p50_ms"] = p50
                     results[system]["p99_ms"] = p99
             finally:
@@ -698,6 +723,7 @@ def table(results: dict[str, Any]) -> str:
         )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    out.append(f"slots per worker process: {SLOTS}; raw-skip-locked claims one at a time")
     out.append(
         "ratio: forgeline-postgres divided by the best of procrastinate and pgqueuer "
         "(higher is better for rates, lower for latencies)"
@@ -716,11 +742,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few seconds per measurement")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--slots", type=int, default=50, help="tasks per worker at once")
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "NAME"), help=argparse.SUPPRESS)
     parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sqlite-path", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SLOTS  # noqa: PLW0603  # one knob for every system, read by the workers
+    SLOTS = args.slots
     dsn = (
         args.dsn
         or os.environ.get("FORGELINE_BENCH_DSN")

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ class Worker:
 
     name: str
     proc: subprocess.Popen[str]
-    events: list[dict[str, object]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
     claimed: threading.Event = field(default_factory=threading.Event)
 
@@ -53,7 +54,7 @@ class Worker:
         return [str(e["id"]) for e in self.events if e["event"] == "completed"]
 
     def claimed_ids(self) -> list[str]:
-        return [str(i) for e in self.events if e["event"] == "claimed" for i in e["ids"]]  # type: ignore[attr-defined]
+        return [str(i) for e in self.events if e["event"] == "claimed" for i in e["ids"]]
 
 
 class Workers:

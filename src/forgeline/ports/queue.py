@@ -40,13 +40,17 @@ class WorkQueue(Protocol):
     - ``claim`` returns up to ``limit`` eligible tasks (``queued``, ``run_after`` passed,
       no other ``running`` task with the same ``concurrency_key``; first in, first out
       within a key; higher priority first), each leased to ``worker`` for ``lease_s``
-      seconds with a fresh fencing token. It returns an empty list when nothing is eligible.
+      seconds with a fresh fencing token (``attempts`` counts the claim). It returns an
+      empty list when nothing is eligible. Within a key the order is strict: the key's
+      oldest queued task blocks the later ones, even while it waits for a retry.
     - ``heartbeat``, ``complete`` and ``fail`` take the :class:`Lease`; if the lease is no
       longer the task's current one (expired and re-claimed), they raise ``LeaseLostError``.
       ``heartbeat`` extends the lease and returns the task, whose ``cancel_requested``
-      tells the worker to stop.
+      tells the worker to stop. ``complete`` returns once the result is committed
+      (concurrent calls may share one commit).
     - ``fail(retryable=True)`` re-queues with exponential backoff and jitter until
-      ``max_attempts``; then, or with ``retryable=False``, the task is ``failed`` for good.
+      ``max_attempts``; then, or with ``retryable=False``, or once cancel was requested,
+      the task is ``failed`` for good.
     - ``cancel`` ends a queued task at once (``cancelled``) and marks a running one
       ``cancel_requested``; the worker learns it at its next heartbeat or through
       :meth:`wait_for_cancel`, within a second. Cancelling a final task raises
@@ -60,7 +64,10 @@ class WorkQueue(Protocol):
     - Transient connection failures (a database restart) are retried inside the adapter
       for a bounded time; retried writes are idempotent (a retried ``complete`` of a task
       already completed under the same lease returns it).
-    - Every wait is bounded by its ``timeout_s``; database errors surface as ``StorageError``.
+    - ``wait_for_work`` may return early (a wake-up means "claim again", not "a task is
+      yours"); workers loop on claim, then wait. Every wait is bounded by its ``timeout_s``.
+    - Arguments that can never work raise ``ValidationError``; database errors surface as
+      ``StorageError``; unknown task ids raise ``TaskNotFoundError``.
     """
 
     async def enqueue(

@@ -63,6 +63,12 @@ MAX_BATCH = 500
 CANCEL_CHANNEL = "forgeline_cancel"
 
 _SQL = queries.load("postgres")
+
+# What a fenced write leaves its task in (to recognise a retry of a committed write).
+_COMPLETED = frozenset({TaskStatus.COMPLETED})
+_CANCELLED = frozenset({TaskStatus.CANCELLED})
+_REQUEUED_OR_FAILED = frozenset({TaskStatus.QUEUED, TaskStatus.FAILED})
+_REQUEUED_OR_CANCELLED = frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED})
 _log = structlog.get_logger(__name__)
 
 
@@ -170,7 +176,7 @@ class _Listener:
                                 self._on_work()
                         # Quiet for a while: make sure the connection is still alive.
                         await conn.execute("select 1")
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001  # whatever broke, listen again; waits poll meanwhile
                 if self.connected:
                     _log.warning("queue listener lost its connection", error=_first_line(exc))
                 self.connected = False
@@ -179,11 +185,12 @@ class _Listener:
                 delay = min(delay * 2, 2.0)
 
     async def aclose(self) -> None:
+        """Stop listening and wait until the connection is closed."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait() rather than `await task`: our own cancellation must still propagate.
+            await asyncio.wait({task})
         self.connected = False
 
 
@@ -357,11 +364,11 @@ class PostgresWorkQueue:
         name: str,
         params: Mapping[str, Any],
         *,
-        done: TaskStatus | None = None,
+        done: frozenset[TaskStatus] = frozenset(),
     ) -> WorkTask:
         """A write that only applies while ``lease`` is current; else ``LeaseLostError``.
 
-        ``done`` is the status this write leaves a task in: finding the task already so
+        ``done`` holds the statuses this write leaves a task in: finding the task already so
         under the same token means a retry of this very write (its first try committed but
         the answer was lost with the connection), which is not an error.
         """
@@ -379,7 +386,7 @@ class PostgresWorkQueue:
                     await conn.execute(_SQL["notify_work"])
                 return task
             task = await self._fetch(conn, lease.task_id)
-            if done is not None and task.status is done and task.lease_token == lease.token:
+            if task.status in done and task.lease_token == lease.token:
                 return task
             raise LeaseLostError(lease.task_id, lease.token)
 
@@ -535,7 +542,7 @@ class PostgresWorkQueue:
             try:
                 outcomes.append(
                     await self._fenced(
-                        item.lease, "complete", {"result": item.result}, done=TaskStatus.COMPLETED
+                        item.lease, "complete", {"result": item.result}, done=_COMPLETED
                     )
                 )
             except ForgelineError as exc:
@@ -547,7 +554,7 @@ class PostgresWorkQueue:
     ) -> WorkTask:
         """The worker stopped the task: mark it ``cancelled``."""
         params = {"result": dump_json(result, "result")}
-        return await self._fenced(lease, "finish_cancelled", params, done=TaskStatus.CANCELLED)
+        return await self._fenced(lease, "finish_cancelled", params, done=_CANCELLED)
 
     async def fail(
         self,
@@ -564,11 +571,11 @@ class PostgresWorkQueue:
             "retryable": retryable,
             "delay_s": self._backoff.delay(lease.task.attempts, self._rng),
         }
-        return await self._fenced(lease, "fail", params)
+        return await self._fenced(lease, "fail", params, done=_REQUEUED_OR_FAILED)
 
     async def release(self, lease: Lease) -> WorkTask:
         """Give a running task back to the queue without counting an attempt."""
-        return await self._fenced(lease, "release", {})
+        return await self._fenced(lease, "release", {}, done=_REQUEUED_OR_CANCELLED)
 
     async def cancel(self, task_id: str) -> WorkTask:
         """Cancel a queued task now, or ask the worker of a running one to stop."""

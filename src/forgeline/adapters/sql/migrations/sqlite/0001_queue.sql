@@ -28,7 +28,9 @@ create table tasks (
     result           text
 );
 
-create index tasks_claim_idx on tasks (priority desc, seq) where status = 'queued';
+-- Claim order: status first so that the planner walks it for `status = 'queued'` in claim
+-- order, with no sort (a partial index lost to tasks_list_idx and sorted every queued row).
+create index tasks_claim_idx on tasks (status, priority desc, seq);
 create index tasks_key_queued_idx on tasks (concurrency_key, seq)
     where status = 'queued' and concurrency_key is not null;
 create unique index tasks_key_running_idx on tasks (concurrency_key)
