@@ -135,6 +135,15 @@ async def test_idempotency_key_returns_existing(q: Queue) -> None:
     assert await q.count(status=TaskStatus.QUEUED) == 1
 
 
+async def test_find_by_idempotency_key(q: Queue) -> None:
+    """The task of an idempotency key is found without enqueuing; an unknown key is None."""
+    first = await q.enqueue("build", {"a": 1}, idempotency_key="req-9")
+    found = await q.find_by_idempotency_key("req-9")
+    assert found is not None
+    assert found.id == first.task.id
+    assert await q.find_by_idempotency_key("nope") is None
+
+
 async def test_enqueue_many(q: Queue) -> None:
     """A batch is stored in order; idempotency keys dedupe against the table and the batch."""
     old = await q.enqueue("build", {"i": -1}, idempotency_key="k0")

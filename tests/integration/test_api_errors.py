@@ -173,14 +173,23 @@ async def test_huge_body_is_413(api: Running) -> None:
 
 
 async def test_queue_cap_per_project_is_429(api: Running) -> None:
-    """Past the cap of queued builds of one project: 429; other projects are unaffected."""
-    for _ in range(2):
-        assert (
-            await api.client.post("/project/app/build", json={"prompt": "x"})
-        ).status_code == 202
+    """Past the cap of queued builds of one project: 429; other projects are unaffected; a
+    retry of an accepted request (same Idempotency-Key) still gets its task."""
+    accepted = []
+    for i in range(2):
+        response = await api.client.post(
+            "/project/app/build", json={"prompt": "x"}, headers={"Idempotency-Key": f"k{i}"}
+        )
+        assert response.status_code == 202
+        accepted.append(response.json()["task_id"])
     response = await api.client.post("/project/app/build", json={"prompt": "x"})
     assert response.status_code == 429
     assert error_of(response)["code"] == "capacity"
+    retry = await api.client.post(
+        "/project/app/build", json={"prompt": "x"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert retry.status_code == 200
+    assert retry.json()["task_id"] == accepted[1]
     await api.create_project("other")
     assert (await api.client.post("/project/other/build", json={"prompt": "x"})).status_code == 202
 

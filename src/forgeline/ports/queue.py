@@ -141,6 +141,10 @@ class WorkQueue(Protocol):
         """The task, or ``TaskNotFoundError``."""
         ...
 
+    async def find_by_idempotency_key(self, idempotency_key: str) -> WorkTask | None:
+        """The task enqueued with that idempotency key, or None."""
+        ...
+
     async def list(
         self,
         *,

@@ -90,6 +90,13 @@ class BuildService:
         timeout, unknown provider, refused callback URL) or ``CapacityError`` (429).
         """
         spec.validate()
+        key = f"{project_name}:{idempotency_key}" if idempotency_key else None
+        if key is not None:
+            # A retry of an accepted request gets its task back, whatever changed since
+            # (the project's queue may be full by now).
+            existing = await self._queue.find_by_idempotency_key(key)
+            if existing is not None:
+                return Enqueued(task=existing, created=False)
         project = await self._store.get_project(project_name)
         if project.state != "ready":
             raise ConflictError(
@@ -112,7 +119,7 @@ class BuildService:
             BUILD_KIND,
             BuildRequest(project.name, spec).to_payload(),
             max_attempts=BUILD_MAX_ATTEMPTS,
-            idempotency_key=f"{project.name}:{idempotency_key}" if idempotency_key else None,
+            idempotency_key=key,
             concurrency_key=project.name,
         )
 

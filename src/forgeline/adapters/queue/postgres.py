@@ -596,6 +596,17 @@ class PostgresWorkQueue:
         """The task, or ``TaskNotFoundError``."""
         return await self._run(lambda conn: self._fetch(conn, task_id), "get")
 
+    async def find_by_idempotency_key(self, idempotency_key: str) -> WorkTask | None:
+        """The task enqueued with that idempotency key, or None."""
+
+        async def op(conn: Conn) -> WorkTask | None:
+            rows = await self._rows(
+                conn, _SQL["get_task_by_idempotency_key"], {"idempotency_key": idempotency_key}
+            )
+            return _task(rows[0]) if rows else None
+
+        return await self._run(op, "find_by_idempotency_key")
+
     async def list(
         self,
         *,

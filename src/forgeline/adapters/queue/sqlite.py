@@ -342,6 +342,15 @@ class SqliteWorkQueue:
         """The task, or ``TaskNotFoundError``."""
         return await self._read(lambda conn: self._fetch(conn, task_id))
 
+    async def find_by_idempotency_key(self, idempotency_key: str) -> WorkTask | None:
+        """The task enqueued with that idempotency key, or None."""
+        row = await self._read(
+            lambda conn: conn.execute(
+                _SQL["get_task_by_idempotency_key"], {"idempotency_key": idempotency_key}
+            ).fetchone()
+        )
+        return None if row is None else _task(row)
+
     async def list(
         self,
         *,

@@ -37,6 +37,9 @@ select * from tasks where id = any(%(ids)s::text[]) or idempotency_key = any(%(k
 -- name: get_task
 select * from tasks where id = %(id)s
 
+-- name: get_task_by_idempotency_key
+select * from tasks where idempotency_key = %(idempotency_key)s
+
 -- name: claim
 -- Lease up to %(limit)s eligible tasks in one statement: queued, due, of an accepted kind,
 -- and either without concurrency key or the oldest queued task of a key that has no
