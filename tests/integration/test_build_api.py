@@ -226,14 +226,7 @@ async def test_cancel_running_build(
     assert asyncio.get_running_loop().time() - started < 5
     events = await forgeline.events(task_id)
     assert events[-1]["data"]["status"] == "cancelled"
-    leftover = await asyncio.to_thread(
-        subprocess.run,
-        ["pgrep", "-f", "sleep 30; echo finished"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert leftover.stdout == ""
+    assert not await _sleep_running()
     checkout = forgeline.settings.data_dir / "checkouts" / "sleepy"
     assert git("status", "--porcelain", "--ignored", cwd=checkout) == ""
     [delivery] = await receiver.wait_for(1, timeout_s=20)
@@ -334,14 +327,7 @@ async def test_shutdown_gives_running_builds_back(
         await db.aclose()
     assert task.status.value == "queued"
     assert task.attempts == 0
-    leftover = await asyncio.to_thread(
-        subprocess.run,
-        ["pgrep", "-f", "sleep 30; echo finished"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert leftover.stdout == ""
+    assert not await _sleep_running()
 
 
 async def test_lost_heartbeat_stops_the_run_and_the_task_runs_again(
