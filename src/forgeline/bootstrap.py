@@ -267,29 +267,42 @@ async def _optional_credential(
 
 
 @asynccontextmanager
+async def open_migrated_database(
+    settings: Settings, *, migrate_schema: bool | None = None
+) -> AsyncIterator[Database]:
+    """The database of ``settings``, opened (its data directory made) and migrated when
+    ``migrate_schema`` (default: ``FORGELINE_AUTO_MIGRATE``) says so; closed on exit."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = open_database(settings.database_url)
+    try:
+        await database.open()
+        if settings.auto_migrate if migrate_schema is None else migrate_schema:
+            await migrate(database)
+        yield database
+    finally:
+        await database.aclose()
+
+
+@asynccontextmanager
 async def open_container(
     settings: Settings, *, redactor: Redactor | None = None
 ) -> AsyncIterator[Container]:
     """Build every adapter from ``settings`` (migrating the schema when allowed) and close
     them all on exit. ``redactor`` is the one the process's logging already filters
     through, so values registered by builds are masked in its logs too."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    database = open_database(settings.database_url)
-    await database.open()
-    closers: list[Callable[[], Awaitable[None]]] = [database.aclose]
-    try:
-        if settings.auto_migrate:
-            await migrate(database)
-        container = await _assemble(settings, redactor or Redactor(), database, closers)
-    except BaseException:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                await close()
-        raise
-    try:
-        yield container
-    finally:
-        await container.aclose()
+    async with open_migrated_database(settings) as database:
+        closers: list[Callable[[], Awaitable[None]]] = []
+        try:
+            container = await _assemble(settings, redactor or Redactor(), database, closers)
+        except BaseException:
+            for close in reversed(closers):
+                with contextlib.suppress(Exception):
+                    await close()
+            raise
+        try:
+            yield container
+        finally:
+            await container.aclose()
 
 
 async def _assemble(

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from forgeline.adapters.credentials import load_keyring, open_credential_store
-from forgeline.adapters.sql.database import open_database
-from forgeline.adapters.sql.migrate import migrate
+from forgeline.bootstrap import open_migrated_database
 from forgeline.domain.secrets import Secret
 from forgeline.settings import Settings
-from tests.support.anthropic_server import AnthropicServer, hello_script
+from tests.support.anthropic_server import AnthropicServer
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.fake_woodpecker import DEFAULT_TOKEN, FakeWoodpecker
 from tests.support.forgeline_server import (
@@ -83,27 +82,12 @@ class ForgeWebhook:
             self._thread.join(timeout=5)
 
 
-@pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
-    """The scripted model (the hello.txt conversation)."""
-    with AnthropicServer(hello_script) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-        yield server
-
-
 async def _store_credentials(settings: Settings, values: dict[str, str]) -> None:
     """Put credentials in before the server starts (as `forgeline credential set` does)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = open_database(settings.database_url)
-    await db.open()
-    try:
-        await migrate(db)
+    async with open_migrated_database(settings) as db:
         store = open_credential_store(db, load_keyring(None, settings.data_dir))
         for name, value in values.items():
             await store.put(name, Secret(value, name=name))
-    finally:
-        await db.aclose()
 
 
 @pytest.fixture

@@ -41,19 +41,10 @@ ProjectOption = Annotated[
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[CredentialStore]:
     # Imported here: the database and crypto stack load only for credential commands.
-    from forgeline.adapters.sql.database import open_database
-    from forgeline.adapters.sql.migrate import migrate
-    from forgeline.bootstrap import build_credential_store
+    from forgeline.bootstrap import build_credential_store, open_migrated_database
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    database = open_database(settings.database_url)
-    try:
-        await database.open()
-        if settings.auto_migrate:
-            await migrate(database)
+    async with open_migrated_database(settings) as database:
         yield build_credential_store(settings, database)
-    finally:
-        await database.aclose()
 
 
 def _run(action: Callable[[CredentialStore], Awaitable[T]]) -> T:

@@ -67,9 +67,8 @@ def token_create(
     json_out: JsonOption = False,
 ) -> None:
     """Create an API token and print it once (only its hash is kept)."""
-    from forgeline.adapters.sql.database import open_database
-    from forgeline.adapters.sql.migrate import migrate
     from forgeline.adapters.store import build_store
+    from forgeline.bootstrap import open_migrated_database
     from forgeline.services.auth import AuthService, Role
 
     try:
@@ -80,14 +79,8 @@ def token_create(
     configure(settings)
 
     async def create() -> Any:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = open_database(settings.database_url)
-        try:
-            await db.open()
-            await migrate(db)
+        async with open_migrated_database(settings, migrate_schema=True) as db:
             return await AuthService(build_store(db)).create(name, chosen)
-        finally:
-            await db.aclose()
 
     with fail_on_errors():
         new = asyncio.run(create())
