@@ -50,7 +50,9 @@ class RunStatus(StrEnum):
     TIMED_OUT = "timed_out"
 
 
-def _check_timeout(name: str, value: float | None) -> None:
+def check_timeout(name: str, value: float | None) -> None:
+    """``InvalidTimeoutError`` unless ``value`` is None or a finite number of seconds in
+    ``(0, MAX_TIMEOUT_S]``."""
     if value is None:
         return
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -89,8 +91,8 @@ class AgentRequest:
         """Raise a :class:`ValidationError` subclass for a request that can never run."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise PromptRequiredError
-        _check_timeout("timeout_s", self.timeout_s)
-        _check_timeout("idle_timeout_s", self.idle_timeout_s)
+        check_timeout("timeout_s", self.timeout_s)
+        check_timeout("idle_timeout_s", self.idle_timeout_s)
         if self.max_turns is not None and self.max_turns < 1:
             raise ValidationError(f"max_turns must be at least 1, got {self.max_turns}")
         if self.max_cost_usd is not None and not (

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from forgeline.domain.agent import MAX_TIMEOUT_S, AgentProvider
-from forgeline.domain.errors import InvalidTimeoutError, PromptRequiredError, ValidationError
+from forgeline.domain.agent import AgentProvider, check_timeout
+from forgeline.domain.errors import PromptRequiredError, ValidationError
 
 
 class TaskStatus(StrEnum):
@@ -102,8 +101,7 @@ class BuildSpec:
             raise PromptRequiredError
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValidationError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        if not math.isfinite(self.timeout_s) or not 0 < self.timeout_s <= MAX_TIMEOUT_S:
-            raise InvalidTimeoutError("timeout_s", self.timeout_s, MAX_TIMEOUT_S)
+        check_timeout("timeout_s", self.timeout_s)
         return self
 
     def to_payload(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from forgeline.domain.agent import MAX_TIMEOUT_S
 from forgeline.domain.project import Project
 from forgeline.domain.secrets import Secret
 from forgeline.domain.task import MAX_PROMPT_CHARS, BuildSpec, WorkTask
+from forgeline.entrypoints.api.errors import error_body
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
@@ -364,9 +365,7 @@ async def readyz(container: ContainerDep) -> JSONResponse | dict[str, str]:
     try:
         await container.ping_database()
     except StorageError as exc:
-        return JSONResponse(
-            status_code=503, content={"error": {"code": exc.code, "message": exc.message}}
-        )
+        return JSONResponse(status_code=503, content=error_body(exc.code, exc.message))
     return {"status": "ready"}
 
 
