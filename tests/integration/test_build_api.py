@@ -35,16 +35,6 @@ pytestmark = pytest.mark.claude
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
-    """The scripted model; forgeline's environment points the CLI at it, as an operator's
-    ``ANTHROPIC_BASE_URL`` gateway would."""
-    with AnthropicServer(hello_script) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-        yield server
-
-
-@pytest.fixture
 def receiver() -> Iterator[CallbackReceiver]:
     """A webhook receiver that checks signatures."""
     recv = CallbackReceiver(CALLBACK_SECRET).start()

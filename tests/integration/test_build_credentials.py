@@ -4,7 +4,6 @@ tool; the model sees the value, forgeline's events, result, callback and logs do
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ def _env_then_echo(req: ApiRequest) -> Reply:
     return [bash("env; echo TOKEN=$DEPLOY_TOKEN > token.txt")]
 
 
-@pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
-    """The scripted model, reached through forgeline's own ANTHROPIC_BASE_URL."""
-    with AnthropicServer(_env_then_echo) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-        yield server
-
-
 async def test_injected_credential_is_redacted_everywhere(
     tmp_path: Path,
     claude_bin: Path,
@@ -44,6 +34,7 @@ async def test_injected_credential_is_redacted_everywhere(
 ) -> None:
     """The value reaches the agent's environment (the model server sees it in the tool
     output) but forgeline's events, task result, callback and logs show [REDACTED:<name>]."""
+    model.script = _env_then_echo
     receiver = CallbackReceiver(CALLBACK_SECRET).start()
     settings = server_settings(tmp_path / "data", claude_bin, log_level="debug")
     try:

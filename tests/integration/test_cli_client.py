@@ -9,24 +9,15 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.anthropic_server import AnthropicServer, hello_script
+from tests.support.anthropic_server import AnthropicServer
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 
 pytestmark = pytest.mark.claude
-
-
-@pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
-    """The scripted model (the hello.txt conversation)."""
-    with AnthropicServer(hello_script) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-        yield server
 
 
 @pytest.fixture
