@@ -91,6 +91,20 @@ class Settings(BaseSettings):
         description="where build checkouts live, a path in the workspace (in the pod for "
         "kubernetes); default <data dir>/checkouts",
     )
+    sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap",
+        description="bwrap: every agent run in a bubblewrap sandbox (the default); none: "
+        "agents run unconfined, an explicit operator choice that every build's events warn of",
+    )
+    bwrap_bin: str = "bwrap"
+    sandbox_uid: int = Field(
+        65534, ge=1, description="the unprivileged uid agents run as when forgeline is root"
+    )
+    sandbox_gid: int = Field(65534, ge=1, description="... and its gid")
+    sandbox_read_only: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="more host paths every sandbox may read (os.pathsep-separated)",
+    )
     kubectl_bin: str = "kubectl"
     kube_context: str | None = None
     kube_namespace: str = "default"
@@ -136,7 +150,7 @@ class Settings(BaseSettings):
     def _hosts(cls, value: Any) -> Any:
         return _split_commas(value)
 
-    @field_validator("template_path", mode="before")
+    @field_validator("template_path", "sandbox_read_only", mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
         if isinstance(value, str):

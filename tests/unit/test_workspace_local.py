@@ -21,12 +21,12 @@ ENV = {"PATH": "/usr/bin:/bin"}
 def live(pattern: str) -> list[str]:
     """Lines of ``ps`` naming ``pattern`` whose process is not a zombie."""
     out = subprocess.run(
-        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
     ).stdout
     return [
         line
         for line in out.splitlines()
-        if pattern in line and line.split(None, 2)[1][0] != "Z" and "ps -eo" not in line
+        if pattern in line and line.split(None, 2)[1][0] != "Z" and "ps -ww -eo" not in line
     ]
 
 

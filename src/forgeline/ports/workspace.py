@@ -103,6 +103,11 @@ class Workspace(Protocol):
 
     The environment given is the whole environment of the child: nothing is inherited
     (the adapter adds only :data:`RUN_MARKER_VAR`). Paths are paths *in the workspace*.
+
+    ``writable`` names every directory a command may write to. A confining workspace (the
+    bubblewrap sandbox that agents run in) shows the command only those, writable, beside a
+    read-only system; ``cwd`` is not writable unless it is among them. Unconfined workspaces
+    (forgeline's own git, a pod that is itself the sandbox) ignore it.
     """
 
     @property
@@ -117,6 +122,7 @@ class Workspace(Protocol):
         cwd: str,
         env: Mapping[str, str],
         line_limit: int,
+        writable: Sequence[str] = (),
     ) -> Process:
         """Start ``argv`` with stdin closed; ``WorkspaceError`` if it cannot start."""
         ...
@@ -129,6 +135,7 @@ class Workspace(Protocol):
         env: Mapping[str, str],
         timeout_s: float,
         stdin: bytes | None = None,
+        writable: Sequence[str] = (),
     ) -> CommandResult:
         """Run a short command to its end and collect its output.
 
@@ -140,4 +147,9 @@ class Workspace(Protocol):
 
     async def ensure_dir(self, path: str) -> None:
         """Create directory ``path`` (and parents) if missing; ``WorkspaceError`` if not."""
+        ...
+
+    async def list_dir(self, path: str) -> list[str]:
+        """The names of the entries of directory ``path``, sorted; empty when it does not
+        exist; ``WorkspaceError`` when it cannot be read."""
         ...

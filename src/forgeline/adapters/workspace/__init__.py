@@ -26,3 +26,22 @@ def build_workspace(settings: Settings, environ: Mapping[str, str] | None = None
     from forgeline.adapters.workspace.local import LocalWorkspace
 
     return LocalWorkspace()
+
+
+def build_agent_workspace(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> Workspace:
+    """Where agents run: the local workspace inside a bubblewrap sandbox unless
+    ``FORGELINE_SANDBOX=none``; a pod (``kubernetes``) is its own sandbox."""
+    if settings.workspace == "local" and settings.sandbox == "bwrap":
+        from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace, SandboxConfig
+
+        return BubblewrapWorkspace(
+            SandboxConfig(
+                bwrap=settings.bwrap_bin,
+                uid=settings.sandbox_uid,
+                gid=settings.sandbox_gid,
+                read_only=tuple(str(p) for p in settings.sandbox_read_only),
+            )
+        )
+    return build_workspace(settings, environ)

@@ -163,6 +163,14 @@ _FOLLOW_LOOP = (
 )
 
 
+#: Prints the entry names of directory ``$1``, NUL-terminated; nothing when it is missing.
+_LIST_SCRIPT = (
+    'cd "$1" 2>/dev/null || exit 0; '
+    'for f in * .[!.]* ..?*; do [ -e "$f" ] || [ -L "$f" ] && printf "%s\\0" "$f"; done; '
+    "exit 0"
+)
+
+
 class KubectlProcess:
     """A command running in the pod, seen through the local ``kubectl exec`` process."""
 
@@ -330,8 +338,10 @@ class KubernetesWorkspace:
         cwd: str,
         env: Mapping[str, str],
         line_limit: int,
+        writable: Sequence[str] = (),
     ) -> KubectlProcess:
-        """Start ``argv`` in the pod; its stdin is ``/dev/null`` there."""
+        """Start ``argv`` in the pod; its stdin is ``/dev/null`` there. The pod is the
+        sandbox: ``writable`` is not enforced inside it."""
         if not argv:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=line_limit)
@@ -355,8 +365,10 @@ class KubernetesWorkspace:
         env: Mapping[str, str],
         timeout_s: float,
         stdin: bytes | None = None,
+        writable: Sequence[str] = (),
     ) -> CommandResult:
-        """Run ``argv`` in the pod to its end; on timeout or cancellation kill it there."""
+        """Run ``argv`` in the pod to its end; on timeout or cancellation kill it there.
+        ``writable`` is not enforced (the pod is the sandbox)."""
         if not argv:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=2**16)
@@ -437,3 +449,17 @@ class KubernetesWorkspace:
             raise WorkspaceError(
                 f"cannot create {path!r} in pod {self._pod!r}: {result.stderr_tail(3)}"
             )
+
+    async def list_dir(self, path: str) -> list[str]:
+        """The entries of ``path`` in the pod (a POSIX sh glob; hidden names too)."""
+        result = await self.run(
+            ["sh", "-c", _LIST_SCRIPT, "forgeline-list", path],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            timeout_s=30,
+        )
+        if not result.ok:
+            raise WorkspaceError(
+                f"cannot list {path!r} in pod {self._pod!r}: {result.stderr_tail(3)}"
+            )
+        return sorted(name for name in result.stdout.decode(errors="replace").split("\0") if name)

@@ -321,9 +321,11 @@ class LocalWorkspace:
         cwd: str,
         env: Mapping[str, str],
         line_limit: int,
+        writable: Sequence[str] = (),
     ) -> LocalProcess:
         """Start ``argv`` with stdin on ``/dev/null`` and stdout in an unlinked temporary
-        file (see :class:`LocalProcess` for why not a pipe)."""
+        file (see :class:`LocalProcess` for why not a pipe). Unconfined: ``writable`` is
+        not enforced."""
         try:
             write_fd, path = tempfile.mkstemp(prefix="forgeline-stdout-")
         except OSError as exc:
@@ -358,8 +360,10 @@ class LocalWorkspace:
         env: Mapping[str, str],
         timeout_s: float,
         stdin: bytes | None = None,
+        writable: Sequence[str] = (),
     ) -> CommandResult:
-        """Run to the end; on timeout or cancellation the whole command tree is killed."""
+        """Run to the end; on timeout or cancellation the whole command tree is killed.
+        Unconfined: ``writable`` is not enforced."""
         proc, token = await self._start(
             argv,
             cwd=cwd,
@@ -394,3 +398,12 @@ class LocalWorkspace:
             os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - mode + exist_ok
         except OSError as exc:
             raise WorkspaceError(f"cannot create {path!r}: {exc.strerror or exc}") from exc
+
+    async def list_dir(self, path: str) -> list[str]:
+        """``os.listdir``, sorted; empty for a missing directory."""
+        try:
+            return sorted(os.listdir(path))  # noqa: PTH208 - names only
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise WorkspaceError(f"cannot list {path!r}: {exc.strerror or exc}") from exc

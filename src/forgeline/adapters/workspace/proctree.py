@@ -101,6 +101,31 @@ def find_run_processes(token: str, roots: Iterable[int] = ()) -> set[int]:
     return members
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, nearest first (breadth-first); empty if none."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir(_PROC)  # noqa: PTH208 - plain names, fastest on /proc
+    except OSError:
+        return []
+    for name in entries:
+        if name.isdigit() and (stat := _stat(name)) is not None and stat[1] not in ("Z", "X"):
+            children.setdefault(stat[0], []).append(int(name))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        for child in sorted(children.get(queue.pop(0), [])):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def process_name(pid: int) -> str | None:
+    """The command name of ``pid`` (``/proc/<pid>/comm``), or None when it is gone."""
+    data = _read(f"{_PROC}/{pid}/comm")
+    return data.decode(errors="replace").strip() if data is not None else None
+
+
 def signal_all(pids: Iterable[int], sig: int) -> None:
     """Send ``sig`` to each pid, ignoring those already gone or not ours."""
     for pid in pids:
