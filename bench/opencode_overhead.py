@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT))  # the scripted model server lives in the test sup
 from tests.support.openai_server import ScriptedOpenAI  # noqa: E402
 
 from forgeline.adapters.agents.opencode import OpenCodeAgent  # noqa: E402
-from forgeline.adapters.agents.opencode.server import ManagedServer, descendants  # noqa: E402
+from forgeline.adapters.agents.opencode.server import ManagedServer, SharedServer  # noqa: E402
+from forgeline.adapters.workspace.local import LocalWorkspace  # noqa: E402
+from forgeline.adapters.workspace.proctree import descendants  # noqa: E402
 from forgeline.domain.agent import AgentRequest, RunStatus  # noqa: E402
 
 BINARY = ROOT / "tools" / "node_modules" / "opencode-linux-x64" / "bin" / "opencode"
@@ -114,9 +116,10 @@ async def direct(http: httpx.AsyncClient, repo: Path, n: int) -> float:
 async def shared_server(llm: ScriptedOpenAI, state: Path) -> AsyncIterator[OpenCodeAgent]:
     """An adapter with its own managed server, closed at the end."""
     config = json.dumps(llm.opencode_config())
-    agent = OpenCodeAgent(
-        server=ManagedServer(binary=str(BINARY), state_dir=state, config_content=config),
+    server = ManagedServer(
+        binary=str(BINARY), workspace=LocalWorkspace(), state_dir=state, config_content=config
     )
+    agent = OpenCodeAgent(servers=SharedServer(server))
     try:
         yield agent
     finally:
@@ -125,9 +128,10 @@ async def shared_server(llm: ScriptedOpenAI, state: Path) -> AsyncIterator[OpenC
 
 def server_of(agent: OpenCodeAgent) -> ManagedServer:
     """The adapter's managed server."""
-    server = agent._server
-    assert isinstance(server, ManagedServer)
-    return server
+    servers = agent._servers
+    assert isinstance(servers, SharedServer)
+    assert isinstance(servers.server, ManagedServer)
+    return servers.server
 
 
 async def peak_rss(pids: list[int], work: asyncio.Future[Any]) -> float:

@@ -7,6 +7,7 @@ adapter swapped by passing it to :class:`Container` directly.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from forgeline.logs import Redactor
 from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.templates import TemplateProvider
+from forgeline.services.auth import ADMIN_TOKEN_FILE
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
 
@@ -51,13 +53,16 @@ def build_registry(
     *,
     opencode_password: Secret | None = None,
 ) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default). ``opencode_password`` is the
-    password of the server at ``FORGELINE_OPENCODE_URL`` (a credential), when one is set."""
+    """The agent providers, Claude Code first (the default), running in ``workspace``
+    (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
+    ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
+    credential), when one is set."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
-    from forgeline.adapters.workspace import build_workspace
+    from forgeline.adapters.workspace import build_agent_workspace
 
-    workspace = workspace or build_workspace(settings)
+    workspace = workspace or build_agent_workspace(settings)
+    sandboxed = settings.workspace == "local" and settings.sandbox == "bwrap"
     registry = ProviderRegistry()
     registry.register(
         ClaudeCodeAgent(
@@ -70,19 +75,66 @@ def build_registry(
             line_limit=settings.agent_line_limit,
             idle_timeout_s=settings.agent_idle_timeout_s,
             raw_events=settings.debug_raw_events,
+            # In the sandbox the CLI is an unprivileged user; elsewhere it may be root.
+            runs_as_root=not sandboxed and (settings.workspace != "local" or os.geteuid() == 0),
         )
     )
-    registry.register(OpenCodeAgent.from_settings(settings, password=opencode_password))
+    registry.register(OpenCodeAgent.from_settings(settings, workspace, password=opencode_password))
     return registry
 
 
-def build_credential_store(settings: Settings, database: Database) -> CredentialStore:
+async def check_sandbox(settings: Settings) -> None:
+    """Before a process runs agents: ``ConfigurationError`` (naming the fix) when the
+    sandbox cannot start here; never a silent fallback. Without one
+    (``FORGELINE_SANDBOX=none``, an explicit choice) a warning is logged."""
+    from forgeline.adapters.workspace import build_agent_workspace
+    from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
+
+    workspace = build_agent_workspace(settings)
+    if isinstance(workspace, BubblewrapWorkspace):
+        await workspace.check()
+    elif settings.workspace == "local":
+        structlog.get_logger("forgeline").warning(
+            "sandbox.disabled",
+            detail="FORGELINE_SANDBOX=none: agents run unconfined, with forgeline's powers",
+        )
+
+
+def build_credential_store(
+    settings: Settings, database: Database, redactor: Redactor | None = None
+) -> CredentialStore:
     """The credential store on ``database``; master key from FORGELINE_MASTER_KEY or the key
-    file in the data directory (created owner-only on first run)."""
+    file in the data directory (created owner-only on first run), masked by ``redactor``."""
     from forgeline.adapters.credentials import load_keyring, open_credential_store
 
     master_key = settings.master_key.get_secret_value() if settings.master_key else None
-    return open_credential_store(database, load_keyring(master_key, settings.data_dir))
+    keyring = load_keyring(master_key, settings.data_dir)
+    if redactor is not None:
+        redactor.add_many(
+            (form, "master-key")
+            for key in keyring.keys
+            for form in (key.encoded(), base64.urlsafe_b64encode(key.material).decode())
+        )
+        if master_key:
+            redactor.add(master_key, "master-key")
+    return open_credential_store(database, keyring)
+
+
+async def mask_platform_secrets(
+    settings: Settings, credentials: CredentialStore, redactor: Redactor
+) -> None:
+    """Mask, from start-up on, every secret this process could meet in an agent's output:
+    each stored credential of every scope and the admin token file's value (the master key
+    and the callback key are masked where they are loaded). So none of them shows raw in
+    events, results, callbacks, logs or errors, after a restart exactly as before it."""
+    token_file = settings.data_dir / ADMIN_TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        redactor.add(token_file.read_text().strip(), "admin-token")
+    values = []
+    for info in await credentials.list():
+        secret = await credentials.get(info.name, project=info.project)
+        values.append((secret.reveal(), info.name))
+    redactor.add_many(values)
 
 
 def build_callback_outbox(database: Database) -> CallbackOutbox:
@@ -195,7 +247,10 @@ class Container:
     registry: ProviderRegistry
     database: Database
     redactor: Redactor
+    #: Where forgeline's own commands (git) run and checkouts live.
     workspace: Workspace
+    #: Where agents run: the sandbox, unless FORGELINE_SANDBOX=none or kubernetes.
+    agent_workspace: Workspace
     store: Store
     queue: WorkQueue
     credentials: CredentialStore
@@ -215,6 +270,13 @@ class Container:
         """Raise ``StorageError`` unless the database answers (readiness)."""
         await self.database.ping()
 
+    @property
+    def sandboxed(self) -> bool:
+        """True when agents run in forgeline's bubblewrap sandbox."""
+        from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
+
+        return isinstance(self.agent_workspace, BubblewrapWorkspace)
+
     def worker(self, name: str, concurrency: int) -> Worker:
         """A build worker on this container's adapters."""
         from forgeline.services.worker import Worker, WorkerConfig
@@ -231,11 +293,13 @@ class Container:
                 git_token_credential=s.git_token_credential,
                 ci_find_timeout_s=s.woodpecker_find_timeout_s,
                 ci_pipeline_timeout_s=s.woodpecker_pipeline_timeout_s,
+                sandboxed=self.sandboxed or s.workspace != "local",
             ),
             queue=self.queue,
             store=self.store,
             registry=self.registry,
             git=self.git,
+            workspace=self.workspace,
             redactor=self.redactor,
             injector=self.injector,
             callbacks=self.callbacks,
@@ -273,6 +337,9 @@ async def open_migrated_database(
     """The database of ``settings``, opened (its data directory made) and migrated when
     ``migrate_schema`` (default: ``FORGELINE_AUTO_MIGRATE``) says so; closed on exit."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Whatever the umask made of it, or an older version left: keys, tokens, the database
+    # and every checkout are in there.
+    settings.data_dir.chmod(0o700)
     database = open_database(settings.database_url)
     try:
         await database.open()
@@ -314,7 +381,7 @@ async def _assemble(
     """Every adapter and service on ``database``; each closer is added as it is built."""
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
-    from forgeline.adapters.workspace import build_workspace
+    from forgeline.adapters.workspace import build_agent_workspace, build_workspace
     from forgeline.adapters.workspace.local import LocalWorkspace
     from forgeline.services.auth import AuthService
     from forgeline.services.builds import BuildService
@@ -322,15 +389,17 @@ async def _assemble(
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectConfig, ProjectService
 
-    credentials = build_credential_store(settings, database)
+    credentials = build_credential_store(settings, database, redactor)
+    await mask_platform_secrets(settings, credentials, redactor)
     injector = CredentialInjector(credentials, redactor)
     workspace = build_workspace(settings)
+    agent_workspace = build_agent_workspace(settings)
     opencode_password = None
     if settings.opencode_url:
         opencode_password = await _optional_credential(
             credentials, settings.opencode_password_credential, redactor
         )
-    registry = build_registry(settings, workspace, opencode_password=opencode_password)
+    registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
     closers += [agent.aclose for agent in registry.agents()]
     store = build_store(database)
     queue = build_queue(database)
@@ -356,6 +425,7 @@ async def _assemble(
         database=database,
         redactor=redactor,
         workspace=workspace,
+        agent_workspace=agent_workspace,
         store=store,
         queue=queue,
         credentials=credentials,

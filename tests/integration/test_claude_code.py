@@ -119,12 +119,12 @@ def result_of(events: list[AgentEvent]) -> AgentResult:
 def live(pattern: str) -> list[str]:
     """``ps`` lines naming ``pattern`` whose process is not a zombie."""
     out = subprocess.run(
-        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
     ).stdout
     return [
         line
         for line in out.splitlines()
-        if pattern in line and line.split(None, 2)[1][0] != "Z" and "ps -eo" not in line
+        if pattern in line and line.split(None, 2)[1][0] != "Z" and "ps -ww -eo" not in line
     ]
 
 

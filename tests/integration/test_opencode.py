@@ -1,9 +1,11 @@
 """The OpenCode adapter against the real ``opencode serve`` and a scripted model server.
 
-One server process serves the whole module (start-ups are expensive on a shared 2-core
-machine): the adapter under test starts it lazily on the first run, every scenario then
-runs its own sessions in its own git repository. Scenarios that need a different path to
-the server (a cutting proxy, a wrong password) build a second adapter on the same server.
+One unsandboxed server process serves most of the module (start-ups are expensive on a
+shared 2-core machine): the adapter under test starts it lazily on the first run, every
+scenario then runs its own sessions in its own git repository. Scenarios that need a
+different path to the server (a cutting proxy, a wrong password) build a second adapter on
+the same server. What builds use — a sandboxed server per run, built by the composition
+root — has scenarios of its own at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from forgeline.adapters.agents.opencode import OpenCodeAgent
 from forgeline.adapters.agents.opencode import stream as stream_module
 from forgeline.adapters.agents.opencode.client import OpenCodeClient
 from forgeline.adapters.agents.opencode.events import PartDelta
-from forgeline.adapters.agents.opencode.server import ManagedServer, RemoteServer
+from forgeline.adapters.agents.opencode.server import ManagedServer, RemoteServer, SharedServer
+from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.bootstrap import build_registry
 from forgeline.domain.agent import (
     AgentEvent,
@@ -73,6 +76,7 @@ async def server(
     """The module's one ``opencode serve``, ended with its process group at the end."""
     managed = ManagedServer(
         binary=oc_binary,
+        workspace=LocalWorkspace(),
         state_dir=tmp_path_factory.mktemp("opencode-state"),
         config_content=oc_config,
     )
@@ -85,7 +89,7 @@ async def server(
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def agent(server: ManagedServer, oc_config: str) -> OpenCodeAgent:
     """The adapter under test, on the shared server (the server fixture ends it)."""
-    return OpenCodeAgent(server=server, config_content=oc_config)
+    return OpenCodeAgent(servers=SharedServer(server), config_content=oc_config)
 
 
 @pytest.fixture
@@ -159,8 +163,10 @@ async def wait_until(predicate: Callable[[], bool], limit_s: float = 30.0) -> No
 
 def processes_matching(text: str) -> list[str]:
     """Command lines of live processes containing ``text`` (via ps)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
-    return [line for line in out.stdout.splitlines() if text in line and "ps -eo" not in line]
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True
+    )
+    return [line for line in out.stdout.splitlines() if text in line and "ps -ww -eo" not in line]
 
 
 # --- scenarios ----------------------------------------------------------------------------
@@ -359,7 +365,7 @@ async def test_stream_cut_mid_run(server: ManagedServer, llm: ScriptedOpenAI, re
     address = (await server.client()).address
     port = int(address.base_url.rsplit(":", 1)[1])
     proxy = TcpProxy(port)
-    via_proxy = OpenCodeAgent(server=RemoteServer(proxy.url, address.password))
+    via_proxy = OpenCodeAgent(servers=SharedServer(RemoteServer(proxy.url, address.password)))
 
     def cut_before_answering(req: RecordedRequest) -> Reply:
         if req.last_role == "tool":
@@ -395,7 +401,9 @@ async def test_password_required_and_wrong_password_refused(
         assert (await raw.get("/global/health")).status_code == 401
         wrong = await raw.get("/global/health", auth=("opencode", "not-the-password"))
         assert wrong.status_code == 401
-    intruder = OpenCodeAgent(server=RemoteServer(address.base_url, Secret("not-the-password")))
+    intruder = OpenCodeAgent(
+        servers=SharedServer(RemoteServer(address.base_url, Secret("not-the-password")))
+    )
     try:
         caps = await intruder.capabilities()
         assert not caps.available
@@ -521,40 +529,43 @@ async def test_capabilities(agent: OpenCodeAgent) -> None:
 async def test_through_the_registry(
     oc_binary: str, oc_config: str, llm: ScriptedOpenAI, repo: Path, tmp_path: Path
 ) -> None:
-    """Built from settings by the composition root, the adapter starts its own server,
-    runs (granting the permission its configuration asks for), and aclose() ends the
-    server's whole process group."""
+    """Built from settings by the composition root, each run gets a sandboxed server of its
+    own: it runs (granting the permission its configuration asks for) and writes the run's
+    checkout, and when the run ends no process of its server is left."""
     config = tmp_path / "opencode.json"
     # This server's configuration makes bash ask first: the unattended run must answer.
     config.write_text(json.dumps({**json.loads(oc_config), "permission": {"bash": "ask"}}))
-    settings = Settings(data_dir=tmp_path / "data", opencode_bin=oc_binary, opencode_config=config)
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, opencode_bin=oc_binary, opencode_config=config)
     registry = build_registry(settings)
     assert registry.names()[0] == "claude-code"
     agent = registry.get("opencode")
     assert isinstance(agent, OpenCodeAgent)
     try:
-        caps = await agent.capabilities()  # not started yet: the binary answers
+        caps = await agent.capabilities()  # nothing started for a probe: the binary answers
         assert caps.available
         assert caps.version == "1.18.33"
         assert caps.models == (MODEL,)
-        # Even --version writes state (P14): it went to the server's own HOME.
-        assert (tmp_path / "data" / "opencode" / "home" / ".local" / "share").is_dir()
+        # Even --version writes state (P14): it went to the probe's own HOME.
+        assert (data / "agents" / "opencode" / "probe" / "home" / ".local" / "share").is_dir()
         marker = repo / "asked.txt"
-        events = await collect(agent, request(f"BASHSLEEP=0.1:{marker}", repo))
+        req = request(f"BASHSLEEP=0.1:{marker}", repo)
+        run = asyncio.create_task(collect(agent, req))
+        await wait_until(lambda: bool(processes_matching(f"{data}/agents/opencode/")))
+        events = await run
         assert result_of(events).status is RunStatus.SUCCEEDED
         granted = [s for s in of_type(events, StatusData) if s.state == "permission_granted"]
         assert [s.detail["permission"] for s in granted] == ["bash"]
         assert marker.read_text() == "slept\n"
-        server = agent._server
-        assert isinstance(server, ManagedServer)
-        assert server.pid is not None
-        pid = server.pid
+        # The session lives in the project's own state, beside its server's HOME.
+        assert (data / "agents" / "opencode" / req.state_name() / "home").is_dir()
+        assert processes_matching(f"{data}/agents/opencode/") == []
     finally:
         await agent.aclose()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
 
 
 async def agent_client(agent: OpenCodeAgent) -> OpenCodeClient:
     """The adapter's client of its server (started if need be)."""
-    return await agent._server.client()
+    servers = agent._servers
+    assert isinstance(servers, SharedServer)
+    return await servers.server.client()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from forgeline.adapters.agents.opencode.server import ManagedServer, read_config_content
+from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.domain.errors import AgentUnavailableError, ConfigurationError
 from forgeline.domain.secrets import Secret
 
@@ -24,6 +25,7 @@ def test_environment_is_explicit_and_sandboxed(
     monkeypatch.setenv("OPENCODE_SERVER_PASSWORD", "inherited")
     server = ManagedServer(
         binary="opencode",
+        workspace=LocalWorkspace(),
         state_dir=tmp_path,
         config_content='{"model": "fake/fake-model"}',
         extra_env={"OPENCODE_SERVER_PASSWORD": "extra", "HOME": "/elsewhere", "FOO": "bar"},
@@ -60,7 +62,9 @@ def test_config_file_must_be_a_json_object(tmp_path: Path) -> None:
 
 async def test_missing_binary_is_reported_unavailable(tmp_path: Path) -> None:
     """A binary that does not exist gives available=False with a reason, never an error."""
-    server = ManagedServer(binary=str(tmp_path / "no-opencode"), state_dir=tmp_path)
+    server = ManagedServer(
+        binary=str(tmp_path / "no-opencode"), workspace=LocalWorkspace(), state_dir=tmp_path
+    )
     check = await server.check()
     assert not check.available
     assert check.detail is not None
@@ -79,7 +83,7 @@ async def test_server_exiting_before_listening_is_unavailable(tmp_path: Path) ->
     """A server that dies at start (the port race of P13) is retried, then reported with
     its own words."""
     binary = fake_binary(tmp_path, 'echo "Error: ServeError" >&2; exit 1')
-    server = ManagedServer(binary=binary, state_dir=tmp_path / "state")
+    server = ManagedServer(binary=binary, workspace=LocalWorkspace(), state_dir=tmp_path / "state")
     with pytest.raises(AgentUnavailableError, match="ServeError"):
         await server.client()
     await server.aclose()
@@ -88,7 +92,7 @@ async def test_server_exiting_before_listening_is_unavailable(tmp_path: Path) ->
 async def test_cancel_during_start_leaves_no_process(tmp_path: Path) -> None:
     """Giving up while the server starts ends the half-started process."""
     binary = fake_binary(tmp_path, "exec sleep 53.25")
-    server = ManagedServer(binary=binary, state_dir=tmp_path / "state")
+    server = ManagedServer(binary=binary, workspace=LocalWorkspace(), state_dir=tmp_path / "state")
     starting = asyncio.create_task(server.client())
     async with asyncio.timeout(10):
         while server.pid is None:  # noqa: ASYNC110 - the child appears without an event

@@ -7,12 +7,15 @@ typed union of the seven ``data`` shapes; :class:`AgentEvent` is the envelope.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
 
 from forgeline.domain.errors import InvalidTimeoutError, PromptRequiredError, ValidationError
@@ -102,6 +105,21 @@ class AgentRequest:
         if not self.workdir:
             raise ValidationError("workdir is required")
         return self
+
+    def state_name(self) -> str:
+        """The directory name of the run's agent state: ``state_key`` made path-safe, or
+        one derived from ``workdir`` (its name plus a hash of the whole path)."""
+        if self.state_key:
+            key = _UNSAFE_NAME.sub("_", self.state_key).strip("._")[:100]
+            if key:
+                return key
+        workdir = str(PurePosixPath(self.workdir))
+        digest = hashlib.sha256(workdir.encode()).hexdigest()[:12]
+        name = _UNSAFE_NAME.sub("_", PurePosixPath(workdir).name).strip("._")[:60] or "root"
+        return f"{name}-{digest}"
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)

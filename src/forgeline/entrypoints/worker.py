@@ -14,7 +14,7 @@ import socket
 
 import structlog
 
-from forgeline.bootstrap import open_container
+from forgeline.bootstrap import check_sandbox, open_container
 from forgeline.logs import Redactor
 from forgeline.settings import Settings
 
@@ -34,6 +34,7 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await check_sandbox(settings)
         async with open_container(settings, redactor=redactor) as container:
             worker = container.worker(
                 name or f"{socket.gethostname()}:{os.getpid()}", concurrency=concurrency

@@ -236,6 +236,12 @@ class KeyRing:
             return self._keys[0]
 
     @property
+    def keys(self) -> list[MasterKey]:
+        """Every key, current first."""
+        with self._lock:
+            return list(self._keys)
+
+    @property
     def ids(self) -> list[str]:
         """Every key id, current first."""
         with self._lock:

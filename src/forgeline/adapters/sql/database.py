@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -89,11 +90,12 @@ class SqliteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         pool: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         try:
+            _owner_only(self.path)
             for _ in range(self._pool_size):
                 conn = await asyncio.to_thread(self._connect)
                 self._all.append(conn)
                 pool.put_nowait(conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._pool = pool
         return pool
@@ -224,3 +226,13 @@ def open_database(url: str) -> Database:
     if is_postgres(url):
         return PostgresDatabase(url)
     raise ConfigurationError("FORGELINE_DATABASE_URL must start with sqlite:/// or postgresql://")
+
+
+def _owner_only(path: Path) -> None:
+    """Make the database file (created first if need be) and its journals 0600, whatever
+    the umask or their mode: SQLite gives the WAL and shared-memory files the mode of the
+    database file, and tokens, credentials and transcripts live there."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            (path.parent / name).chmod(0o600)

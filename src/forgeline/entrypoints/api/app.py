@@ -74,6 +74,7 @@ def create_app(
             app.state.redactor = built.redactor
             token_file = await built.auth.ensure_admin_token(settings.data_dir)
             if token_file is not None:
+                built.redactor.add(token_file.read_text().strip(), "admin-token")
                 log.warning("api.admin_token_created", path=str(token_file))
             await stack.enter_async_context(running_services(built, worker_count))
             log.info("api.ready", workers=worker_count, database=built.database.dialect)

@@ -202,13 +202,14 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Run one agent in WORKDIR and stream its events; the exit code tells how it ended."""
-    from forgeline.bootstrap import build_registry
+    from forgeline.bootstrap import build_registry, check_sandbox
     from forgeline.logs import Redactor, configure_logging
     from forgeline.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, Redactor())
     try:
+        asyncio.run(check_sandbox(settings))
         agent = build_registry(settings).get(provider)
         request = AgentRequest(
             prompt=prompt,

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from forgeline.adapters.sql.database import open_database
 from forgeline.adapters.sql.migrate import migrate as apply_migrations
+from forgeline.bootstrap import open_migrated_database
 from forgeline.settings import Settings
 
 app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -21,13 +21,8 @@ def migrate(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")
     settings = Settings()
 
     async def run() -> list[str]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = open_database(settings.database_url)
-        try:
-            await db.open()
+        async with open_migrated_database(settings, migrate_schema=False) as db:
             return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(db)]
-        finally:
-            await db.aclose()
 
     applied = asyncio.run(run())
     if json_out:

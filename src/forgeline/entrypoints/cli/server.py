@@ -37,6 +37,11 @@ def serve(
         overrides["workers"] = workers
     settings = Settings(**overrides)
     redactor = configure(settings)
+    if settings.workers > 0:
+        from forgeline.bootstrap import check_sandbox
+
+        with fail_on_errors():
+            asyncio.run(check_sandbox(settings))
     uvicorn.run(
         create_app(settings, redactor=redactor),
         host=settings.host,

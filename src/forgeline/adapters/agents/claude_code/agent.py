@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Mapping
-from pathlib import PurePosixPath
 
 import structlog
 
@@ -111,6 +109,7 @@ def build_child_env(
     config_dir: str,
     permission_mode: str,
     max_retries: int,
+    runs_as_root: bool = True,
 ) -> dict[str, str]:
     """The whole environment of the CLI: nothing is inherited implicitly.
 
@@ -119,8 +118,8 @@ def build_child_env(
     credentials); then the fixed ones: ``HOME`` and ``CLAUDE_CONFIG_DIR`` (stable per
     project, so sessions can be resumed), no non-essential traffic, no auto-updater,
     bounded retries, and ``IS_SANDBOX=1`` exactly when the permission mode is
-    ``bypassPermissions`` (the CLI refuses that mode as root without it, and refuses any
-    other value).
+    ``bypassPermissions`` and the CLI may run as root (it refuses that mode to root without
+    it, and refuses any other value); in forgeline's sandbox it is an unprivileged user.
     """
     env = {key: environ[key] for key in ENV_ALLOW_LIST if key in environ}
     env.update({k: v for k, v in environ.items() if k.startswith(ENV_PASS_PREFIXES)})
@@ -134,27 +133,49 @@ def build_child_env(
         DISABLE_AUTOUPDATER="1",
         CLAUDE_CODE_MAX_RETRIES=str(max_retries),
     )
-    if permission_mode == "bypassPermissions":
+    if permission_mode == "bypassPermissions" and runs_as_root:
         env["IS_SANDBOX"] = "1"
     else:
         env.pop("IS_SANDBOX", None)
     return env
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: What a session id may look like to be carried between checkouts (the CLI's are UUIDs).
+_SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+#: The CLI's longest escaped project directory name before it appends a hash.
+_PROJECT_DIR_MAX = 200
+
+#: Copies a session's transcript into the project directory of the run's cwd, unless it is
+#: there already: ``$1`` config dir, ``$2`` session id, ``$3`` that directory's name.
+_CARRY_SESSION = (
+    'dest="$1/projects/$3"; [ -f "$dest/$2.jsonl" ] && exit 0; '
+    'for f in "$1"/projects/*/"$2.jsonl"; do [ -f "$f" ] || continue; '
+    'mkdir -p "$dest" && cp -p "$f" "$dest/"; exit $?; done; exit 0'
+)
 
 
-def state_key(request: AgentRequest) -> str:
-    """The directory name of the run's agent state: the request's key, made path-safe, or
-    one derived from the workdir (its name plus a hash of the whole path)."""
-    if request.state_key:
-        key = _UNSAFE.sub("_", request.state_key).strip("._")[:100]
-        if key:
-            return key
-    workdir = str(PurePosixPath(request.workdir))
-    digest = hashlib.sha256(workdir.encode()).hexdigest()[:12]
-    name = _UNSAFE.sub("_", PurePosixPath(workdir).name).strip("._")[:60] or "root"
-    return f"{name}-{digest}"
+def project_dir_name(cwd: str) -> str:
+    """The name the CLI gives ``<config>/projects/<name>``, where a session's transcript
+    lives, for a run in ``cwd``: every UTF-16 unit that is not an ASCII letter or digit
+    becomes ``-``; past 200 characters the name is cut and a base-36 hash of ``cwd`` (Java's
+    string hash, as the CLI computes it) appended. Mirrors claude 2.1's ``projects/``
+    layout; a mismatch only means a resume from another checkout is not found."""
+    units = cwd.encode("utf-16-le")
+    codes = [int.from_bytes(units[i : i + 2], "little") for i in range(0, len(units), 2)]
+    name = "".join(chr(c) if chr(c).isascii() and chr(c).isalnum() else "-" for c in codes)
+    if len(name) <= _PROJECT_DIR_MAX:
+        return name
+    value = 0
+    for code in codes:
+        value = (value * 31 + code) & 0xFFFFFFFF
+    value = abs(value - (1 << 32) if value >= 1 << 31 else value)
+    digits = ""
+    while True:
+        value, rest = divmod(value, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[rest] + digits
+        if not value:
+            break
+    return f"{name[:_PROJECT_DIR_MAX]}-{digits}"
 
 
 def _remember(store: OrderedDict[str, None], run_id: str) -> None:
@@ -244,8 +265,15 @@ class ClaudeCodeAgent:
 
     ``state_dir`` is where per-project state lives, as a path in the workspace:
     ``<state_dir>/<key>/home`` is the CLI's ``HOME`` and ``<state_dir>/<key>/config`` its
-    ``CLAUDE_CONFIG_DIR`` (see :func:`state_key`). ``environ`` is forgeline's own
+    ``CLAUDE_CONFIG_DIR`` (see :meth:`AgentRequest.state_name`). ``environ`` is forgeline's own
     environment, from which :func:`build_child_env` takes the allow-listed variables.
+    A run may write its workdir and its state directory, nothing else (in a sandboxing
+    workspace). ``runs_as_root`` is False when the workspace runs the CLI unprivileged (the
+    bubblewrap sandbox), so it needs no ``IS_SANDBOX``.
+
+    Every attempt of a build works in a checkout of its own, so a session continued by a
+    later build was recorded under another cwd, where the CLI would not find it: its
+    transcript is carried into the new cwd's project directory first.
     """
 
     def __init__(
@@ -262,6 +290,7 @@ class ClaudeCodeAgent:
         raw_events: bool = False,
         interrupt_grace_s: float = 1.5,
         kill_grace_s: float = 1.0,
+        runs_as_root: bool = True,
     ) -> None:
         if permission_mode not in PERMISSION_MODES:
             raise ValueError(f"unknown permission mode {permission_mode!r}")
@@ -278,6 +307,7 @@ class ClaudeCodeAgent:
         # port's 5 s bound for cancel().
         self._interrupt_grace_s = interrupt_grace_s
         self._kill_grace_s = kill_grace_s
+        self._runs_as_root = runs_as_root
         self._runs: dict[str, _Run] = {}
         self._precancelled: OrderedDict[str, None] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -487,7 +517,7 @@ class ClaudeCodeAgent:
 
     async def _spawn(self, run: _Run, request: AgentRequest) -> Process | None:
         """Prepare the state directories and start the CLI (unless already stopped)."""
-        root = f"{self._state_dir.rstrip('/')}/{state_key(request)}"
+        root = f"{self._state_dir.rstrip('/')}/{request.state_name()}"
         home, config_dir = f"{root}/home", f"{root}/config"
         env = build_child_env(
             self._environ,
@@ -496,14 +526,39 @@ class ClaudeCodeAgent:
             config_dir=config_dir,
             permission_mode=self._permission_mode,
             max_retries=self._max_retries,
+            runs_as_root=self._runs_as_root,
         )
         await self._workspace.ensure_dir(home)
         await self._workspace.ensure_dir(config_dir)
+        if request.resume_session and _SESSION_ID.fullmatch(request.resume_session):
+            await self._carry_session(root, config_dir, request)
         if run.stop_status is None:
             run.proc = await self._workspace.spawn(
-                self.argv(request), cwd=request.workdir, env=env, line_limit=self._line_limit
+                self.argv(request),
+                cwd=request.workdir,
+                env=env,
+                line_limit=self._line_limit,
+                writable=(request.workdir, root),
             )
         return run.proc
+
+    async def _carry_session(self, root: str, config_dir: str, request: AgentRequest) -> None:
+        """Make the resumed session's transcript visible from this run's cwd (see the class);
+        a failure is left for the CLI to report ("no conversation found")."""
+        assert request.resume_session is not None  # noqa: S101 - checked by the caller
+        argv = [
+            "sh",
+            "-c",
+            _CARRY_SESSION,
+            "forgeline-carry-session",
+            config_dir,
+            request.resume_session,
+            project_dir_name(request.workdir),
+        ]
+        env = {"PATH": self._environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+        result = await self._workspace.run(argv, cwd="/", env=env, timeout_s=30.0, writable=(root,))
+        if not result.ok:
+            log.warning("agent.session_not_carried", error=result.stderr_tail(3))
 
     async def _follow(
         self, run: _Run, request: AgentRequest, feed: _Feed

@@ -2,7 +2,9 @@
 
 One run, as the real server needs it (``shared/reference/opencode-serve.md``):
 
-1. get the server (started lazily and shared, or configured: :mod:`.server`);
+1. get the run's server (:mod:`.server`): by default an ``opencode serve`` of its own, in a
+   sandbox that may write only the run's checkout and the project's opencode state, with
+   the build's credentials in its environment; or the configured shared one;
 2. create a session with a title for the run's directory, or reuse ``resume_session``;
 3. subscribe to the directory's event stream and wait for ``server.connected`` *before*
    sending, so nothing of the run can be missed;
@@ -20,10 +22,9 @@ abort sent between ``prompt_async``'s 204 and the session turning busy is silent
 so it is repeated until the stored state shows the end. opencode has then closed the
 provider stream and killed the bash tool's processes. A session is never deleted (P5).
 
-What the shared server cannot do per run: ``AgentRequest.env`` is not applied (one server
-process serves every run; provider keys come from the worker's environment or the
-configuration). ``max_turns`` and ``max_cost_usd``, which opencode lacks, are enforced here
-by aborting.
+What a shared server (``FORGELINE_OPENCODE_URL``) cannot do per run: ``AgentRequest.env`` is
+not applied (provider keys come from that server's own environment or configuration).
+``max_turns`` and ``max_cost_usd``, which opencode lacks, are enforced here by aborting.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ from forgeline.adapters.agents.opencode.events import (
 )
 from forgeline.adapters.agents.opencode.mapping import RunTranslator
 from forgeline.adapters.agents.opencode.server import (
-    ManagedServer,
     OpenCodeServer,
     RemoteServer,
+    ServerPerRun,
+    ServerSource,
+    SharedServer,
     read_config_content,
 )
 from forgeline.adapters.agents.opencode.stream import Resync, SessionStream, StreamFailed
@@ -72,6 +75,7 @@ from forgeline.domain.agent import (
 )
 from forgeline.domain.errors import ExternalServiceError, ForgelineError
 from forgeline.domain.secrets import Secret
+from forgeline.ports.workspace import Workspace
 
 if TYPE_CHECKING:
     from forgeline.settings import Settings
@@ -104,6 +108,7 @@ class _Run:
     request: AgentRequest
     directory: str
     translator: RunTranslator
+    server: OpenCodeServer | None = None
     client: OpenCodeClient | None = None
     session_id: str | None = None
     prompt_started: bool = False
@@ -123,20 +128,21 @@ class _RunEnded(Exception):  # noqa: N818 - control flow inside a run, not an er
 
 
 class OpenCodeAgent:
-    """Drives ``opencode serve``: one shared server, one session per run.
+    """Drives ``opencode serve``: one session per run, on the server its source gives it.
 
     Build it with :meth:`from_settings` (the composition root does) or hand it a server
-    (tests share one across adapters). The adapter owns the server: :meth:`aclose` ends it.
+    source (tests share one server across adapters). The adapter owns its servers:
+    :meth:`aclose` ends them.
     """
 
     def __init__(
         self,
         *,
-        server: OpenCodeServer,
+        servers: ServerSource,
         idle_timeout_s: float = 600.0,
         config_content: str | None = None,
     ) -> None:
-        self._server = server
+        self._servers = servers
         self._idle_timeout_s = idle_timeout_s
         self._models = _models_of(config_content)
         self._runs: dict[str, _Run] = {}
@@ -144,25 +150,29 @@ class OpenCodeAgent:
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, password: Secret | None = None) -> OpenCodeAgent:
+    def from_settings(
+        cls, settings: Settings, workspace: Workspace, *, password: Secret | None = None
+    ) -> OpenCodeAgent:
         """The adapter for these settings.
 
         With ``opencode_url`` set it connects there, authenticating with ``password`` (the
-        lead wires it from the credential store); otherwise it starts its own server under
-        ``<data_dir>/opencode`` on first use.
+        lead wires it from the credential store); otherwise each run starts a server of its
+        own through ``workspace`` (the sandbox), with its state under
+        ``<data_dir>/agents/opencode/<project>``.
         """
         config = read_config_content(settings.opencode_config)
-        server: OpenCodeServer
+        servers: ServerSource
         if settings.opencode_url:
-            server = RemoteServer(settings.opencode_url, password)
+            servers = SharedServer(RemoteServer(settings.opencode_url, password))
         else:
-            server = ManagedServer(
+            servers = ServerPerRun(
                 binary=settings.opencode_bin,
-                state_dir=settings.data_dir / "opencode",
+                workspace=workspace,
+                state_root=settings.data_dir / "agents" / "opencode",
                 config_content=config,
             )
         return cls(
-            server=server,
+            servers=servers,
             idle_timeout_s=settings.agent_idle_timeout_s,
             config_content=config,
         )
@@ -192,14 +202,18 @@ class OpenCodeAgent:
         finally:
             # Reached normally, on aclose() (GeneratorExit) or on the consumer's
             # cancellation: a run that did not end by itself is aborted, bounded.
-            if result is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CANCEL_TIMEOUT_S):
-                        await self._abort_and_settle(run)
-            if run.abort_task is not None and not run.abort_task.done():
-                run.abort_task.cancel()
-            self._runs.pop(request.run_id, None)
-            _remember(self._finished, request.run_id)
+            try:
+                if result is None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CANCEL_TIMEOUT_S):
+                            await self._abort_and_settle(run)
+                if run.abort_task is not None and not run.abort_task.done():
+                    run.abort_task.cancel()
+            finally:
+                self._runs.pop(request.run_id, None)
+                _remember(self._finished, request.run_id)
+                if run.server is not None:
+                    await self._servers.release(run.server)
 
     async def cancel(self, run_id: str) -> None:
         """Abort the run and return once its session is idle (bounded); never raises."""
@@ -219,7 +233,7 @@ class OpenCodeAgent:
     async def capabilities(self) -> AgentCapabilities:
         """A running (or configured) server is asked for its health; else the binary
         answers ``--version`` (the server starts with the first run, not for a probe)."""
-        check = await self._server.check()
+        check = await self._servers.check()
         return AgentCapabilities(
             provider=self.name,
             available=check.available,
@@ -232,10 +246,10 @@ class OpenCodeAgent:
         )
 
     async def aclose(self) -> None:
-        """Abort what still runs, then stop the server (its whole process group)."""
+        """Abort what still runs, then stop the servers (everything they started)."""
         for run_id in list(self._runs):
             await self.cancel(run_id)
-        await self._server.aclose()
+        await self._servers.aclose()
 
     # --- one run ---------------------------------------------------------------------------
 
@@ -309,11 +323,12 @@ class OpenCodeAgent:
             raise _RunEnded(
                 RunStatus.FAILED, ErrorData("workdir", f"{run.directory} is not a directory")
             )
-        if run.request.env:
+        if run.request.env and isinstance(self._servers, SharedServer):
             # Names only: the values are the build's credentials.
             log.warning("opencode.request_env_not_applied", names=sorted(run.request.env))
         self._check_cancel(run)
-        run.client = client = await _bounded(self._server.client(), deadline)
+        run.server = await self._servers.acquire(run.request)
+        run.client = client = await _bounded(run.server.client(), deadline)
         self._check_cancel(run)
         session_id, known = await _bounded(self._session(run, client), deadline)
         run.session_id = session_id
@@ -525,8 +540,8 @@ class OpenCodeAgent:
             return
         run.translator.abort_expected = True
         while True:
-            if self._server.running_client() is None:
-                return  # our server died: nothing of the run is left to stop
+            if run.server is None or run.server.running_client() is None:
+                return  # the run's server died: nothing of the run is left to stop
             try:
                 await client.abort(session_id, run.directory)
                 if session_id not in await client.session_status(

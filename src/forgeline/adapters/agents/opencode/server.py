@@ -1,7 +1,7 @@
 """Where the ``opencode serve`` process comes from: started by us, or configured.
 
-:class:`ManagedServer` starts ``opencode serve`` lazily on first use and shares it among all
-runs of one adapter (one server serves many directories through ``?directory=``):
+:class:`ManagedServer` is an ``opencode serve`` that forgeline starts, lazily on first use,
+through a :class:`~forgeline.ports.workspace.Workspace` (the bubblewrap sandbox for builds):
 
 - ``--hostname 127.0.0.1 --port 0``; the real port is read from the stdout line
   ``opencode server listening on http://127.0.0.1:<port>`` (``--port 0`` means "4096 if
@@ -9,17 +9,21 @@ runs of one adapter (one server serves many directories through ``?directory=``)
   ``ServeError`` and we start again, a bounded number of times);
 - a generated ``OPENCODE_SERVER_PASSWORD`` (HTTP Basic, user ``opencode``) so nothing else
   on the machine can drive the agent;
-- its own ``HOME`` and ``XDG_*`` directories under the data directory (even ``--version``
-  writes there, and the session database lives there, so a stable place lets a later
-  process resume a session);
+- its own ``HOME`` and ``XDG_*`` directories under its state directory (even ``--version``
+  writes there, and the session database lives there, so a stable place per project lets a
+  later build resume a session);
 - ``OPENCODE_DISABLE_MODELS_FETCH=1`` and the provider configuration as
   ``OPENCODE_CONFIG_CONTENT`` (it applies to every directory, unlike a project file);
 - an explicit environment: an allow-list of the worker's own variables plus its model
   providers' variables (``OPENAI_*``, ``ANTHROPIC_*`` …), nothing else;
-- its own process group, ended as a whole (with any straggling descendants) on
-  :meth:`aclose`: SIGTERM, a bounded wait, then SIGKILL.
+- writable: its state directory and the directories it is given (a build's checkout);
+- stopped as a whole by the workspace (SIGTERM, a bounded wait, SIGKILL of every process).
 
 :class:`RemoteServer` is a configured URL with its password; nothing to start or stop.
+
+:class:`SharedServer` and :class:`ServerPerRun` are the two ways an adapter gets a server for
+a run: one server for every run, or a server of its own for each run, whose sandbox shows it
+exactly that run's checkout.
 """
 
 from __future__ import annotations
@@ -28,22 +32,24 @@ import asyncio
 import contextlib
 import json
 import os
+import posixpath
 import re
 import secrets
-import signal
-from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from forgeline.adapters.agents.opencode.client import OpenCodeClient, ServerAddress
-from forgeline.domain.agent import DEFAULT_AVAILABILITY_TIMEOUT
+from forgeline.domain.agent import DEFAULT_AVAILABILITY_TIMEOUT, AgentRequest
 from forgeline.domain.errors import (
     AgentUnavailableError,
     ConfigurationError,
     ExternalServiceError,
+    WorkspaceError,
 )
 from forgeline.domain.secrets import Secret
+from forgeline.ports.workspace import Process, Workspace
 
 PROVIDER = "opencode"
 
@@ -80,7 +86,8 @@ PROVIDER_ENV_PREFIXES = (
 )
 
 _LISTENING = re.compile(rb"listening on (http://[^\s]+)")
-_STDERR_TAIL = 50
+#: The longest stdout line of the server kept (it prints only short status lines).
+_LINE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,32 +143,39 @@ class RemoteServer:
 
 
 class ManagedServer:
-    """``opencode serve`` started by forgeline on 127.0.0.1, shared by an adapter's runs."""
+    """``opencode serve`` started by forgeline on 127.0.0.1 through ``workspace``.
+
+    ``state_dir`` holds its HOME (sessions, snapshots, config); it and ``writable`` are the
+    directories it may write (in a sandboxing workspace, the only ones).
+    """
 
     def __init__(
         self,
         *,
         binary: str,
+        workspace: Workspace,
         state_dir: Path,
+        writable: Sequence[str] = (),
         config_content: str | None = None,
         extra_env: dict[str, str] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self._binary = binary
+        self._workspace = workspace
         self._state_dir = state_dir
+        self._writable = (str(state_dir), *writable)
         self._config_content = config_content
         self._extra_env = dict(extra_env or {})
         self._start_timeout_s = start_timeout_s
         self._lock = asyncio.Lock()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Process | None = None
         self._client: OpenCodeClient | None = None
-        self._drains: list[asyncio.Task[None]] = []
-        self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
+        self._drain: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
     def pid(self) -> int | None:
-        """The server's pid while it runs (for resource measurements)."""
+        """The pid of the server's process (its sandbox) while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     async def check(self) -> ServerCheck:
@@ -175,41 +189,22 @@ class ManagedServer:
         return await self._probe_version()
 
     async def _probe_version(self) -> ServerCheck:
-        env = self._environment(Secret("unused-for-version"))
-        (self._state_dir / "home").mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self._state_dir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._binary,
-                "--version",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
+            await self._make_dirs()
+            out = await self._workspace.run(
+                [self._binary, "--version"],
+                cwd=str(self._state_dir / "home"),
+                env=self._environment(Secret("unused-for-version")),
+                timeout_s=DEFAULT_AVAILABILITY_TIMEOUT,
+                writable=self._writable,
             )
-        except OSError as exc:
-            return ServerCheck(False, None, f"{self._binary}: {exc.strerror or exc}")
-        try:
-            async with asyncio.timeout(DEFAULT_AVAILABILITY_TIMEOUT):
-                out, err = await proc.communicate()
-        except TimeoutError:
+        except WorkspaceError as exc:
+            return ServerCheck(False, None, f"{self._binary}: {exc.message}")
+        text = out.stdout.decode(errors="replace").strip()
+        if not out.ok:
+            reason = (out.stderr_tail(3) or text)[:300]
             return ServerCheck(
-                False,
-                None,
-                f"{self._binary} --version gave no answer within"
-                f" {DEFAULT_AVAILABILITY_TIMEOUT:g} s",
-            )
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        text = out.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            reason = (err.decode(errors="replace").strip() or text)[:300]
-            return ServerCheck(
-                False, None, f"{self._binary} --version exited {proc.returncode}: {reason}"
+                False, None, f"{self._binary} --version exited {out.exit_code}: {reason}"
             )
         return ServerCheck(True, text.split()[0] if text else None, self._binary)
 
@@ -228,7 +223,7 @@ class ManagedServer:
                 raise AgentUnavailableError("the opencode server was shut down", provider=PROVIDER)
             if (ready := self.running_client()) is not None:
                 return ready
-            await self._stop_locked()  # a dead server leaves a client and drains behind
+            await self._stop_locked()  # a dead server leaves a client and a drain behind
             for attempt in range(1, START_ATTEMPTS + 1):
                 try:
                     self._client = await self._start()
@@ -244,7 +239,7 @@ class ManagedServer:
             raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        """End the process group (SIGTERM, wait, SIGKILL); idempotent."""
+        """End the server and everything it started; idempotent."""
         async with self._lock:
             self._closed = True
             await self._stop_locked()
@@ -278,41 +273,26 @@ class ManagedServer:
             env["OPENCODE_CONFIG_CONTENT"] = self._config_content
         return env
 
+    async def _make_dirs(self) -> None:
+        for sub in ("home", "tmp"):
+            await self._workspace.ensure_dir(str(self._state_dir / sub))
+
     async def _start(self) -> OpenCodeClient:
         password = Secret(secrets.token_urlsafe(32), name="opencode-server-password")
-        for sub in ("home", "tmp"):
-            (self._state_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self._binary,
-                "serve",
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                "0",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            await self._make_dirs()
+            self._proc = await self._workspace.spawn(
+                [self._binary, "serve", "--hostname", "127.0.0.1", "--port", "0"],
+                cwd=str(self._state_dir / "home"),
                 env=self._environment(password),
-                cwd=self._state_dir / "home",
-                # Its own process group: aclose ends the server and what it spawned at once.
-                start_new_session=True,
+                line_limit=_LINE_LIMIT,
+                writable=self._writable,
             )
-        except OSError as exc:
+        except WorkspaceError as exc:
             raise AgentUnavailableError(
-                f"cannot start {self._binary!r}: {exc.strerror or exc}", provider=PROVIDER
+                f"cannot start {self._binary!r}: {exc.message}", provider=PROVIDER
             ) from exc
-        proc = self._proc
-        if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE was asked
-            raise AgentUnavailableError("opencode serve has no output pipes", provider=PROVIDER)
-        self._drains.append(
-            asyncio.create_task(self._drain_stderr(proc.stderr), name="opencode-serve-stderr")
-        )
-        url = await self._read_listening(proc, proc.stdout)
-        # Past the listening line stdout only carries noise; keep reading so it never fills.
-        self._drains.append(
-            asyncio.create_task(self._drain(proc.stdout), name="opencode-serve-stdout")
-        )
+        url = await self._read_listening(self._proc)
         client = OpenCodeClient(ServerAddress(url, password))
         try:
             async with asyncio.timeout(DEFAULT_AVAILABILITY_TIMEOUT):
@@ -324,37 +304,35 @@ class ManagedServer:
             ) from exc
         return client
 
-    async def _read_listening(
-        self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader
-    ) -> str:
+    async def _read_listening(self, proc: Process) -> str:
+        lines = proc.stdout_lines()
         try:
             async with asyncio.timeout(self._start_timeout_s):
-                while line := await stdout.readline():
+                async for line in lines:
                     if match := _LISTENING.search(line):
+                        # Past the listening line stdout only carries noise: keep reading
+                        # it, so what the server prints never piles up.
+                        self._drain = asyncio.create_task(
+                            _drain(lines), name="opencode-serve-stdout"
+                        )
                         return match.group(1).decode()
         except TimeoutError as exc:
             raise AgentUnavailableError(
                 f"opencode serve did not listen within {self._start_timeout_s:g} s",
                 provider=PROVIDER,
             ) from exc
+        except WorkspaceError as exc:
+            raise AgentUnavailableError(
+                f"opencode serve printed no listening line: {exc.message}", provider=PROVIDER
+            ) from exc
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE_S):
                 await proc.wait()
-        await asyncio.sleep(0)  # let the stderr drain take the last lines
-        tail = " | ".join(list(self._stderr_tail)[-5:])[:500]
+        tail = " | ".join(proc.stderr_tail(5).splitlines())[:500]
         raise AgentUnavailableError(
             f"opencode serve exited with {proc.returncode} before listening: {tail}",
             provider=PROVIDER,
         )
-
-    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self._stderr_tail.append(line.decode(errors="replace").rstrip())
-
-    @staticmethod
-    async def _drain(stream: asyncio.StreamReader) -> None:
-        while await stream.read(65536):
-            pass
 
     # --- stop ------------------------------------------------------------------------------
 
@@ -364,13 +342,118 @@ class ManagedServer:
             self._client = None
         proc, self._proc = self._proc, None
         if proc is not None:
-            await _end_process_group(proc)
-        drains, self._drains = self._drains, []
-        for task in drains:
-            task.cancel()
-        for task in drains:
+            await proc.kill(STOP_GRACE_S)
+        drain, self._drain = self._drain, None
+        if drain is not None:
+            drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await drain
+
+
+async def _drain(lines: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(WorkspaceError):
+        async for _ in lines:
+            pass
+
+
+class ServerSource(Protocol):
+    """Where an adapter's runs get their server."""
+
+    async def acquire(self, request: AgentRequest) -> OpenCodeServer:
+        """The server ``request`` runs on (not started yet, maybe)."""
+        ...
+
+    async def release(self, server: OpenCodeServer) -> None:
+        """``request``'s run is over (a server of its own is stopped)."""
+        ...
+
+    async def check(self) -> ServerCheck:
+        """Whether runs can get a server now; bounded, never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every server still running; idempotent."""
+        ...
+
+
+class SharedServer:
+    """One server for every run (a configured remote one, or one a test starts)."""
+
+    def __init__(self, server: OpenCodeServer) -> None:
+        self.server = server
+
+    async def acquire(self, request: AgentRequest) -> OpenCodeServer:
+        """Always the one server."""
+        return self.server
+
+    async def release(self, server: OpenCodeServer) -> None:
+        """Nothing: the server serves the next run."""
+
+    async def check(self) -> ServerCheck:
+        """The server's own check."""
+        return await self.server.check()
+
+    async def aclose(self) -> None:
+        """Stop (or disconnect from) the server."""
+        await self.server.aclose()
+
+
+class ServerPerRun:
+    """A sandboxed ``opencode serve`` for each run, seeing exactly that run's checkout.
+
+    Its state (sessions, so a later build can resume one) lives under
+    ``<state_root>/<the request's state name>``, one directory per project.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str,
+        workspace: Workspace,
+        state_root: Path,
+        config_content: str | None = None,
+    ) -> None:
+        self._binary = binary
+        self._workspace = workspace
+        self._state_root = state_root
+        self._config_content = config_content
+        self._live: set[ManagedServer] = set()
+        self._probe = ManagedServer(
+            binary=binary,
+            workspace=workspace,
+            state_dir=state_root / "probe",
+            config_content=config_content,
+        )
+
+    async def acquire(self, request: AgentRequest) -> OpenCodeServer:
+        """A new server whose sandbox may write the run's workdir and its project state."""
+        server = ManagedServer(
+            binary=self._binary,
+            workspace=self._workspace,
+            state_dir=self._state_root / request.state_name(),
+            writable=(posixpath.abspath(request.workdir),),
+            config_content=self._config_content,
+            # A server of its own: the build's credentials can reach the agent's tools.
+            extra_env=dict(request.env),
+        )
+        self._live.add(server)
+        return server
+
+    async def release(self, server: OpenCodeServer) -> None:
+        """Stop the run's server."""
+        try:
+            await server.aclose()
+        finally:
+            self._live.discard(server)
+
+    async def check(self) -> ServerCheck:
+        """``opencode --version`` in a sandbox (nothing is started for a probe)."""
+        return await self._probe.check()
+
+    async def aclose(self) -> None:
+        """Stop the servers of runs that are still going (a shutdown)."""
+        live, self._live = list(self._live), set()
+        await asyncio.gather(*(server.aclose() for server in live), return_exceptions=True)
 
 
 async def _health_check(client: OpenCodeClient) -> ServerCheck:
@@ -382,63 +465,6 @@ async def _health_check(client: OpenCodeClient) -> ServerCheck:
     except ExternalServiceError as exc:
         return ServerCheck(False, None, exc.message)
     return ServerCheck(True, version or None, client.address.base_url)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from ``/proc``; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = [p.name for p in Path("/proc").iterdir()]
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-async def _end_process_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the group, wait, SIGKILL the group and any descendant that left it."""
-    if proc.returncode is not None:
-        # The server died on its own (crash, OOM kill): what it started may live on in its
-        # group (a group id is not reused while the group has members), so end them.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return
-    # Tools may put their children in process groups of their own; note them now, while
-    # the tree is still connected, so none survives the server.
-    strays = descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(STOP_GRACE_S):
-            await proc.wait()
-    except TimeoutError:
-        pass
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in strays:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    if proc.returncode is None:
-        # Bounded: SIGKILL cannot be ignored, so the wait ends at once.
-        async with asyncio.timeout(STOP_GRACE_S):
-            await proc.wait()
 
 
 def read_config_content(path: Path | None) -> str | None:
