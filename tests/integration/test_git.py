@@ -457,47 +457,30 @@ async def test_operator_global_config_has_no_effect(
     assert all(env["GIT_CONFIG_GLOBAL"] == "/dev/null" for _, env in run.calls)
 
 
-async def test_discard_changes_returns_to_the_prepared_commit(
+async def test_remove_checkout_removes_everything(
     git: GitCli, bare: Path, workdir: str, tmp_path: Path
 ) -> None:
-    """After a cancelled build: files, the agent's commits and a killed git's lock are
-    gone, and the checkout is exactly the prepared commit again."""
-    base = seed(bare, tmp_path / "dev", {"a.txt": "1\n", ".gitignore": "out/\n"})
+    """An attempt's checkout goes whole: the agent's files, commits, a killed git's lock, a
+    directory it made read-only, a link out of the tree (whose target stays); a missing
+    checkout is fine."""
+    await git.remove_checkout(workdir)  # never prepared
+    seed(bare, tmp_path / "dev", {"a.txt": "1\n"})
     await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
     wd = Path(workdir)
-    (wd / "a.txt").write_text("half-done\n")
     (wd / "new.txt").write_text("x\n")
     sh("add", "--all", cwd=wd)
     sh("commit", "--quiet", "-m", "agent", cwd=wd)
-    (wd / "out").mkdir()
-    (wd / "out" / "build.js").write_text("x\n")
     (wd / ".git" / "index.lock").write_text("")
-    await git.discard_changes(workdir)
-    assert sh("rev-parse", "HEAD", cwd=wd) == base
-    assert sorted(p.name for p in wd.iterdir()) == [".git", ".gitignore", "a.txt"]
-    assert (wd / "a.txt").read_text() == "1\n"
-    assert not await git.has_changes(workdir)
-
-
-async def test_discard_changes_of_a_missing_or_broken_checkout(
-    git: GitCli, bare: Path, workdir: str
-) -> None:
-    """Discarding never fails: a missing checkout is fine; one without .git, or prepared
-    from an empty remote, is removed."""
-    await git.discard_changes(workdir)  # never prepared
-    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
-    Path(workdir, "draft.txt").write_text("x\n")
-    sh("add", "--all", cwd=Path(workdir))
-    sh("commit", "--quiet", "-m", "agent", cwd=Path(workdir))
-    await git.discard_changes(workdir)  # empty remote: nothing worth keeping
-    assert not Path(workdir).exists()
-    await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
-    shutil.rmtree(Path(workdir, ".git"))
-    Path(workdir, "orphan.txt").write_text("x\n")
-    await git.discard_changes(workdir)
-    assert not Path(workdir).exists()
-    checkout = await git.prepare_checkout("demo", GitRemote(str(bare)), "main", workdir)
-    assert checkout.empty
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep\n")
+    (wd / "link").symlink_to(outside)
+    locked = wd / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("x\n")
+    locked.chmod(0o555)
+    await git.remove_checkout(workdir)
+    assert not wd.exists()
+    assert outside.read_text() == "keep\n"
 
 
 async def test_find_task_commit_recognizes_an_earlier_attempt(

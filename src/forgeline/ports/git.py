@@ -95,11 +95,12 @@ class Git(Protocol):
     ) -> Checkout:
         """Make ``workdir`` an exact, clean copy of ``branch`` of ``remote``.
 
-        ``workdir`` is the project's checkout cache: a fresh directory is cloned into; an
-        existing one is fetched and hard-reset to the remote branch, and everything else in
-        it (local commits, modified, untracked and ignored files, stale locks of a killed
-        git) is discarded. A remote without the branch (an empty repository) gives an empty
-        checkout (``Checkout.head is None``). ``project`` names the build in logs and errors.
+        ``workdir`` is normally a fresh directory (every attempt of a build has its own),
+        cloned into; an existing one is fetched and hard-reset to the remote branch, and
+        everything else in it (local commits, modified, untracked and ignored files, stale
+        locks of a killed git) is discarded, so a retried call is safe. A remote without the
+        branch (an empty repository) gives an empty checkout (``Checkout.head is None``).
+        ``project`` names the build in logs and errors.
         """
         ...
 
@@ -139,13 +140,9 @@ class Git(Protocol):
         """
         ...
 
-    async def discard_changes(self, workdir: str) -> None:
-        """Put the checkout back to the prepared commit, dropping everything a build did
-        (files, the agent's commits, locks of a git killed by a cancel).
-
-        For a cancelled or failed build. Never raises for a missing checkout; one git
-        cannot repair is removed (the next :meth:`prepare_checkout` clones again).
-        """
+    async def remove_checkout(self, workdir: str) -> None:
+        """Delete the checkout and everything in it (an attempt's directory is never used
+        again), also what an agent made read-only. A missing one is fine."""
         ...
 
     async def find_task_commit(self, workdir: str, task_id: str) -> str | None:

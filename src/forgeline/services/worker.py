@@ -10,17 +10,25 @@ Failure policy: an agent that ran and failed is an answer (the task fails, no re
 accident of the infrastructure (git fetch, database, agent binary missing) is retried by
 the queue with backoff until ``max_attempts``. A lease lost to another worker stops the
 run silently: the task is that worker's now.
+
+Every attempt works in a directory of its own, ``<checkouts>/<project>/<task id>.<lease
+token>``, removed when the attempt ends; what a killed worker left behind is removed by the
+next worker that sees it (at start and every few seconds), once the queue shows that no
+running attempt holds that lease. An attempt proves it still holds its lease right before
+it commits and before it pushes, and a push is stopped if the lease is lost meanwhile: an
+attempt that lost its lease never publishes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -40,6 +48,7 @@ from forgeline.domain.errors import (
     LeaseLostError,
     PushRejectedError,
     StorageError,
+    TaskNotFoundError,
     WorkspaceError,
 )
 from forgeline.domain.git import GitAuthor, GitRemote, build_commit_message, review_branch
@@ -52,6 +61,7 @@ from forgeline.ports.git import Git
 from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
+from forgeline.ports.workspace import Workspace
 from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls, finish_without_run
 from forgeline.services.credentials import reveal_env
 from forgeline.services.redaction import TextRedactor, redact_event
@@ -61,6 +71,16 @@ log = structlog.get_logger("forgeline.worker")
 
 #: The provider name on events the pipeline itself emits (steps, errors).
 PIPELINE = "forgeline"
+
+T = TypeVar("T")
+
+#: An attempt directory's name: ``<task id>.<lease token>``.
+_ATTEMPT_NAME = re.compile(r"(?P<task>[A-Za-z0-9_-]{1,64})\.(?P<token>[0-9]{1,19})")
+
+
+def attempt_dir(checkouts_dir: Path, project: str, lease: Lease) -> str:
+    """Where one attempt of a build works: never used by another attempt or task."""
+    return str(checkouts_dir / project / f"{lease.task_id}.{lease.token}")
 
 
 class Injects(Protocol):
@@ -100,6 +120,9 @@ class WorkerConfig:
     ci_pipeline_timeout_s: float = 1800.0
     #: How long an idle worker waits for a wake-up before it claims again anyway.
     idle_wait_s: float = 1.0
+    #: False when agents run without a sandbox (``FORGELINE_SANDBOX=none``): every build
+    #: then says so in its events.
+    sandboxed: bool = True
 
 
 #: Waits before retrying an event append the database refused (then one last try).
@@ -146,6 +169,7 @@ class Worker:
         store: Store,
         registry: ProviderRegistry,
         git: Git,
+        workspace: Workspace,
         redactor: TextRedactor,
         injector: Injects | None = None,
         callbacks: Calls | None = None,
@@ -158,6 +182,7 @@ class Worker:
         self._store = store
         self._registry = registry
         self._git = git
+        self._workspace = workspace
         self._redactor = redactor
         self._injector = injector
         self._callbacks = callbacks
@@ -165,6 +190,8 @@ class Worker:
         self._templates = templates
         self._metrics = metrics
         self._running: dict[str, asyncio.Task[None]] = {}
+        #: Attempt directories of this worker's builds, kept by the sweep whatever the queue says.
+        self._attempt_dirs: set[str] = set()
         self._wake = asyncio.Event()
 
     @property
@@ -177,6 +204,8 @@ class Worker:
         running builds get ``shutdown_grace_s`` to finish, then are cancelled and their
         tasks given back to the queue for another worker."""
         log.info("worker.started", worker=self.config.name, concurrency=self.config.concurrency)
+        if not self.config.sandboxed:
+            log.warning("worker.unsandboxed", hint="FORGELINE_SANDBOX=none: agents run unconfined")
         last_recovery = 0.0
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -220,6 +249,8 @@ class Worker:
         recovered = await self._queue.recover_expired()
         if recovered:
             log.info("worker.recovered_expired", count=recovered)
+        # After the recovery: an attempt whose lease just ran out is not running any more.
+        await self.sweep_attempts()
         # Tasks the queue itself made final (given up after too many lost leases, or
         # cancelled as their worker stopped) still owe their requester a result and a
         # callback; finishing is idempotent, so any worker may do it.
@@ -232,6 +263,38 @@ class Worker:
                         callbacks=self._callbacks,
                         provider=self._registry.default_name or PIPELINE,
                     )
+
+    async def sweep_attempts(self) -> int:
+        """Remove the attempt directories no running attempt holds (a killed worker's, an
+        attempt that lost its lease); how many were removed. A directory of this worker's
+        own builds, or whose task the queue shows running under that lease, stays."""
+        removed = 0
+        root = str(self.config.checkouts_dir)
+        for project in await self._workspace.list_dir(root):
+            base = f"{root}/{project}"
+            names = await self._workspace.list_dir(base)
+            if ".git" in names:
+                # The one shared checkout of a version before attempt directories.
+                await self._git.remove_checkout(base)
+                continue
+            for name in names:
+                match = _ATTEMPT_NAME.fullmatch(name)
+                path = f"{base}/{name}"
+                if match is None or path in self._attempt_dirs:
+                    continue
+                if await self._leased(match["task"], int(match["token"])):
+                    continue
+                log.info("worker.stale_attempt_removed", path=path)
+                await self._git.remove_checkout(path)
+                removed += 1
+        return removed
+
+    async def _leased(self, task_id: str, token: int) -> bool:
+        try:
+            task = await self._queue.get(task_id)
+        except TaskNotFoundError:
+            return False
+        return task.status is TaskStatus.RUNNING and task.lease_token == token
 
     async def _idle(self, stopper: asyncio.Future[Any]) -> None:
         # Wait for whichever comes first: stop, new work, a free slot, or the poll interval.
@@ -301,8 +364,11 @@ class BuildRun:
         self.cancel_requested = asyncio.Event()
         #: Set on cancel or on a lost lease: whatever waits on something long stops.
         self.stop = asyncio.Event()
-        self.lease_lost = False
+        #: Set when another worker may own the task now: nothing may be published.
+        self.lease_gone = asyncio.Event()
         self.agent_run_id: str | None = None
+        #: This attempt's own checkout.
+        self.workdir = attempt_dir(worker.config.checkouts_dir, self.request.project, lease)
         #: What the build produced so far (commit, branch, pipeline), kept on failure too.
         self.artifacts: dict[str, Any] = {}
         self.provider = PIPELINE
@@ -353,7 +419,7 @@ class BuildRun:
 
     def check_cancel(self) -> None:
         """Raise if the task's cancel was requested or its lease lost."""
-        if self.lease_lost:
+        if self.lease_gone.is_set():
             raise _LeaseGoneError
         if self.cancel_requested.is_set():
             raise BuildCancelledError
@@ -385,9 +451,37 @@ class BuildRun:
                 await self._on_cancel()
 
     async def _lose_lease(self) -> None:
-        self.lease_lost = True
+        self.lease_gone.set()
         self.stop.set()
         await self._stop_agent()
+
+    async def prove_lease(self) -> None:
+        """Renew the lease now, or end the run: only an attempt that still holds its lease
+        (its fencing token is the task's current one) may commit or push."""
+        try:
+            await self.w._queue.heartbeat(self.lease, lease_s=self.w.config.lease_s)
+        except LeaseLostError:
+            self.log.warning("build.lease_lost_before_publishing")
+            await self._lose_lease()
+        self.check_cancel()
+
+    async def unless_lease_lost(self, work: Awaitable[T]) -> T:
+        """``work``'s result, unless the lease is lost first: ``work`` is then stopped (a
+        push killed mid-way) and the run ends."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.ensure_future(self.lease_gone.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+        if task.cancelled():
+            raise _LeaseGoneError
+        return task.result()
 
     async def _cancel_watch(self) -> None:
         while not self.cancel_requested.is_set():
@@ -416,13 +510,35 @@ class BuildRun:
     # --- the run --------------------------------------------------------------------------
 
     async def execute(self) -> None:
-        """Run the pipeline with its watchers, then record the outcome."""
-        self.log.info("build.started", attempt=self.lease.task.attempts)
+        """Run the pipeline with its watchers, record the outcome, remove the checkout."""
+        self.w._attempt_dirs.add(self.workdir)
+        try:
+            await self._execute()
+        finally:
+            await asyncio.shield(self._remove_checkout())
+
+    async def _remove_checkout(self) -> None:
+        try:
+            await self.w._git.remove_checkout(self.workdir)
+        except ForgelineError as exc:
+            # The sweep of a later worker removes it (it is not leased any more).
+            self.log.warning("build.checkout_not_removed", error=exc.message)
+        finally:
+            self.w._attempt_dirs.discard(self.workdir)
+
+    async def _execute(self) -> None:
+        self.log.info("build.started", attempt=self.lease.task.attempts, workdir=self.workdir)
         watchers = [
             asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.task_id}"),
             asyncio.create_task(self._cancel_watch(), name=f"cancel-watch:{self.task_id}"),
         ]
         try:
+            if not self.w.config.sandboxed:
+                await self.status(
+                    "warning",
+                    message="the agent runs without a sandbox (FORGELINE_SANDBOX=none): it "
+                    "can read and write whatever forgeline can",
+                )
             outcome = await self._pipeline()
         except _LeaseGoneError:
             return
@@ -442,7 +558,7 @@ class BuildRun:
             for watcher in watchers:
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-        if self.lease_lost:
+        if self.lease_gone.is_set():
             return
         await self._finish(outcome)
 
@@ -485,7 +601,7 @@ class BuildRun:
             if project.repo_url.startswith(("https://", "http://")):
                 token = await self._optional_secret(self.w.config.git_token_credential, project)
         remote = GitRemote(project.repo_url, token=token)
-        workdir = str(self.w.config.checkouts_dir / project.name)
+        workdir = self.workdir
         branch = project.default_branch
 
         async with self.step("checkout") as info:
@@ -526,6 +642,7 @@ class BuildRun:
             return _Outcome(TaskStatus.FAILED, result.text, agent=result, error=result.text)
 
         outcome = _Outcome(TaskStatus.COMPLETED, result.text, artifacts, agent=result)
+        await self.prove_lease()
         async with self.step("commit") as info:
             if not await self.w._git.has_changes(workdir):
                 info["outcome"] = "skipped"
@@ -540,9 +657,12 @@ class BuildRun:
             info["commit_sha"] = sha
         self.check_cancel()
 
+        await self.prove_lease()
         async with self.step("push") as info:
             # A review branch belongs to this task alone: a retried attempt replaces it.
-            pushed = await self.w._git.push(workdir, remote, target, force=not spec.auto_deploy)
+            pushed = await self.unless_lease_lost(
+                self.w._git.push(workdir, remote, target, force=not spec.auto_deploy)
+            )
             info.update(branch=target, commit_sha=pushed.sha)
         artifacts["commit_sha"] = pushed.sha
         return await self._after_push(project, outcome, pushed.sha, target)
@@ -728,22 +848,11 @@ class BuildRun:
             duration_ms=int((time.monotonic() - self.started) * 1000),
         )
         await self.emit(AgentEvent(data=final, provider=self.provider, session_id=final.session_id))
-        if outcome.status is TaskStatus.CANCELLED:
-            await self._clean_checkout()
         if self.w._metrics is not None:
             self.w._metrics.build_finished(
                 outcome.status.value, time.monotonic() - self.started, agent.cost_usd, self.provider
             )
         self.log.info("build.finished", status=outcome.status.value, **outcome.artifacts)
-
-    async def _clean_checkout(self) -> None:
-        # A cancelled build leaves no half-edited tree behind (the next build resets the
-        # cache anyway, but what an agent wrote should not linger until then).
-        workdir = str(self.w.config.checkouts_dir / self.request.project)
-        try:
-            await self.w._git.discard_changes(workdir)
-        except ForgelineError as exc:
-            self.log.warning("build.checkout_not_cleaned", error=exc.message)
 
     async def _callback(
         self, status: TaskStatus, output: str, artifacts: Mapping[str, Any]

@@ -432,36 +432,16 @@ class GitCli:
             )
         return PushResult(ref=ref, sha=sha, outcome=refs[0].outcome)
 
-    async def discard_changes(self, workdir: str) -> None:
-        """Reset the checkout to the prepared commit and clean it; remove it if broken."""
+    async def remove_checkout(self, workdir: str) -> None:
+        """``rm -rf``; if that fails (a directory an unprivileged agent made unwritable),
+        ``chmod -R u+rwx`` and again. ``chmod -R`` never follows a link inside the tree."""
         _require_checkout_dir(workdir)
         remove = ["rm", "-rf", "--", workdir]
-        probe = await self._run(
-            ["test", "-d", posixpath.join(workdir, ".git")],
-            cwd="/",
-            env=self._env,
-            stdin=None,
-            timeout_s=self._timeout_s,
-            op="test -d",
+        first = await self._run(
+            remove, cwd="/", env=self._env, stdin=None, timeout_s=self._timeout_s, op="rm -rf"
         )
-        if not probe.ok:  # never prepared, or .git deleted: nothing worth keeping
-            await self._run_checked(remove, cwd="/", op="rm -rf checkout")
-            return
-        leftovers = [posixpath.join(workdir, ".git", name) for name in _LEFTOVERS]
-        await self._run_checked(["rm", "-f", "--", *leftovers], cwd="/", op="rm leftovers")
-        local = self._local(workdir)
-        try:
-            await self._neutralize_config(workdir, error=_LocalStateError)  # smudge filters
-            base = await self._resolve(workdir, BASE_REF, env=local["env"])
-            if base is None:
-                # Prepared from an empty remote: no history worth caching, and removing
-                # it is simpler than unwinding whatever the agent committed.
-                await self._run_checked(remove, cwd="/", op="rm -rf checkout")
-                return
-            for argv in (["reset", "--quiet", "--hard", base], ["clean", "--quiet", "-ffdx"]):
-                await self._git(argv, op=argv[0], error=_LocalStateError, **local)
-        except GitError as exc:
-            log.warning("git.checkout_removed", workdir=workdir, error=exc.message)
+        if not first.ok:
+            await self._run_checked(["chmod", "-R", "u+rwx", "--", workdir], cwd="/", op="chmod")
             await self._run_checked(remove, cwd="/", op="rm -rf checkout")
 
     async def find_task_commit(self, workdir: str, task_id: str) -> str | None:
