@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ast
+import json
+import tomllib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
+from markdown_it import MarkdownIt
 
 from forgeline.adapters.templates import CopierTemplateProvider
+from forgeline.adapters.templates.escaping import md_inline, py_str, toml_str
 from forgeline.adapters.templates.questions import cast
 from forgeline.domain.errors import TemplateError, TemplateNotFoundError, TemplateVariablesError
 from forgeline.ports.templates import TemplateProvider
@@ -317,6 +322,75 @@ def test_conditional_questions_and_broken_validators(tmp_path: Path) -> None:
     assert provider.validate("cond", {"use_db": True, "db_name": "app"})["db_name"] == "app"
     with pytest.raises(TemplateError, match="validator"):
         provider.validate("bad", {})
+
+
+#: Strings that end a literal, a tag or a line, or that some format cannot hold raw.
+AWKWARD = [
+    "",
+    "plain",
+    "quotes \" ' \"\"\" ''' ` and \\ backslashes \\n \\u0041 \\",
+    "lines\nand\r\nbreaks\u2028\u2029\x85 and \t tabs",
+    "controls \x00 \x01 \x1b[31m \x7f \x80 \x9f",
+    "unicode é 🚀 \u202e \ufeff \U0010ffff",
+    "markup </script> <!-- --> &amp; {{ x }} ${x} # *a* [l](u) `c` | t | \\*",
+]
+
+
+class _Texts(HTMLParser):
+    """The text of an HTML fragment, entities decoded."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.texts: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_escaping_filters_read_back_as_the_value(value: str) -> None:
+    """Each language's filter writes a literal that the language's own parser reads back
+    as the very value, whatever it holds (templates of the template path may feed them
+    answers the built-ins refuse). Markdown shows it as one line of plain text."""
+    assert ast.literal_eval(py_str(value)) == value
+    assert tomllib.loads(f"v = {toml_str(value)}")["v"] == value
+    html = MarkdownIt("commonmark").render(f"# {md_inline(value)}\n")
+    assert html.startswith("<h1>")
+    assert html.endswith("</h1>\n")
+    shown = "".join(_Texts(html).texts).removesuffix("\n")
+    # CommonMark itself replaces NUL, and folds the line endings it knows.
+    assert shown == " ".join(value.replace("\x00", "\ufffd").split())
+
+
+def test_every_template_gets_the_escaping_filters(tmp_path: Path) -> None:
+    """A template of the template path renders with the same per-language filters and
+    markup autoescaping as the built-ins (whatever its templates' suffix); other files get
+    the value as it is."""
+    extra = tmp_path / "templates"
+    write_template(
+        extra,
+        "mixed",
+        "_templates_suffix: .tmpl\ntext:\n  type: str\n",
+        {
+            "app.py.tmpl": "TEXT = {{ text | py_str }}\n",
+            "conf.toml.tmpl": "text = {{ text | toml_str }}\n",
+            "data.json.tmpl": "{{ {'text': text} | tojson }}\n",
+            "page.html.tmpl": '<p title="{{ text }}">{{ text }}</p>\n',
+            "notes.txt.tmpl": "{{ text }}\n",
+        },
+    )
+    value = 'it\'s "<b>" & \\ \n{{ no }}'
+    dest = tmp_path / "out"
+    CopierTemplateProvider([extra]).render("mixed", {"text": value}, dest)
+    assert ast.literal_eval((dest / "app.py").read_text().split(" = ", 1)[1]) == value
+    assert tomllib.loads((dest / "conf.toml").read_text())["text"] == value
+    assert json.loads((dest / "data.json").read_text())["text"] == value
+    page = (dest / "page.html").read_text()
+    assert "<b>" not in page
+    assert page.count("&lt;b&gt;") == 2
+    assert (dest / "notes.txt").read_text() == f"{value}\n"
 
 
 def test_prompt_context_shows_answers_as_data(provider: CopierTemplateProvider) -> None:

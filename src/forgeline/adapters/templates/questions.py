@@ -21,6 +21,7 @@ import yaml
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from forgeline.adapters.templates import escaping
 from forgeline.domain.errors import TemplateError
 from forgeline.ports.templates import TemplateInfo, TemplateVariable
 
@@ -190,7 +191,9 @@ def _type_of(default: Any) -> str:
 
 def sandbox() -> SandboxedEnvironment:
     """The Jinja environment validators, defaults and conditions are rendered in."""
-    return SandboxedEnvironment(extensions=list(_COPIER_EXTENSIONS))
+    env = SandboxedEnvironment(extensions=list(_COPIER_EXTENSIONS))
+    env.filters.update(escaping.FILTERS)
+    return env
 
 
 def _render(env: SandboxedEnvironment, source: str, context: Mapping[str, Any]) -> str:
