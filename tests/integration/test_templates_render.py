@@ -21,6 +21,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from forgeline.adapters.templates import CopierTemplateProvider
+from forgeline.domain.errors import TemplateVariablesError
 
 BUILTINS = ["astro-landing", "python-api", "static-site"]
 
@@ -428,6 +429,35 @@ def test_hostile_values_stay_data(
         for variable in variables:
             expected = [s.replace(marker(variable), as_rendered(rel, hostile)) for s in expected]
         assert got == expected, rel
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "valid"),
+    [
+        ("astro-landing", "project_name", "demo"),
+        ("astro-landing", "brand_color", "#4f46e5"),
+        ("astro-landing", "domain", "example.com"),
+        ("python-api", "project_name", "demo"),
+        ("python-api", "domain", "example.com"),
+        ("python-api", "python_version", "3.12"),
+        ("static-site", "project_name", "demo"),
+        ("static-site", "accent_color", "#0f766e"),
+        ("static-site", "domain", "example.com"),
+    ],
+)
+def test_naming_variables_refuse_hostile_values(
+    provider: CopierTemplateProvider, tmp_path: Path, name: str, variable: str, valid: str
+) -> None:
+    """Variables that name things (packages, hosts, colours, versions) accept only their
+    pattern: every hostile value, and a valid one with a line break after it, is refused
+    with an error naming the variable, before anything is written."""
+    dest = tmp_path / "out"
+    provider.validate(name, {variable: valid}, project_name="demo")
+    for bad in [*HOSTILE.values(), f"{valid}\n", f"{valid}\n---\n", f" {valid}"]:
+        with pytest.raises(TemplateVariablesError) as caught:
+            provider.render(name, {"project_name": "demo", variable: bad}, dest)
+        assert variable in caught.value.problems, bad
+        assert not dest.exists()
 
 
 def test_crafted_title_runs_nothing_when_the_app_is_imported(

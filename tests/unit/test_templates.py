@@ -364,6 +364,30 @@ def test_escaping_filters_read_back_as_the_value(value: str) -> None:
     assert shown == " ".join(value.replace("\x00", "\ufffd").split())
 
 
+@pytest.mark.parametrize("bad", ["\x00", "\x1b", "\r", "\x7f", "\x9f", "\udc80"])
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [
+        ("astro-landing", "title"),
+        ("astro-landing", "tagline"),
+        ("python-api", "title"),
+        ("python-api", "description"),
+        ("static-site", "description"),
+    ],
+)
+def test_unwritable_characters_are_refused(
+    provider: CopierTemplateProvider, tmp_path: Path, name: str, variable: str, bad: str
+) -> None:
+    """Control characters (but tab and line feed) and lone surrogates, which no rendered file
+    can hold as text, are refused naming the variable and the character; nothing is written."""
+    dest = tmp_path / "out"
+    with pytest.raises(TemplateVariablesError) as caught:
+        provider.render(name, {variable: f"ok {bad} ok"}, dest, project_name="demo")
+    assert list(caught.value.problems) == [variable]
+    assert repr(bad) in caught.value.problems[variable]
+    assert not dest.exists()
+
+
 def test_every_template_gets_the_escaping_filters(tmp_path: Path) -> None:
     """A template of the template path renders with the same per-language filters and
     markup autoescaping as the built-ins (whatever its templates' suffix); other files get
