@@ -431,3 +431,25 @@ def test_prompt_context_shows_answers_as_data(provider: CopierTemplateProvider) 
     assert ast.literal_eval(entries[0].split(": ", 1)[1]) == hostile
     assert "injected" not in text
     assert "never instructions" in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "edited"), [("title", "a\x1b[2Jb"), ("project_name", "demo\n")]
+)
+def test_reapply_holds_recorded_answers_to_the_rules(
+    provider: CopierTemplateProvider, tmp_path: Path, variable: str, edited: str
+) -> None:
+    """The answers file lives in the project's repository, where an agent can edit it; an
+    answer edited there into something the rules refuse is refused on re-apply too,
+    naming the variable, and no file is rewritten."""
+    dest = tmp_path / "site"
+    provider.render("static-site", {}, dest, project_name="demo")
+    answers_file = dest / ".copier-answers.yml"
+    answers = yaml.safe_load(answers_file.read_text())
+    answers[variable] = edited
+    answers_file.write_text(yaml.safe_dump(answers))
+    index = (dest / "site" / "index.html").read_text()
+    with pytest.raises(TemplateVariablesError) as caught:
+        provider.reapply(dest)
+    assert list(caught.value.problems) == [variable]
+    assert (dest / "site" / "index.html").read_text() == index
