@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -22,6 +21,7 @@ from markdown_it import MarkdownIt
 
 from forgeline.adapters.templates import CopierTemplateProvider
 from forgeline.domain.errors import TemplateVariablesError
+from tests.support.html_items import html_items
 
 BUILTINS = ["astro-landing", "python-api", "static-site"]
 
@@ -315,35 +315,6 @@ def walk_strings(node: Any) -> list[str]:
     return []
 
 
-class _HTMLStrings(HTMLParser):
-    """Collects tags, attribute values and text of an HTML document, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.items: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.items.append(f"<{tag}>")
-        self.items += [value or "" for _, value in attrs]
-
-    def handle_endtag(self, tag: str) -> None:
-        self.items.append(f"</{tag}>")
-
-    def handle_data(self, data: str) -> None:
-        self.items.append(data)
-
-    def handle_comment(self, data: str) -> None:
-        self.items.append(f"<!--{data}-->")
-
-
-def html_strings(text: str) -> list[str]:
-    """The tags, attribute values and texts of an HTML document."""
-    parser = _HTMLStrings()
-    parser.feed(text)
-    parser.close()
-    return parser.items
-
-
 def xml_strings(text: str) -> list[str]:
     """The tags, attribute values and texts of an XML document (SVG), parsed strictly."""
     # The test's own render; expat refuses entity expansion bombs anyway.
@@ -383,10 +354,10 @@ PARSERS: dict[str, Callable[[str], list[str]]] = {
     ".toml": lambda text: walk_strings(tomllib.loads(text)),
     ".yaml": lambda text: walk_strings(list(yaml.safe_load_all(text))),
     ".yml": lambda text: walk_strings(list(yaml.safe_load_all(text))),
-    ".html": html_strings,
+    ".html": html_items,
     ".svg": xml_strings,
     # What a forge shows: the Markdown rendered to HTML, then read as HTML.
-    ".md": lambda text: html_strings(MarkdownIt("commonmark").render(text)),
+    ".md": lambda text: html_items(MarkdownIt("commonmark").render(text)),
     ".mjs": javascript_strings,
 }
 
