@@ -2,7 +2,7 @@
 
 Prints figures and ratios; asserts nothing about timings. Run from the repository root:
 
-    .venv/bin/python bench/bench_templates_ci.py [--renders 10] [--calls 300]
+    .venv/bin/python -m bench.bench_templates_ci [--renders 10] [--calls 300]
 
 * rendering: per built-in template, the median time of ``validate`` alone and of a full
   ``render`` (copier) into a fresh folder, and their ratio (what the 422 check costs);

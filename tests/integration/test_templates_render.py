@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import yaml
+from markdown_it import MarkdownIt
 
 from forgeline.adapters.templates import CopierTemplateProvider
+from forgeline.domain.errors import TemplateVariablesError
+from tests.support.html_items import html_items
 
 BUILTINS = ["astro-landing", "python-api", "static-site"]
 
@@ -79,7 +86,7 @@ def test_renders_completely(
     if custom:
         assert answers["title"] == CUSTOM[name]["title"]
         readme = (dest / "README.md").read_text()
-        assert CUSTOM[name]["title"] in readme
+        assert CUSTOM[name]["title"] in PARSERS[".md"](readme)
         assert f"https://demo-app.{CUSTOM[name]['domain']}" in readme
 
 
@@ -265,3 +272,182 @@ def test_cli_lists_templates_with_variables(tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     for name in ("astro-landing", "python-api", "static-site", "notes", "brand_color"):
         assert name in table.stdout
+
+
+# --- hostile variables ----------------------------------------------------------------------
+
+#: Values that escape a string literal, a tag, a comment or a document when pasted unescaped
+#: into Python, TOML, JSON, JavaScript, HTML, SVG, YAML or Markdown.
+HOSTILE = {
+    "quotes": "He said \"hi\" & 'bye' \"\"\" ''' `tick`",
+    "newlines": "first line\nsecond line\n\tindented\n",
+    "jinja": "{{ 7 * 7 }} {% raw %} {# no #}",
+    "script": "</script><script>alert(1)</script></title><b>bold",
+    "backslashes": "C:\\new\\table \\ \\\\ \\u0041 \\x00 \\",
+    "interpolation": "${HOME} $(id) `id` #{x} %s {0}",
+    "comments": "--> <!-- */ /* # // ]]>",
+    "yaml": "---\n...\n%YAML 1.2\n- a: b\n? c: [d]",
+    "unicode": "Café 🚀 \u2028 \u202e \ufeff end",
+    "markdown": "# not a heading *x* [l](javascript:alert(1)) | a | b | <!--",
+}
+
+#: The free-text variables of each built-in template: the ones a hostile value can reach.
+FREE_TEXT = {
+    "astro-landing": ("title", "tagline"),
+    "python-api": ("title", "description"),
+    "static-site": ("title", "description"),
+}
+
+
+def marker(variable: str) -> str:
+    """A value for ``variable`` that is plain text in every language (letters only)."""
+    return f"zq{variable.replace('_', '')}zq"
+
+
+def walk_strings(node: Any) -> list[str]:
+    """Every string key and value of parsed JSON, TOML or YAML, in document order."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in walk_strings(key) + walk_strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in walk_strings(item)]
+    return []
+
+
+def xml_strings(text: str) -> list[str]:
+    """The tags, attribute values and texts of an XML document (SVG), parsed strictly."""
+    # The test's own render; expat refuses entity expansion bombs anyway.
+    root = ElementTree.fromstring(text)  # noqa: S314
+    return [s for e in root.iter() for s in (e.tag, *e.attrib.values(), e.text or "", e.tail or "")]
+
+
+def python_strings(text: str) -> list[str]:
+    """The string constants of Python source (docstrings included)."""
+    return [
+        n.value
+        for n in ast.walk(ast.parse(text))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+
+
+def javascript_strings(text: str) -> list[str]:
+    """Nothing, once node has parsed ``text`` as an ES module (no variable reaches one)."""
+    node = shutil.which("node")
+    assert node, "node is required to check the rendered JavaScript"
+    checked = subprocess.run(
+        [node, "--input-type=module", "--check"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    return []
+
+
+#: Per suffix, the strings a file carries as data, in document order; parsing fails the test.
+PARSERS: dict[str, Callable[[str], list[str]]] = {
+    ".py": python_strings,
+    ".json": lambda text: walk_strings(json.loads(text)),
+    ".toml": lambda text: walk_strings(tomllib.loads(text)),
+    ".yaml": lambda text: walk_strings(list(yaml.safe_load_all(text))),
+    ".yml": lambda text: walk_strings(list(yaml.safe_load_all(text))),
+    ".html": html_items,
+    ".svg": xml_strings,
+    # What a forge shows: the Markdown rendered to HTML, then read as HTML.
+    ".md": lambda text: html_items(MarkdownIt("commonmark").render(text)),
+    ".mjs": javascript_strings,
+}
+
+
+def as_rendered(path: Path, value: str) -> str:
+    """``value`` as a reader of ``path`` sees it: Markdown folds line breaks and runs of
+    spaces into one space (forgeline's Markdown filter writes one line)."""
+    return " ".join(value.split()) if path.suffix == ".md" else value
+
+
+@pytest.mark.parametrize("hostile", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("name", BUILTINS)
+def test_hostile_values_stay_data(
+    provider: CopierTemplateProvider, tmp_path: Path, name: str, hostile: str
+) -> None:
+    """A hostile value in every free-text variable leaves every rendered file parseable by
+    its language's parser with the same structure as a plain render, the value showing up
+    as data exactly where the plain value did, and files it does not reach unchanged."""
+    variables = FREE_TEXT[name]
+    plain_dest, hostile_dest = tmp_path / "plain", tmp_path / "hostile"
+    provider.render(name, {v: marker(v) for v in variables}, plain_dest, project_name="demo")
+    provider.render(name, dict.fromkeys(variables, hostile), hostile_dest, project_name="demo")
+    plain_files = text_files(plain_dest)
+    assert [p.relative_to(plain_dest) for p in plain_files] == [
+        p.relative_to(hostile_dest) for p in text_files(hostile_dest)
+    ]
+    for plain in plain_files:
+        rel = plain.relative_to(plain_dest)
+        rendered = hostile_dest / rel
+        parse = PARSERS.get(rel.suffix)
+        if parse is None:
+            assert rendered.read_bytes() == plain.read_bytes(), rel
+            continue
+        got = parse(rendered.read_text())
+        expected = parse(plain.read_text())
+        if rel == Path("public/favicon.svg"):
+            # The icon shows the title's first letter, not the whole title.
+            letter = marker("title")[:1].upper()
+            expected = [s.replace(letter, hostile[:1].upper()) for s in expected]
+        for variable in variables:
+            expected = [s.replace(marker(variable), as_rendered(rel, hostile)) for s in expected]
+        assert got == expected, rel
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "valid"),
+    [
+        ("astro-landing", "project_name", "demo"),
+        ("astro-landing", "brand_color", "#4f46e5"),
+        ("astro-landing", "domain", "example.com"),
+        ("python-api", "project_name", "demo"),
+        ("python-api", "domain", "example.com"),
+        ("python-api", "python_version", "3.12"),
+        ("static-site", "project_name", "demo"),
+        ("static-site", "accent_color", "#0f766e"),
+        ("static-site", "domain", "example.com"),
+    ],
+)
+def test_naming_variables_refuse_hostile_values(
+    provider: CopierTemplateProvider, tmp_path: Path, name: str, variable: str, valid: str
+) -> None:
+    """Variables that name things (packages, hosts, colours, versions) accept only their
+    pattern: every hostile value, and a valid one with a line break after it, is refused
+    with an error naming the variable, before anything is written."""
+    dest = tmp_path / "out"
+    provider.validate(name, {variable: valid}, project_name="demo")
+    for bad in [*HOSTILE.values(), f"{valid}\n", f"{valid}\n---\n", f" {valid}"]:
+        with pytest.raises(TemplateVariablesError) as caught:
+            provider.render(name, {"project_name": "demo", variable: bad}, dest)
+        assert variable in caught.value.problems, bad
+        assert not dest.exists()
+
+
+def test_crafted_title_runs_nothing_when_the_app_is_imported(
+    provider: CopierTemplateProvider, tmp_path: Path
+) -> None:
+    """The reported exploit: a title that would close its string literal and open a file
+    when the generated FastAPI app is imported is, once imported, only the app's title."""
+    title = 'x" if open("pwned", "w") else "'
+    dest = tmp_path / "project"
+    provider.render("python-api", {"title": title}, dest, project_name="demo-app")
+    imported = subprocess.run(
+        [sys.executable, "-c", "from demo_app.main import app; print(app.title)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(dest / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout == f"{title}\n"
+    assert not (tmp_path / "pwned").exists()

@@ -4,6 +4,9 @@ Rendering is always ``unsafe=False`` and ``skip_tasks=True``: a template may ask
 and lay out files, never run code on the machine (tasks, migrations and Jinja extensions
 are refused before copier is called). Copier's user settings file is not read either, so
 an operator's ``~/.config/copier`` cannot change what a project gets.
+
+Every file is rendered with forgeline's escaping rules (:mod:`.escaping`): a filter per
+target language and HTML autoescaping for markup, so a variable lands as data.
 """
 
 from __future__ import annotations
@@ -156,16 +159,18 @@ class CopierTemplateProvider:
         if spec.unsafe_features:
             features = ", ".join(spec.unsafe_features)
             raise TemplateError(spec.name, f"uses {features}, which forgeline never runs")
-        from copier import Settings, run_copy
+        from copier._settings import SettingsModel
         from copier.errors import CopierError
 
+        from forgeline.adapters.templates.copier_worker import EscapingWorker
+
         try:
-            run_copy(
-                str(spec.path),
-                dest,
+            with EscapingWorker(
+                src_path=str(spec.path),
+                dst_path=dest,
                 data=answers,
-                answers_file=ANSWERS_FILE,
-                settings=Settings(),
+                answers_file=Path(ANSWERS_FILE),
+                settings=SettingsModel(),
                 defaults=True,
                 # Always: without it copier asks on the terminal about every file that
                 # exists already (a forge's initial README), which would hang a server.
@@ -173,7 +178,8 @@ class CopierTemplateProvider:
                 quiet=True,
                 unsafe=False,
                 skip_tasks=True,
-            )
+            ) as worker:
+                worker.run_copy()
         except (CopierError, ValueError) as exc:
             # Copier re-validates while rendering; with our checks first this only happens
             # for validators our sandbox could not foresee, and still names the variable.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from forgeline.adapters.templates import escaping
 from forgeline.domain.errors import TemplateError
 from forgeline.ports.templates import TemplateInfo, TemplateVariable
 
@@ -35,6 +37,11 @@ UNSAFE_SETTINGS: Final = ("tasks", "migrations", "jinja_extensions")
 #: Copier's default Jinja extensions (``regex_search``, ``to_nice_yaml`` …): validators
 #: must see the same filters here as in copier or the two checks would disagree.
 _COPIER_EXTENSIONS: Final = ("jinja2_ansible_filters.AnsibleCoreFiltersExtension",)
+#: What a rendered file cannot carry as text: control characters but tab and line feed (XML
+#: cannot hold most of them even escaped, terminals and editors act on them) and lone
+#: surrogates (UTF-8 cannot encode them). Refused in every string answer, whichever file it
+#: lands in; answers re-read from a project's answers file, which the agent may edit, too.
+_UNWRITABLE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _TYPES: Final = frozenset({"str", "int", "float", "bool", "json", "yaml", "path"})
 _TRUE: Final = frozenset({"y", "yes", "t", "true", "on", "1"})
 _FALSE: Final = frozenset({"n", "no", "f", "false", "off", "0", ""})
@@ -190,7 +197,9 @@ def _type_of(default: Any) -> str:
 
 def sandbox() -> SandboxedEnvironment:
     """The Jinja environment validators, defaults and conditions are rendered in."""
-    return SandboxedEnvironment(extensions=list(_COPIER_EXTENSIONS))
+    env = SandboxedEnvironment(extensions=list(_COPIER_EXTENSIONS))
+    env.filters.update(escaping.FILTERS)
+    return env
 
 
 def _render(env: SandboxedEnvironment, source: str, context: Mapping[str, Any]) -> str:
@@ -200,7 +209,13 @@ def _render(env: SandboxedEnvironment, source: str, context: Mapping[str, Any]) 
 def _to_str(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("expected a string")
-    return str(value)
+    text = str(value)
+    if found := _UNWRITABLE.search(text):
+        raise ValueError(
+            "must not contain control characters other than tab and line feed, nor lone "
+            f"surrogates (found {found.group()!r} at position {found.start()})"
+        )
+    return text
 
 
 def _to_bool(value: Any) -> bool:
