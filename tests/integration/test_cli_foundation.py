@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
 
@@ -93,3 +94,33 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         proc.wait(timeout=20)
         if proc.stdout:
             proc.stdout.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_clean_shutdown_exits_0(tmp_path: Path, command: str, sig: signal.Signals) -> None:
+    """serve and worker, stopped by SIGTERM or SIGINT once running, shut down and exit 0:
+    supervisors (systemd, Kubernetes) read death by a signal (-15) as a failure."""
+    log = tmp_path / "log"
+    args = ["serve", "--port", str(free_port())] if command == "serve" else ["worker"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forgeline", *args],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"worker.started" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{command} did not start within 30 s"
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"worker.stopped" in log.read_bytes()
