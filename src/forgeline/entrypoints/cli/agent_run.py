@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import typer
+from rich.text import Text
 
 from forgeline.domain.agent import (
     DEFAULT_TIMEOUT_S,
@@ -32,6 +33,7 @@ from forgeline.domain.agent import (
     ToolUseData,
 )
 from forgeline.domain.errors import ForgelineError, ValidationError
+from forgeline.entrypoints.cli.common import console, echo_error, text
 from forgeline.ports.agent import CodeAgent
 
 EXIT_CODES = {
@@ -85,24 +87,20 @@ class LivePrinter:
     """A rich view: one line per event, a spinner with the elapsed time meanwhile."""
 
     def __init__(self, provider: str) -> None:
-        from rich.console import Console
-
-        self._console = Console(highlight=False)
+        self._console = console()
         self._provider = provider
         self._started = time.monotonic()
-        self._status = self._console.status(f"{provider}: starting…")
+        self._status = self._console.status(text(f"{provider}: starting…"))
         self._status.start()
 
     def _line(self, *parts: tuple[str, str]) -> None:
-        from rich.text import Text
-
-        self._console.print(Text.assemble(*parts))
+        self._console.print(Text.assemble(*(text(value, style) for value, style in parts)))
 
     def show(self, event: AgentEvent) -> None:
-        """Print ``event`` readably; untrusted text is never read as markup."""
+        """Print ``event`` readably; what the agent wrote is shown as plain text."""
         data = event.data
         elapsed = time.monotonic() - self._started
-        self._status.update(f"{self._provider}: {event.type} · {elapsed:.0f} s")
+        self._status.update(text(f"{self._provider}: {event.type} · {elapsed:.0f} s"))
         match data:
             case InitData():
                 self._line(
@@ -219,15 +217,15 @@ def run(
             resume_session=resume,
         ).validate()
     except ForgelineError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+        echo_error(exc.message)
         raise typer.Exit(2) from exc
     if not workdir.is_dir():
-        typer.echo(f"error: {workdir} is not a directory", err=True)
+        echo_error(f"{workdir} is not a directory")
         raise typer.Exit(2)
     printer: Printer = JsonPrinter() if json_out else LivePrinter(agent.name)
     try:
         result = asyncio.run(run_agent(agent, request, printer))
     except ForgelineError as exc:  # e.g. a provider that cannot run here at all
-        typer.echo(f"error: {exc.message}", err=True)
+        echo_error(exc.message)
         raise typer.Exit(2 if isinstance(exc, ValidationError) else 1) from exc
     raise typer.Exit(EXIT_CODES[result.status])

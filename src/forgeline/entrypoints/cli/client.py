@@ -9,14 +9,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.entrypoints.cli.common import JsonOption, clean, console, echo_error, text
 from forgeline.services.auth import ADMIN_TOKEN_FILE
 from forgeline.settings import Settings
 
@@ -103,8 +102,8 @@ class Api:
                 time.sleep(min(2**attempt, 10))
 
 
-def _die(message: str) -> Any:
-    typer.echo(f"error: {message}", err=True)
+def _die(message: str) -> NoReturn:
+    echo_error(message)
     sys.exit(1)
 
 
@@ -165,16 +164,19 @@ class Progress:
             self.step = f"finished: {data.get('status')}"
 
     def render(self) -> Table:
-        """The view as a rich table."""
-        table = Table.grid(padding=(0, 1))
-        table.add_row(Text("task", style="bold"), self.task_id)
-        table.add_row(Text("step", style="bold"), self.step)
-        table.add_row(Text("tools", style="bold"), str(self.tools))
-        table.add_row(Text("cost", style="bold"), f"${self.cost:.4f}")
+        """The view as a rich table (what the events said is shown as plain text)."""
+        rows = [
+            ("task", self.task_id),
+            ("step", self.step),
+            ("tools", str(self.tools)),
+            ("cost", f"${self.cost:.4f}"),
+        ]
         if self.last:
-            table.add_row(Text("agent", style="bold"), self.last)
-        for line in self.lines[-8:]:
-            table.add_row("", line)
+            rows.append(("agent", self.last))
+        rows += [("", line) for line in self.lines[-8:]]
+        table = Table.grid(padding=(0, 1))
+        for label, value in rows:
+            table.add_row(Text(label, style="bold"), text(value))
         return table
 
 
@@ -187,7 +189,7 @@ def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
         from rich.live import Live
 
         progress = Progress(task_id)
-        with Live(progress.render(), console=Console(stderr=True)) as live:
+        with Live(progress.render(), console=console(stderr=True)) as live:
             for event in api.events(task_id):
                 progress.feed(event)
                 live.update(progress.render())
@@ -199,12 +201,14 @@ def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
 
 def _show_task(task: dict[str, Any]) -> None:
     result = task.get("result") or {}
-    console = Console()
-    console.print(f"[bold]{task['task_id']}[/bold] {task['status']} (attempts {task['attempts']})")
+    out = console()
+    out.print(
+        text(task["task_id"], "bold"), text(f"{task['status']} (attempts {task['attempts']})")
+    )
     for key, value in (result.get("artifacts") or {}).items():
-        console.print(f"  {key}: {value}")
+        out.print(text(f"  {key}: {value}"))
     if result.get("error"):
-        console.print(f"  error: {result['error']}")
+        out.print(text(f"  error: {result['error']}"))
 
 
 def build(
@@ -240,10 +244,10 @@ def build(
         if json_out:
             _print_json(accepted)
         else:
-            typer.echo(accepted["task_id"])
+            typer.echo(clean(accepted["task_id"]))
         return
     if not json_out:
-        typer.echo(f"queued {accepted['task_id']}", err=True)
+        typer.echo(clean(f"queued {accepted['task_id']}"), err=True)
     raise typer.Exit(_follow(api, accepted["task_id"], as_json=json_out))
 
 
@@ -271,9 +275,8 @@ def task_events(
             _print_json(events)
         else:
             for event in events:
-                typer.echo(
-                    f"{event['seq']:>4} {event['type']:<11} {json.dumps(event['data'])[:160]}"
-                )
+                line = f"{event['seq']:>4} {event['type']:<11} {json.dumps(event['data'])[:160]}"
+                typer.echo(clean(line))
         return
     raise typer.Exit(_follow(api, task_id, as_json=json_out))
 
@@ -285,10 +288,8 @@ def task_cancel(task_id: str, json_out: JsonOption = False) -> None:
     if json_out:
         _print_json(task)
     else:
-        typer.echo(
-            f"{task['task_id']} {task['status']}"
-            + (" (cancel requested)" if task.get("cancel_requested") else "")
-        )
+        requested = " (cancel requested)" if task.get("cancel_requested") else ""
+        typer.echo(clean(f"{task['task_id']} {task['status']}{requested}"))
 
 
 @project_app.command("create")
@@ -318,7 +319,7 @@ def project_create(
     if json_out:
         _print_json(project)
     else:
-        typer.echo(f"{project['name']} {project['state']} {project['repo_url']}")
+        typer.echo(clean(f"{project['name']} {project['state']} {project['repo_url']}"))
 
 
 @project_app.command("list")
@@ -330,8 +331,8 @@ def project_list(json_out: JsonOption = False) -> None:
         return
     table = Table("name", "state", "template", "repository")
     for p in projects:
-        table.add_row(p["name"], p["state"], p["template"] or "", p["repo_url"])
-    Console().print(table)
+        table.add_row(*(text(p[key] or "") for key in ("name", "state", "template", "repo_url")))
+    console().print(table)
 
 
 @project_app.command("show")
@@ -342,4 +343,4 @@ def project_show(name: str, json_out: JsonOption = False) -> None:
         _print_json(project)
     else:
         for key, value in project.items():
-            typer.echo(f"{key}: {value}")
+            typer.echo(clean(f"{key}: {value}"))

@@ -7,14 +7,13 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from forgeline.entrypoints.cli import client, server
 from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
 from forgeline.entrypoints.cli.agent_run import agent_app
-from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.entrypoints.cli.common import JsonOption, console, text
 from forgeline.entrypoints.cli.templates import templates
 from forgeline.settings import Settings
 
@@ -70,14 +69,15 @@ def agents(json_out: JsonOption = False) -> None:
     table = Table("provider", "default", "available", "version", "detail")
     for row in rows:
         caps = row["capabilities"]
-        table.add_row(
+        cells = (
             row["name"],
             "yes" if row["default"] else "",
             "yes" if row["available"] else "no",
             caps["version"] or "",
             caps["detail"] or "",
         )
-    Console().print(table)
+        table.add_row(*map(text, cells))
+    console().print(table)
 
 
 def main() -> None:
