@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Annotated
 
+import structlog
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -22,6 +23,9 @@ from rich.text import Text
 from forgeline.domain.errors import ForgelineError
 from forgeline.logs import Redactor, configure_logging
 from forgeline.settings import Settings
+
+if TYPE_CHECKING:
+    from forgeline.services.registry import ProviderRegistry
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -56,6 +60,26 @@ def configure(settings: Settings) -> Redactor:
     redactor = Redactor()
     configure_logging(settings.log_level, settings.log_format, redactor)
     return redactor
+
+
+@asynccontextmanager
+async def agent_registry(settings: Settings) -> AsyncIterator[ProviderRegistry]:
+    """The agent providers of ``settings``, every one closed when the block is left, however
+    it is left: an ``opencode serve`` started for a run must not outlive the command."""
+    # Imported here: only the commands that use agents load the adapters.
+    from forgeline.bootstrap import build_registry
+
+    registry = build_registry(settings)
+    try:
+        yield registry
+    finally:
+        for agent in registry.agents():
+            try:
+                await agent.aclose()
+            except Exception:  # noqa: BLE001 - one failing close must not keep others open
+                structlog.get_logger("forgeline.cli").exception(
+                    "agent.close_failed", provider=agent.name
+                )
 
 
 def echo_error(message: str) -> None:
