@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -22,9 +22,14 @@ from forgeline.settings import Settings
 task_app = typer.Typer(help="Show, follow and cancel tasks.", no_args_is_help=True)
 project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 
-#: How often a broken event stream is resumed before the command gives up.
+if TYPE_CHECKING:
+    import httpx
+
+#: How often in a row a broken event stream is resumed, with no event in between, before
+#: the command gives up.
 SSE_RECONNECTS = 5
-#: Longest silence on an event stream (the server sends a keep-alive every 15 s).
+#: Longest silence on an event stream (the server sends a keep-alive after at most 30 s
+#: of it, ``FORGELINE_SSE_KEEPALIVE_S``, 15 s by default).
 SSE_READ_TIMEOUT_S = 45.0
 #: Exit codes of ``build --wait`` and ``task events``: like ``agent run``.
 EXIT = {"completed": 0, "failed": 1, "cancelled": 130}
@@ -61,24 +66,26 @@ class Api:
         except httpx.HTTPError as exc:
             _die(f"cannot reach forgeline at {self.base}: {exc}")
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                message = f"{error['message']} ({error['code']}, HTTP {response.status_code})"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code}: {response.text[:300]}"
-            _die(message)
-        return response.json() if response.content else None
+            _die(_error_message(response))
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            _die(f"{self.base} answered {method} {path} with something that is not JSON")
 
     def events(self, task_id: str) -> Iterator[dict[str, Any]]:
-        """The task's events until its ``result``; a broken stream is resumed where it
-        stopped (``Last-Event-ID``), a few times, before giving up."""
+        """The task's events until its ``result``. A broken stream is resumed where it
+        stopped (``Last-Event-ID``); the command gives up after :data:`SSE_RECONNECTS`
+        breaks in a row with no event in between."""
         import httpx
         from httpx_sse import connect_sse
 
         after = 0
-        # Reads wait for at least one keep-alive period of the server (15 s) and more.
+        failures = 0
+        # Reads wait for more than one keep-alive period of the server.
         timeout = httpx.Timeout(60.0, read=SSE_READ_TIMEOUT_S)
-        for attempt in range(SSE_RECONNECTS + 1):
+        while True:
             headers = {"Last-Event-ID": str(after)} if after else {}
             try:
                 with connect_sse(
@@ -90,16 +97,53 @@ class Api:
                 ) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
-                        _die(f"HTTP {source.response.status_code}: {source.response.text[:300]}")
+                        _die(_error_message(source.response))
                     for sse in source.iter_sse():
-                        event: dict[str, Any] = json.loads(sse.data)
-                        after = event["seq"]
-                        yield event
+                        event = _decode_event(sse.data)
+                        if event is not None:
+                            after, failures = event["seq"], 0
+                            yield event
                 return
             except httpx.HTTPError as exc:
-                if attempt == SSE_RECONNECTS:
+                if failures == SSE_RECONNECTS:
                     _die(f"event stream broke: {exc}")
-                time.sleep(min(2**attempt, 10))
+                time.sleep(min(2**failures, 10))
+                failures += 1
+
+
+def _decode_event(data: str) -> dict[str, Any] | None:
+    """One SSE message's ``data`` as a forgeline event; None for anything else.
+
+    httpx-sse hands on a comment-only block (the server's ``: keep-alive``) as a message
+    with empty data, where the SSE spec drops it: skipped silently. Anything else that is
+    not an event (a proxy's garbage, a wrong ``FORGELINE_URL``) is skipped with a warning,
+    so that following a build never ends while the build goes on.
+    """
+    if not data:
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if (
+        isinstance(event, dict)
+        and isinstance(event.get("seq"), int)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("data"), dict)
+    ):
+        return event
+    # sys.stderr, not typer.echo: a live view redirects it and prints it above itself.
+    sys.stderr.write(f"warning: skipped a message that is not an event: {clean(data[:200])}\n")
+    return None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The API's error envelope as one line, or the start of whatever else came back."""
+    try:
+        error = response.json()["error"]
+        return f"{error['message']} ({error['code']}, HTTP {response.status_code})"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:300]}"
 
 
 def _die(message: str) -> NoReturn:
