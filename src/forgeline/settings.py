@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1 * MiB, description="larger request bodies get 413")
     max_queued_per_project: int = Field(20, ge=1, description="more queued builds get 429")
+    sse_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        le=30,
+        description="idle event streams get a keep-alive comment this often (below the"
+        " CLI's 45 s read timeout), so proxies do not cut them",
+    )
 
     # --- workers ---------------------------------------------------------------------------
     workers: int = Field(2, ge=0, description="in-process workers of `forgeline serve`")

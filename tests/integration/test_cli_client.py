@@ -11,11 +11,20 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.anthropic_server import AnthropicServer
+from tests.support.anthropic_server import (
+    AnthropicServer,
+    ApiRequest,
+    Reply,
+    bash,
+    bash_then_done,
+    text,
+)
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.claude
 
@@ -24,18 +33,20 @@ pytestmark = pytest.mark.claude
 async def forgeline(
     tmp_path: Path, claude_bin: Path, model: AnthropicServer
 ) -> AsyncIterator[Running]:
-    """A running forgeline on embedded SQLite."""
-    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
+    """A running forgeline on embedded SQLite. Its event streams send a keep-alive comment
+    after 0.2 s of silence (15 s by default), so every build followed here meets some."""
+    settings = server_settings(tmp_path / "data", claude_bin, sse_keepalive_s=0.2)
+    async with running_forgeline(settings) as running:
         yield running
 
 
 async def cli(
-    forgeline: Running, *args: str, token: str | None = None
+    forgeline: Running, *args: str, token: str | None = None, url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``forgeline`` in a child process pointed at the running server."""
+    """Run ``forgeline`` in a child process pointed at the running server (or at ``url``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
     env.update(
-        FORGELINE_URL=forgeline.url,
+        FORGELINE_URL=url or forgeline.url,
         FORGELINE_TOKEN=token or forgeline.token,
         FORGELINE_DATA_DIR=str(forgeline.settings.data_dir),
     )
@@ -119,3 +130,55 @@ async def test_unknown_project_is_a_clear_error(forgeline: Running) -> None:
     result = await cli(forgeline, "build", "ghost", "--prompt", "x")
     assert result.returncode == 1
     assert "no project named 'ghost'" in result.stderr
+
+
+def dense(stdout: str) -> list[dict[str, Any]]:
+    """The events of a ``--json`` follow, asserting each came once, in order, to the result."""
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "result"
+    return events
+
+
+async def test_following_a_quiet_agent_survives_keep_alives(
+    forgeline: Running, model: AnthropicServer
+) -> None:
+    """While the agent sleeps in Bash, the stream carries only keep-alive comments: build
+    --wait and task events follow through them to the build's end and exit 0."""
+    model.script = bash_then_done("sleep 2")
+    await forgeline.create_project("quiet")
+    built = await cli(forgeline, "build", "quiet", "--prompt", "nap", "--wait", "--json")
+    assert built.returncode == 0, built.stderr
+    assert dense(built.stdout)[-1]["data"]["status"] == "succeeded"
+    assert "warning" not in built.stderr
+
+    task_id = await forgeline.build("quiet", prompt="nap again")
+    followed = await cli(forgeline, "task", "events", task_id)
+    assert followed.returncode == 0, followed.stderr
+    assert f"{task_id} completed" in followed.stdout
+
+
+async def test_a_cut_stream_resumes_where_it_stopped(
+    forgeline: Running, model: AnthropicServer
+) -> None:
+    """The connection of build --wait is cut mid-build (and refused for a while): the CLI
+    reconnects with Last-Event-ID and prints every event exactly once, exit 0."""
+    proxy = TcpProxy(int(forgeline.url.rsplit(":", 1)[1]))
+
+    def script(req: ApiRequest) -> Reply:
+        if req.tool_results:
+            # The CLI has followed since the first event; its first reconnects are refused.
+            proxy.cut(refuse_s=1.5)
+            return [text("done")]
+        return [bash("echo one")]
+
+    model.script = script
+    try:
+        await forgeline.create_project("flaky")
+        built = await cli(
+            forgeline, "build", "flaky", "--prompt", "x", "--wait", "--json", url=proxy.url
+        )
+    finally:
+        proxy.stop()
+    assert built.returncode == 0, built.stderr
+    assert dense(built.stdout)[-1]["data"]["status"] == "succeeded"

@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
 
@@ -93,3 +97,104 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         proc.wait(timeout=20)
         if proc.stdout:
             proc.stdout.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_clean_shutdown_exits_0(tmp_path: Path, command: str, sig: signal.Signals) -> None:
+    """serve and worker, stopped by SIGTERM or SIGINT once running, shut down and exit 0:
+    supervisors (systemd, Kubernetes) read death by a signal (-15) as a failure."""
+    log = tmp_path / "log"
+    args = ["serve", "--port", str(free_port())] if command == "serve" else ["worker"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forgeline", *args],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"worker.started" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{command} did not start within 30 s"
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"worker.stopped" in log.read_bytes()
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    """Not quite forgeline: an event stream with garbage between two real events, and a
+    project list that is an HTML page."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        """Answer the three routes the CLI asks for."""
+        event = {"seq": 1, "task_id": "t1", "type": "message", "data": {"text": "hi"}}
+        result = {"seq": 2, "task_id": "t1", "type": "result", "data": {"status": "succeeded"}}
+        routes = {
+            "/tasks/t1/events": (
+                "text/event-stream",
+                (
+                    f"id: 1\ndata: {json.dumps(event)}\n\n: keep-alive\n\n"
+                    "data: {not json\n\ndata: [1, 2]\n\ndata: \x1b]0;pwned\x07\n\n"
+                    f"id: 2\ndata: {json.dumps(result)}\n\n"
+                ),
+            ),
+            "/tasks/t1": (
+                "application/json",
+                json.dumps({"task_id": "t1", "status": "completed", "attempts": 1}),
+            ),
+            "/projects": ("text/html", "<html>a proxy's login page</html>"),
+        }
+        content_type, body = routes[self.path]
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[str]:
+    """A :class:`_Garbage` server on 127.0.0.1; its URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_garbage_from_the_server_is_a_clear_message(garbage_server: str) -> None:
+    """Messages of an event stream that are not events are skipped with a warning (the
+    follow goes on to the result, exit 0); a body that is not JSON is a one-line error,
+    exit 1. Never a traceback."""
+    env = {"FORGELINE_URL": garbage_server, "FORGELINE_TOKEN": "flt_x"}
+    followed = run_cli("task", "events", "t1", "--json", env=env)
+    assert followed.returncode == 0, followed.stderr
+    assert [json.loads(line)["seq"] for line in followed.stdout.splitlines()] == [1, 2]
+    warnings = followed.stderr.splitlines()
+    assert warnings == [
+        "warning: skipped a message that is not an event: {not json",
+        "warning: skipped a message that is not an event: [1, 2]",
+        "warning: skipped a message that is not an event: \\x1b]0;pwned\\x07",
+    ]
+
+    listed = run_cli("project", "list", env=env)
+    assert listed.returncode == 1
+    assert listed.stderr == (
+        f"error: {garbage_server} answered GET /projects with something that is not JSON\n"
+    )

@@ -21,8 +21,6 @@ from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
 from forgeline.services.registry import describe_agents
 
-#: Seconds between SSE keep-alive comments, so proxies do not cut an idle stream.
-SSE_KEEPALIVE_S = 15.0
 #: How long a stream waits for a final task's ``result`` event: a worker writes it just
 #: after making the task final.
 FINAL_RESULT_GRACE_S = 2.0
@@ -255,6 +253,7 @@ async def _all_events(container: Container, task_id: str, after: int) -> list[An
 
 async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[bytes]:
     store = container.store
+    keepalive_s = container.settings.sse_keepalive_s
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     final_since: float | None = None
@@ -275,10 +274,10 @@ async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[
             # Final for a while and still no result after the client's position (it saw
             # it already, or the task never ran): nothing more will come.
             return
-        if loop.time() - quiet_since >= SSE_KEEPALIVE_S:
+        if loop.time() - quiet_since >= keepalive_s:
             quiet_since = loop.time()
             yield b": keep-alive\n\n"
-        await store.wait_for_events(task_id, after, SSE_KEEPALIVE_S)
+        await store.wait_for_events(task_id, after, keepalive_s)
 
 
 # --- agents and templates --------------------------------------------------------------------

@@ -13,10 +13,13 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import typer
+from rich.text import Text
 
 from forgeline.domain.agent import (
     DEFAULT_TIMEOUT_S,
@@ -32,6 +35,7 @@ from forgeline.domain.agent import (
     ToolUseData,
 )
 from forgeline.domain.errors import ForgelineError, ValidationError
+from forgeline.entrypoints.cli.common import agent_registry, console, echo_error, text
 from forgeline.ports.agent import CodeAgent
 
 EXIT_CODES = {
@@ -85,24 +89,20 @@ class LivePrinter:
     """A rich view: one line per event, a spinner with the elapsed time meanwhile."""
 
     def __init__(self, provider: str) -> None:
-        from rich.console import Console
-
-        self._console = Console(highlight=False)
+        self._console = console()
         self._provider = provider
         self._started = time.monotonic()
-        self._status = self._console.status(f"{provider}: starting…")
+        self._status = self._console.status(text(f"{provider}: starting…"))
         self._status.start()
 
     def _line(self, *parts: tuple[str, str]) -> None:
-        from rich.text import Text
-
-        self._console.print(Text.assemble(*parts))
+        self._console.print(Text.assemble(*(text(value, style) for value, style in parts)))
 
     def show(self, event: AgentEvent) -> None:
-        """Print ``event`` readably; untrusted text is never read as markup."""
+        """Print ``event`` readably; what the agent wrote is shown as plain text."""
         data = event.data
         elapsed = time.monotonic() - self._started
-        self._status.update(f"{self._provider}: {event.type} · {elapsed:.0f} s")
+        self._status.update(text(f"{self._provider}: {event.type} · {elapsed:.0f} s"))
         match data:
             case InitData():
                 self._line(
@@ -149,22 +149,39 @@ class LivePrinter:
         self._status.stop()
 
 
-async def run_agent(agent: CodeAgent, request: AgentRequest, printer: Printer) -> AgentResult:
-    """Run ``request`` on ``agent``, numbering and printing its events.
+@contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM set ``stop`` instead of ending the process.
 
-    SIGINT and SIGTERM cancel the run through ``agent.cancel`` (the port's clean path), so
-    the stream still ends with its ``result`` event, ``cancelled``.
+    Held for the whole command, so that a signal (a second Ctrl-C, a supervisor's repeated
+    SIGTERM) never cuts short the cancel of the run or the close of its providers, which
+    would leave an agent's server running.
     """
     loop = asyncio.get_running_loop()
-    cancels: list[asyncio.Task[None]] = []
-
-    def on_signal() -> None:
-        if not cancels:  # a second Ctrl-C changes nothing: the cancel is bounded already
-            cancels.append(loop.create_task(agent.cancel(request.run_id), name="agent-run-cancel"))
-
     handled = (signal.SIGINT, signal.SIGTERM)
     for sig in handled:
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def run_agent(
+    agent: CodeAgent, request: AgentRequest, printer: Printer, stop: asyncio.Event
+) -> AgentResult:
+    """Run ``request`` on ``agent``, numbering and printing its events.
+
+    ``stop`` (see :func:`stop_on_signals`) cancels the run through ``agent.cancel``, the
+    port's clean path, so the stream still ends with its ``result`` event, ``cancelled``.
+    """
+
+    async def cancel_on_stop() -> None:
+        await stop.wait()
+        await agent.cancel(request.run_id)
+
+    canceller = asyncio.create_task(cancel_on_stop(), name="agent-run-cancel")
     result: AgentResult | None = None
     seq = 0
     try:
@@ -176,10 +193,10 @@ async def run_agent(agent: CodeAgent, request: AgentRequest, printer: Printer) -
                 result = numbered.data
     finally:
         printer.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-        for task in cancels:
-            await task
+        if not stop.is_set():
+            canceller.cancel()
+        # A cancel under way is bounded by the port (5 s): it finishes before we go on.
+        await asyncio.wait([canceller])
     if result is None:  # a broken adapter; the port promises a result event
         return AgentResult(status=RunStatus.FAILED, text="the agent ended without a result")
     return result
@@ -202,33 +219,41 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Run one agent in WORKDIR and stream its events; the exit code tells how it ended."""
-    from forgeline.bootstrap import build_registry, check_sandbox
+    from forgeline.bootstrap import check_sandbox
     from forgeline.logs import Redactor, configure_logging
     from forgeline.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, Redactor())
+
+    async def main() -> int:
+        await check_sandbox(settings)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            async with agent_registry(settings) as registry:
+                try:
+                    agent = registry.get(provider)
+                    request = AgentRequest(
+                        prompt=prompt,
+                        workdir=str(workdir.expanduser().resolve()),
+                        provider=agent.name,
+                        model=model,
+                        timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+                        resume_session=resume,
+                    ).validate()
+                except ForgelineError as exc:
+                    echo_error(exc.message)
+                    return 2
+                if not workdir.is_dir():
+                    echo_error(f"{workdir} is not a directory")
+                    return 2
+                printer: Printer = JsonPrinter() if json_out else LivePrinter(agent.name)
+                result = await run_agent(agent, request, printer, stop)
+                return EXIT_CODES[result.status]
+
     try:
-        asyncio.run(check_sandbox(settings))
-        agent = build_registry(settings).get(provider)
-        request = AgentRequest(
-            prompt=prompt,
-            workdir=str(workdir.expanduser().resolve()),
-            provider=agent.name,
-            model=model,
-            timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
-            resume_session=resume,
-        ).validate()
-    except ForgelineError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from exc
-    if not workdir.is_dir():
-        typer.echo(f"error: {workdir} is not a directory", err=True)
-        raise typer.Exit(2)
-    printer: Printer = JsonPrinter() if json_out else LivePrinter(agent.name)
-    try:
-        result = asyncio.run(run_agent(agent, request, printer))
+        code = asyncio.run(main())
     except ForgelineError as exc:  # e.g. a provider that cannot run here at all
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2 if isinstance(exc, ValidationError) else 1) from exc
-    raise typer.Exit(EXIT_CODES[result.status])
+        echo_error(exc.message)
+        code = 2 if isinstance(exc, ValidationError) else 1
+    raise typer.Exit(code)

@@ -9,23 +9,27 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.entrypoints.cli.common import JsonOption, clean, console, echo_error, text
 from forgeline.services.auth import ADMIN_TOKEN_FILE
 from forgeline.settings import Settings
 
 task_app = typer.Typer(help="Show, follow and cancel tasks.", no_args_is_help=True)
 project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 
-#: How often a broken event stream is resumed before the command gives up.
+if TYPE_CHECKING:
+    import httpx
+
+#: How often in a row a broken event stream is resumed, with no event in between, before
+#: the command gives up.
 SSE_RECONNECTS = 5
-#: Longest silence on an event stream (the server sends a keep-alive every 15 s).
+#: Longest silence on an event stream (the server sends a keep-alive after at most 30 s
+#: of it, ``FORGELINE_SSE_KEEPALIVE_S``, 15 s by default).
 SSE_READ_TIMEOUT_S = 45.0
 #: Exit codes of ``build --wait`` and ``task events``: like ``agent run``.
 EXIT = {"completed": 0, "failed": 1, "cancelled": 130}
@@ -62,24 +66,26 @@ class Api:
         except httpx.HTTPError as exc:
             _die(f"cannot reach forgeline at {self.base}: {exc}")
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                message = f"{error['message']} ({error['code']}, HTTP {response.status_code})"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code}: {response.text[:300]}"
-            _die(message)
-        return response.json() if response.content else None
+            _die(_error_message(response))
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            _die(f"{self.base} answered {method} {path} with something that is not JSON")
 
     def events(self, task_id: str) -> Iterator[dict[str, Any]]:
-        """The task's events until its ``result``; a broken stream is resumed where it
-        stopped (``Last-Event-ID``), a few times, before giving up."""
+        """The task's events until its ``result``. A broken stream is resumed where it
+        stopped (``Last-Event-ID``); the command gives up after :data:`SSE_RECONNECTS`
+        breaks in a row with no event in between."""
         import httpx
         from httpx_sse import connect_sse
 
         after = 0
-        # Reads wait for at least one keep-alive period of the server (15 s) and more.
+        failures = 0
+        # Reads wait for more than one keep-alive period of the server.
         timeout = httpx.Timeout(60.0, read=SSE_READ_TIMEOUT_S)
-        for attempt in range(SSE_RECONNECTS + 1):
+        while True:
             headers = {"Last-Event-ID": str(after)} if after else {}
             try:
                 with connect_sse(
@@ -91,20 +97,57 @@ class Api:
                 ) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
-                        _die(f"HTTP {source.response.status_code}: {source.response.text[:300]}")
+                        _die(_error_message(source.response))
                     for sse in source.iter_sse():
-                        event: dict[str, Any] = json.loads(sse.data)
-                        after = event["seq"]
-                        yield event
+                        event = _decode_event(sse.data)
+                        if event is not None:
+                            after, failures = event["seq"], 0
+                            yield event
                 return
             except httpx.HTTPError as exc:
-                if attempt == SSE_RECONNECTS:
+                if failures == SSE_RECONNECTS:
                     _die(f"event stream broke: {exc}")
-                time.sleep(min(2**attempt, 10))
+                time.sleep(min(2**failures, 10))
+                failures += 1
 
 
-def _die(message: str) -> Any:
-    typer.echo(f"error: {message}", err=True)
+def _decode_event(data: str) -> dict[str, Any] | None:
+    """One SSE message's ``data`` as a forgeline event; None for anything else.
+
+    httpx-sse hands on a comment-only block (the server's ``: keep-alive``) as a message
+    with empty data, where the SSE spec drops it: skipped silently. Anything else that is
+    not an event (a proxy's garbage, a wrong ``FORGELINE_URL``) is skipped with a warning,
+    so that following a build never ends while the build goes on.
+    """
+    if not data:
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if (
+        isinstance(event, dict)
+        and isinstance(event.get("seq"), int)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("data"), dict)
+    ):
+        return event
+    # sys.stderr, not typer.echo: a live view redirects it and prints it above itself.
+    sys.stderr.write(f"warning: skipped a message that is not an event: {clean(data[:200])}\n")
+    return None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The API's error envelope as one line, or the start of whatever else came back."""
+    try:
+        error = response.json()["error"]
+        return f"{error['message']} ({error['code']}, HTTP {response.status_code})"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+
+
+def _die(message: str) -> NoReturn:
+    echo_error(message)
     sys.exit(1)
 
 
@@ -165,16 +208,19 @@ class Progress:
             self.step = f"finished: {data.get('status')}"
 
     def render(self) -> Table:
-        """The view as a rich table."""
-        table = Table.grid(padding=(0, 1))
-        table.add_row(Text("task", style="bold"), self.task_id)
-        table.add_row(Text("step", style="bold"), self.step)
-        table.add_row(Text("tools", style="bold"), str(self.tools))
-        table.add_row(Text("cost", style="bold"), f"${self.cost:.4f}")
+        """The view as a rich table (what the events said is shown as plain text)."""
+        rows = [
+            ("task", self.task_id),
+            ("step", self.step),
+            ("tools", str(self.tools)),
+            ("cost", f"${self.cost:.4f}"),
+        ]
         if self.last:
-            table.add_row(Text("agent", style="bold"), self.last)
-        for line in self.lines[-8:]:
-            table.add_row("", line)
+            rows.append(("agent", self.last))
+        rows += [("", line) for line in self.lines[-8:]]
+        table = Table.grid(padding=(0, 1))
+        for label, value in rows:
+            table.add_row(Text(label, style="bold"), text(value))
         return table
 
 
@@ -187,7 +233,7 @@ def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
         from rich.live import Live
 
         progress = Progress(task_id)
-        with Live(progress.render(), console=Console(stderr=True)) as live:
+        with Live(progress.render(), console=console(stderr=True)) as live:
             for event in api.events(task_id):
                 progress.feed(event)
                 live.update(progress.render())
@@ -199,12 +245,14 @@ def _follow(api: Api, task_id: str, *, as_json: bool) -> int:
 
 def _show_task(task: dict[str, Any]) -> None:
     result = task.get("result") or {}
-    console = Console()
-    console.print(f"[bold]{task['task_id']}[/bold] {task['status']} (attempts {task['attempts']})")
+    out = console()
+    out.print(
+        text(task["task_id"], "bold"), text(f"{task['status']} (attempts {task['attempts']})")
+    )
     for key, value in (result.get("artifacts") or {}).items():
-        console.print(f"  {key}: {value}")
+        out.print(text(f"  {key}: {value}"))
     if result.get("error"):
-        console.print(f"  error: {result['error']}")
+        out.print(text(f"  error: {result['error']}"))
 
 
 def build(
@@ -240,10 +288,10 @@ def build(
         if json_out:
             _print_json(accepted)
         else:
-            typer.echo(accepted["task_id"])
+            typer.echo(clean(accepted["task_id"]))
         return
     if not json_out:
-        typer.echo(f"queued {accepted['task_id']}", err=True)
+        typer.echo(clean(f"queued {accepted['task_id']}"), err=True)
     raise typer.Exit(_follow(api, accepted["task_id"], as_json=json_out))
 
 
@@ -271,9 +319,8 @@ def task_events(
             _print_json(events)
         else:
             for event in events:
-                typer.echo(
-                    f"{event['seq']:>4} {event['type']:<11} {json.dumps(event['data'])[:160]}"
-                )
+                line = f"{event['seq']:>4} {event['type']:<11} {json.dumps(event['data'])[:160]}"
+                typer.echo(clean(line))
         return
     raise typer.Exit(_follow(api, task_id, as_json=json_out))
 
@@ -285,10 +332,8 @@ def task_cancel(task_id: str, json_out: JsonOption = False) -> None:
     if json_out:
         _print_json(task)
     else:
-        typer.echo(
-            f"{task['task_id']} {task['status']}"
-            + (" (cancel requested)" if task.get("cancel_requested") else "")
-        )
+        requested = " (cancel requested)" if task.get("cancel_requested") else ""
+        typer.echo(clean(f"{task['task_id']} {task['status']}{requested}"))
 
 
 @project_app.command("create")
@@ -318,7 +363,7 @@ def project_create(
     if json_out:
         _print_json(project)
     else:
-        typer.echo(f"{project['name']} {project['state']} {project['repo_url']}")
+        typer.echo(clean(f"{project['name']} {project['state']} {project['repo_url']}"))
 
 
 @project_app.command("list")
@@ -330,8 +375,8 @@ def project_list(json_out: JsonOption = False) -> None:
         return
     table = Table("name", "state", "template", "repository")
     for p in projects:
-        table.add_row(p["name"], p["state"], p["template"] or "", p["repo_url"])
-    Console().print(table)
+        table.add_row(*(text(p[key] or "") for key in ("name", "state", "template", "repo_url")))
+    console().print(table)
 
 
 @project_app.command("show")
@@ -342,4 +387,4 @@ def project_show(name: str, json_out: JsonOption = False) -> None:
         _print_json(project)
     else:
         for key, value in project.items():
-            typer.echo(f"{key}: {value}")
+            typer.echo(clean(f"{key}: {value}"))

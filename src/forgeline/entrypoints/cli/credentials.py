@@ -16,12 +16,12 @@ from contextlib import asynccontextmanager
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from forgeline.domain.agent import format_time
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.domain.secrets import Secret
+from forgeline.entrypoints.cli.common import console, echo_error, text
 from forgeline.ports.credentials import CredentialStore
 from forgeline.settings import Settings
 
@@ -58,7 +58,7 @@ def _run(action: Callable[[CredentialStore], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except ForgelineError as exc:
         # Messages of the error tree name credentials, never values.
-        typer.echo(f"error: {exc.message}", err=True)
+        echo_error(exc.message)
         raise typer.Exit(1) from exc
 
 
@@ -105,7 +105,7 @@ def set_(
     try:
         value = _read_value(name)
     except ForgelineError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+        echo_error(exc.message)
         raise typer.Exit(1) from exc
     info = _run(lambda store: store.put(name, value, project=project))
     if json_out:
@@ -127,14 +127,15 @@ def list_(project: ProjectOption = None, json_out: JsonOption = False) -> None:
         return
     table = Table("name", "scope", "created", "updated", "last used")
     for info in infos:
-        table.add_row(
+        cells = (
             info.name,
             f"project:{info.project}" if info.project else "global",
             format_time(info.created_at),
             format_time(info.updated_at),
             format_time(info.last_used_at) if info.last_used_at else "never",
         )
-    Console().print(table)
+        table.add_row(*map(text, cells))
+    console().print(table)
 
 
 @app.command()
@@ -162,8 +163,8 @@ def uses(
     table = Table("used", "name", "scope", "task")
     for use in found:
         scope = f"project:{use.project}" if use.project else "global"
-        table.add_row(format_time(use.used_at), use.name, scope, use.task_id)
-    Console().print(table)
+        table.add_row(*map(text, (format_time(use.used_at), use.name, scope, use.task_id)))
+    console().print(table)
 
 
 @app.command("rotate-key")

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from forgeline.entrypoints.cli import client, server
 from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
 from forgeline.entrypoints.cli.agent_run import agent_app
-from forgeline.entrypoints.cli.common import JsonOption
+from forgeline.entrypoints.cli.common import JsonOption, agent_registry, console, text
 from forgeline.entrypoints.cli.templates import templates
 from forgeline.settings import Settings
 
@@ -60,24 +59,28 @@ def root(
 @app.command()
 def agents(json_out: JsonOption = False) -> None:
     """List the agent providers, the default first, with capabilities and availability."""
-    from forgeline.bootstrap import build_registry
     from forgeline.services.registry import describe_agents
 
-    rows = asyncio.run(describe_agents(build_registry(Settings())))
+    async def describe() -> list[dict[str, Any]]:
+        async with agent_registry(Settings()) as registry:
+            return await describe_agents(registry)
+
+    rows = asyncio.run(describe())
     if json_out:
         typer.echo(json.dumps(rows))
         return
     table = Table("provider", "default", "available", "version", "detail")
     for row in rows:
         caps = row["capabilities"]
-        table.add_row(
+        cells = (
             row["name"],
             "yes" if row["default"] else "",
             "yes" if row["available"] else "no",
             caps["version"] or "",
             caps["detail"] or "",
         )
-    Console().print(table)
+        table.add_row(*map(text, cells))
+    console().print(table)
 
 
 def main() -> None:

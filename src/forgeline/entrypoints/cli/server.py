@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -23,10 +25,17 @@ def serve(
         typer.Option(min=0, help="Builds run at once in this process (0: the API alone)."),
     ] = None,
 ) -> None:
-    """Run the HTTP API with in-process workers (embedded defaults: SQLite under ./.forgeline)."""
+    """Run the HTTP API with in-process workers (embedded defaults: SQLite under ./.forgeline).
+
+    SIGTERM or SIGINT shut it down gracefully (running builds get
+    ``FORGELINE_SHUTDOWN_GRACE_S``), and it then exits 0.
+    """
     import uvicorn
 
     from forgeline.entrypoints.api.app import create_app
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -50,6 +59,13 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    # uvicorn handles SIGTERM and SIGINT itself while it serves, shuts down gracefully,
+    # then raises the signal again for the handler it found at start: this one. A shutdown
+    # that was asked for is a success (supervisors read death by SIGTERM, -15, as a crash).
+    raise SystemExit(0)
 
 
 def worker(

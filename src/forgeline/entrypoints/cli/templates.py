@@ -6,10 +6,11 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from forgeline.bootstrap import build_templates
+from forgeline.entrypoints.cli.common import console, text
 from forgeline.ports.templates import TemplateInfo
 from forgeline.settings import Settings
 
@@ -26,17 +27,20 @@ def _describe(variable: dict[str, Any]) -> str:
 
 
 def render_table(templates: list[TemplateInfo]) -> Table:
-    """A table of templates and their variables, for people."""
+    """A table of templates and their variables, for people (templates may come from
+    anywhere on ``FORGELINE_TEMPLATE_PATH``: their texts are shown as plain text)."""
     table = Table("template", "variable", "type / default", "help", show_lines=True)
     for info in templates:
         rows: list[dict[str, Any] | None] = [v.to_dict() for v in info.variables] or [None]
         for index, variable in enumerate(rows):
             first = index == 0
             table.add_row(
-                f"[bold]{info.name}[/bold]\n{info.description}" if first else "",
-                variable["name"] if variable else "",
-                _describe(variable) if variable else "",
-                (variable["help"] or "") if variable else "",
+                Text.assemble(text(info.name, "bold"), "\n", text(info.description))
+                if first
+                else Text(),
+                text(variable["name"] if variable else ""),
+                text(_describe(variable) if variable else ""),
+                text((variable["help"] or "") if variable else ""),
             )
     return table
 
@@ -49,4 +53,4 @@ def templates(
     if json_out:
         typer.echo(json.dumps([info.to_dict() for info in infos]))
         return
-    Console().print(render_table(infos))
+    console().print(render_table(infos))
