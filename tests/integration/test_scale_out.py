@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.conftest import free_port
 from tests.support.anthropic_server import AnthropicServer, ApiRequest, Reply, bash, text
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.forgeline_server import CALLBACK_SECRET, git
+from tests.support.serve_process import start, stop, wait_ready
 
 pytestmark = [pytest.mark.postgres, pytest.mark.claude, pytest.mark.slow]
 
@@ -65,29 +65,6 @@ def env(tmp_path: Path, pg_url: str, claude_bin: Path) -> Iterator[dict[str, str
         }
 
 
-def _start(
-    args: list[str], env: dict[str, str], data_dir: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "forgeline", *args],
-            env={**env, "FORGELINE_DATA_DIR": str(data_dir)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.1)
-
-
 def test_killed_worker_build_is_finished_once_by_another(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -99,18 +76,18 @@ def test_killed_worker_build_is_finished_once_by_another(
     receiver = CallbackReceiver(CALLBACK_SECRET).start()
     stack = contextlib.ExitStack()
     try:
-        procs["api"] = _start(
+        procs["api"] = start(
             ["serve", "--workers", "0", "--port", str(port)], env, api_dir, tmp_path / "api.log"
         )
         base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, procs["api"], tmp_path / "api.log")
+        wait_ready(base, procs["api"], tmp_path / "api.log")
         token = (api_dir / "admin.token").read_text().strip()
         client = stack.enter_context(
             httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         )
         assert client.post("/projects", json={"name": "shared"}).status_code == 201
         for name in ("w1", "w2"):
-            procs[name] = _start(
+            procs[name] = start(
                 ["worker", "--concurrency", "1", "--name", name],
                 env,
                 tmp_path / name,
@@ -163,15 +140,7 @@ def test_killed_worker_build_is_finished_once_by_another(
             time.sleep(0.2)
         assert len(cb) == 1
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(list(procs.values()))
         _kill_processes_under(tmp_path)
         receiver.stop()
         stack.close()

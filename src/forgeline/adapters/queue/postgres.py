@@ -36,7 +36,9 @@ from forgeline.adapters.queue._common import (
     Backoff,
     check_lease_s,
     check_limit,
+    check_max_queued,
     check_new_task,
+    check_room,
     dump_json,
     kinds_list,
     new_task_id,
@@ -404,8 +406,14 @@ class PostgresWorkQueue:
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        max_queued: int | None = None,
     ) -> Enqueued:
-        """Add a task (or return the one with the same idempotency key): one round trip."""
+        """Add a task (or return the one with the same idempotency key): one round trip.
+
+        With ``max_queued``, a transaction that first takes the key's advisory lock, so
+        that its count and insert see every other capped enqueue of the key committed.
+        """
+        check_max_queued(max_queued, concurrency_key)
         new = check_new_task(
             NewTask(
                 kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
@@ -423,19 +431,37 @@ class PostgresWorkQueue:
             "idempotency_key": idempotency_key,
         }
 
-        async def op(conn: Conn) -> Enqueued:
-            rows = await self._rows(conn, _SQL["insert_task"], params)
-            if rows:
-                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
-            existing = await self._rows(
+        async def existing(conn: Conn) -> Enqueued | None:
+            rows = await self._rows(
                 conn, _SQL["get_existing"], {"ids": [task_id], "keys": [idempotency_key]}
             )
             # Our own id means a retried insert whose first try committed: ours, created.
-            mine = [r for r in existing if r["id"] == task_id]
-            row = (mine or existing)[0]
-            return Enqueued(_task(row), created=bool(mine))
+            mine = [r for r in rows if r["id"] == task_id]
+            return Enqueued(_task((mine or rows)[0]), created=bool(mine)) if rows else None
 
-        return await self._run(op, "enqueue")
+        async def insert(conn: Conn) -> Enqueued:
+            rows = await self._rows(conn, _SQL["insert_task"], params)
+            if rows:
+                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
+            found = await existing(conn)
+            if found is None:  # a clash needs a row, and nothing deletes tasks
+                raise StorageError("enqueue: the clashing task vanished")
+            return found
+
+        if max_queued is None or concurrency_key is None:
+            return await self._run(insert, "enqueue")
+
+        async def capped(conn: Conn) -> Enqueued:
+            async with conn.transaction():
+                await conn.execute(_SQL["lock_concurrency_key"], params)
+                found = await existing(conn)  # a replay adds nothing: no cap for it
+                if found is not None:
+                    return found
+                (row,) = await self._rows(conn, _SQL["count_queued"], params)
+                check_room(row["n"], max_queued, concurrency_key)
+                return await insert(conn)
+
+        return await self._run(capped, "enqueue")
 
     async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         """Add many tasks in one statement; results in the order of ``tasks``."""
