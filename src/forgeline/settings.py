@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1 * MiB, description="larger request bodies get 413")
     max_queued_per_project: int = Field(20, ge=1, description="more queued builds get 429")
+    db_request_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="longest a request waits for the database, retries included; then 503",
+    )
 
     # --- workers ---------------------------------------------------------------------------
     workers: int = Field(2, ge=0, description="in-process workers of `forgeline serve`")
