@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -76,6 +78,43 @@ def sqlite_path(url: str) -> Path:
 def is_postgres(url: str) -> bool:
     """True for ``postgresql://`` and ``postgres://`` URLs."""
     return url.startswith(("postgresql://", "postgres://"))
+
+
+@contextlib.contextmanager
+def sole_server(url: str) -> Iterator[None]:
+    """While the block runs, no other ``serve`` or ``worker`` may use the SQLite database
+    of ``url``: ``ConfigurationError`` naming PostgreSQL for the second one. Nothing for
+    PostgreSQL, which is made for many processes.
+
+    The lock is an ``flock`` on ``<database>.lock``: the kernel drops it when the process
+    ends, however it ends (SIGKILL too), so a crash never leaves the data dir locked.
+    Commands that only talk to the API or use the database briefly (``token create``,
+    ``db migrate``) do not take it.
+    """
+    if is_postgres(url):
+        yield
+        return
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir holds keys
+    lock = path.with_name(path.name + ".lock")
+    # Never deleted: another process may hold it open, and a new file would lock apart.
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ConfigurationError(
+                f"another forgeline process{f' (pid {holder})' if holder else ''} serves the"
+                f" SQLite database {path}; SQLite takes one `serve` or `worker` at a time."
+                " Stop that one, or point every process at one PostgreSQL database"
+                " (FORGELINE_DATABASE_URL=postgresql://…) to run several."
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def safe_message(exc: BaseException) -> str:

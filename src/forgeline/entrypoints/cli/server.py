@@ -26,6 +26,7 @@ def serve(
     """Run the HTTP API with in-process workers (embedded defaults: SQLite under ./.forgeline)."""
     import uvicorn
 
+    from forgeline.adapters.sql.database import sole_server
     from forgeline.entrypoints.api.app import create_app
 
     overrides: dict[str, Any] = {}
@@ -37,14 +38,15 @@ def serve(
         overrides["workers"] = workers
     settings = Settings(**overrides)
     redactor = configure(settings)
-    uvicorn.run(
-        create_app(settings, redactor=redactor),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
+    with fail_on_errors(), sole_server(settings.database_url):
+        uvicorn.run(
+            create_app(settings, redactor=redactor),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        )
 
 
 def worker(
@@ -52,11 +54,12 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default host:pid).")] = None,
 ) -> None:
     """Run build workers only (scale-out on PostgreSQL); SIGTERM drains them."""
+    from forgeline.adapters.sql.database import sole_server
     from forgeline.entrypoints.worker import run_worker
 
     settings = Settings()
     redactor = configure(settings)
-    with fail_on_errors():
+    with fail_on_errors(), sole_server(settings.database_url):
         asyncio.run(run_worker(settings, concurrency=concurrency, name=name, redactor=redactor))
 
 
