@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="idle event streams get a keep-alive comment this often (below the"
         " CLI's 45 s read timeout), so proxies do not cut them",
     )
+    db_request_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="longest a request waits for the database, retries included; then 503",
+    )
 
     # --- workers ---------------------------------------------------------------------------
     workers: int = Field(2, ge=0, description="in-process workers of `forgeline serve`")

@@ -16,13 +16,14 @@ from forgeline.adapters.queue.sqlite import SqliteWorkQueue
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.errors import (
+    CapacityError,
     LeaseLostError,
     TaskNotFoundError,
     TaskStateError,
     ValidationError,
 )
 from forgeline.domain.task import Lease, TaskStatus
-from forgeline.ports.queue import NewTask, WorkQueue
+from forgeline.ports.queue import Enqueued, NewTask, WorkQueue
 
 Queue = SqliteWorkQueue | PostgresWorkQueue
 #: Fast retries, so tests that re-claim a failed task wait only milliseconds.
@@ -142,6 +143,45 @@ async def test_find_by_idempotency_key(q: Queue) -> None:
     assert found is not None
     assert found.id == first.task.id
     assert await q.find_by_idempotency_key("nope") is None
+
+
+async def test_max_queued_holds_under_concurrency(opener: Opener) -> None:
+    """Concurrent capped enqueues through two queue objects (two processes' worth of
+    connections) queue exactly the cap; the rest get CapacityError. A replay of an accepted
+    key gets its task while the key is full; other keys and uncapped enqueues are not held."""
+    queues = [await opener(), await opener()]
+
+    async def submit(i: int) -> Enqueued | CapacityError:
+        try:
+            return await queues[i % 2].enqueue(
+                "build", {"i": i}, idempotency_key=f"k{i}", concurrency_key="p", max_queued=5
+            )
+        except CapacityError as exc:
+            return exc
+
+    outcomes = await asyncio.gather(*(submit(i) for i in range(30)))
+    accepted = [o for o in outcomes if isinstance(o, Enqueued)]
+    assert len(accepted) == 5
+    assert all(o.created for o in accepted)
+    assert {t.id for t in await queues[0].list(concurrency_key="p")} == {
+        o.task.id for o in accepted
+    }
+    replay = await queues[1].enqueue(
+        "build",
+        {},
+        idempotency_key=accepted[0].task.idempotency_key,
+        concurrency_key="p",
+        max_queued=5,
+    )
+    assert not replay.created
+    assert replay.task.id == accepted[0].task.id
+    with pytest.raises(CapacityError, match="the cap is 5"):
+        await queues[0].enqueue("build", {}, concurrency_key="p", max_queued=5)
+    assert (await queues[0].enqueue("build", {}, concurrency_key="p")).created
+    assert (await queues[0].enqueue("build", {}, concurrency_key="q", max_queued=5)).created
+    # Running tasks do not count: a claim makes room for one more.
+    await queues[0].claim("w", lease_s=30)
+    assert (await queues[1].enqueue("build", {}, concurrency_key="p", max_queued=6)).created
 
 
 async def test_enqueue_many(q: Queue) -> None:
@@ -537,6 +577,10 @@ async def test_invalid_input(q: Queue) -> None:
         await q.claim("w", lease_s=30, limit=0)
     with pytest.raises(ValidationError):
         await q.list(limit=0)
+    with pytest.raises(ValidationError):
+        await q.enqueue("build", {}, max_queued=1)  # nothing to count without a key
+    with pytest.raises(ValidationError):
+        await q.enqueue("build", {}, concurrency_key="p", max_queued=0)
 
 
 async def test_concurrent_claimers_never_share_a_task(opener: Opener) -> None:

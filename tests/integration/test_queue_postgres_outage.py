@@ -58,9 +58,9 @@ async def test_operations_and_listener_survive_killed_connections(pg_url: str) -
 
 async def test_unreachable_database_is_a_storage_error(pg_url: str) -> None:
     """When the database stays away past the reconnect budget, the caller gets StorageError."""
-    db = PostgresDatabase(pg_url)
+    db = PostgresDatabase(pg_url, reconnect_timeout_s=1.0)
     await db.open()
-    queue = PostgresWorkQueue(db, reconnect_timeout_s=1.0)
+    queue = PostgresWorkQueue(db)
     try:
         await migrate(db)
         done = await queue.enqueue("build", {})

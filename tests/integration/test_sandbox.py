@@ -20,11 +20,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.anthropic_server import AnthropicServer, ApiRequest, Reply, bash, text
+from tests.support.anthropic_server import (
+    AnthropicServer,
+    ApiRequest,
+    Reply,
+    bash,
+    first_attempt_sleeps,
+    text,
+)
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.forgeline_server import CALLBACK_SECRET, git
 from tests.support.openai_server import ScriptedOpenAI, scripted_openai
-from tests.support.processes import client, fleet, live_processes, wait_until_gone
+from tests.support.serve_process import admin_client, fleet, live_processes, wait_until_gone
 
 __all__ = ["scripted_openai"]  # the module-scoped fixture, re-exported for pytest
 
@@ -119,7 +126,7 @@ def test_hostile_agent_reaches_nothing_but_its_checkout(
     with AnthropicServer() as model, fleet(tmp_path, {**env, "ANTHROPIC_BASE_URL": model.url}) as f:
         base = f.serve("serve", data_dir=data)
         pid = f.procs["serve"].pid
-        with client(base, data) as http:
+        with admin_client(base, data) as http:
             for name in ("other", "evil"):
                 assert http.post("/projects", json={"name": name}).status_code == 201
             put = http.put(
@@ -173,24 +180,6 @@ def test_hostile_agent_reaches_nothing_but_its_checkout(
     assert not (data / "agents" / "claude" / "other" / "pwned").exists()
 
 
-def _attempt_aware(sleep_arg: str) -> Any:
-    """A script whose first Bash run writes ``first`` and then sleeps (to be killed), and
-    whose later runs write ``second`` at once."""
-    runs: list[int] = []
-
-    def script(req: ApiRequest) -> Reply:
-        if not req.has_tools:
-            return [text("title")]
-        if req.tool_results:
-            return [text("done")]
-        runs.append(1)
-        if len(runs) == 1:
-            return [bash(f"echo first >> log.txt; sleep {sleep_arg}; echo late >> log.txt")]
-        return [bash("echo second >> log.txt")]
-
-    return script
-
-
 def test_sigkill_of_serve_ends_its_agent_at_once(tmp_path: Path, env: dict[str, str]) -> None:
     """SIGKILL ``serve`` while its agent's Bash tool runs a long command: within a second no
     process of that run is left (ps); a restarted serve takes the build over after the lease,
@@ -198,13 +187,13 @@ def test_sigkill_of_serve_ends_its_agent_at_once(tmp_path: Path, env: dict[str, 
     data = tmp_path / "data"
     sleep_arg = f"{60 + secrets.randbelow(30)}.{secrets.randbelow(10**6):06d}"
     with (
-        AnthropicServer(_attempt_aware(sleep_arg)) as model,
+        AnthropicServer(first_attempt_sleeps(sleep_arg)) as model,
         fleet(
             tmp_path, {**env, "ANTHROPIC_BASE_URL": model.url, "FORGELINE_LEASE_SECONDS": "2"}
         ) as f,
     ):
         base = f.serve("first", data_dir=data)
-        with client(base, data) as http:
+        with admin_client(base, data) as http:
             assert http.post("/projects", json={"name": "drill"}).status_code == 201
             task_id = http.post("/project/drill/build", json={"prompt": "go"}).json()["task_id"]
             wait_event(http, task_id, "tool_use")
@@ -220,7 +209,7 @@ def test_sigkill_of_serve_ends_its_agent_at_once(tmp_path: Path, env: dict[str, 
         assert wait_until_gone(str(data), within_s=1.0) == []
 
         base = f.serve("second", data_dir=data)
-        with client(base, data) as http:
+        with admin_client(base, data) as http:
             task = wait_task(http, task_id, {"completed", "failed"})
             assert task["status"] == "completed", task
             assert task["attempts"] == 2
@@ -255,7 +244,7 @@ def test_sigkill_of_serve_ends_its_opencode_server(
         },
     ) as f:
         base = f.serve("serve", data_dir=data)
-        with client(base, data) as http:
+        with admin_client(base, data) as http:
             assert http.post("/projects", json={"name": "oc"}).status_code == 201
             task_id = http.post(
                 "/project/oc/build",

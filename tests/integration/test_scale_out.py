@@ -3,52 +3,31 @@ processes; one worker is killed with SIGKILL in the middle of a build."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.support.anthropic_server import AnthropicServer, ApiRequest, Reply, bash, text
+from tests.support.anthropic_server import AnthropicServer, first_attempt_sleeps
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.forgeline_server import CALLBACK_SECRET, git
+from tests.support.serve_process import admin_client, fleet, live_processes, wait_until_gone
 
 pytestmark = [pytest.mark.postgres, pytest.mark.claude, pytest.mark.slow]
 
-
-def _slow_build(req: ApiRequest) -> Reply:
-    if req.tool_results:
-        return [text("done")]
-    return [bash("sleep 4; echo built > built.txt")]
-
-
-def _kill_processes_under(root: Path) -> None:
-    """End every process whose working directory lies under ``root`` (what a SIGKILLed
-    worker's agent left running; a real deployment loses them with the machine)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = (entry / "cwd").readlink()
-        except OSError:
-            continue
-        if cwd.is_relative_to(root):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+#: The first attempt's Bash tool sleeps this long (unique on the machine, for ps).
+SLEEP = f"{60 + secrets.randbelow(30)}.{secrets.randbelow(10**6):06d}"
 
 
 @pytest.fixture
 def env(tmp_path: Path, pg_url: str, claude_bin: Path) -> Iterator[dict[str, str]]:
     """The environment shared by the three processes (each gets its own data dir)."""
-    with AnthropicServer(_slow_build) as model:
+    with AnthropicServer(first_attempt_sleeps(SLEEP)) as model:
         yield {
             **{k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")},
             "FORGELINE_DATABASE_URL": pg_url,
@@ -65,113 +44,65 @@ def env(tmp_path: Path, pg_url: str, claude_bin: Path) -> Iterator[dict[str, str
         }
 
 
-def _start(
-    args: list[str], env: dict[str, str], data_dir: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "forgeline", *args],
-            env={**env, "FORGELINE_DATA_DIR": str(data_dir)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.1)
-
-
 def test_killed_worker_build_is_finished_once_by_another(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
-    """SIGKILL the worker running a build: after its lease expires the other worker runs it
-    to the end: one commit with the task's trailer, one callback delivered."""
-    port = free_port()
-    api_dir = tmp_path / "api"
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    """SIGKILL the worker running a build while its agent's Bash tool runs: within a second
+    no process of that run is left (ps); after its lease expires the other worker runs the
+    build to the end: one commit with the task's trailer, holding only what the completing
+    attempt wrote, and one callback delivered."""
     receiver = CallbackReceiver(CALLBACK_SECRET).start()
-    stack = contextlib.ExitStack()
     try:
-        procs["api"] = _start(
-            ["serve", "--workers", "0", "--port", str(port)], env, api_dir, tmp_path / "api.log"
-        )
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, procs["api"], tmp_path / "api.log")
-        token = (api_dir / "admin.token").read_text().strip()
-        client = stack.enter_context(
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        )
-        assert client.post("/projects", json={"name": "shared"}).status_code == 201
-        for name in ("w1", "w2"):
-            procs[name] = _start(
-                ["worker", "--concurrency", "1", "--name", name],
-                env,
-                tmp_path / name,
-                tmp_path / f"{name}.log",
-            )
-        task_id = client.post(
-            "/project/shared/build", json={"prompt": "build it", "callback_url": receiver.url()}
-        ).json()["task_id"]
+        with fleet(tmp_path, env) as f:
+            base = f.serve("api", "--workers", "0")
+            with admin_client(base, tmp_path / "api") as http:
+                assert http.post("/projects", json={"name": "shared"}).status_code == 201
+                for name in ("w1", "w2"):
+                    f.start(name, ["worker", "--concurrency", "1", "--name", name])
+                body = {"prompt": "build it", "callback_url": receiver.url()}
+                task_id = http.post("/project/shared/build", json=body).json()["task_id"]
 
-        # Wait until a worker runs the agent's Bash tool, then kill that worker outright.
-        deadline = time.monotonic() + 60
-        while True:
-            events = client.get(f"/tasks/{task_id}/events", params={"format": "json"}).json()
-            if any(e["type"] == "tool_use" for e in events):
-                break
-            assert time.monotonic() < deadline, events
-            time.sleep(0.1)
-        first = client.get(f"/tasks/{task_id}").json()["worker"]
-        assert first in procs
-        procs[first].send_signal(signal.SIGKILL)
-        procs[first].wait(timeout=10)
-        _kill_processes_under(tmp_path / first)
+                # Wait until a worker runs the agent's Bash tool, then kill that worker outright.
+                deadline = time.monotonic() + 60
+                while not live_processes(f"sleep {SLEEP}"):
+                    assert time.monotonic() < deadline, "the Bash tool never started"
+                    time.sleep(0.05)
+                first = http.get(f"/tasks/{task_id}").json()["worker"]
+                assert first in f.procs
+                f.procs[first].send_signal(signal.SIGKILL)
+                f.procs[first].wait(timeout=10)
+                assert wait_until_gone(f"sleep {SLEEP}", within_s=1.0) == []
+                assert wait_until_gone(str(tmp_path / first), within_s=1.0) == []
 
-        deadline = time.monotonic() + 90
-        while (task := client.get(f"/tasks/{task_id}").json())["status"] != "completed":
-            assert task["status"] in {"queued", "running"}, task
-            assert time.monotonic() < deadline, task
-            time.sleep(0.2)
-        survivor = "w2" if first == "w1" else "w1"
-        assert task["worker"] == survivor
-        assert task["attempts"] == 2
+                deadline = time.monotonic() + 90
+                while (task := http.get(f"/tasks/{task_id}").json())["status"] != "completed":
+                    assert task["status"] in {"queued", "running"}, task
+                    assert time.monotonic() < deadline, task
+                    time.sleep(0.2)
+                survivor = "w2" if first == "w1" else "w1"
+                assert task["worker"] == survivor
+                assert task["attempts"] == 2
 
-        repo = tmp_path / "git" / "shared.git"
-        log = git("log", "--format=%H %(trailers:key=Forgeline-Task,valueonly)", "main", cwd=repo)
-        commits = [line for line in log.splitlines() if task_id in line]
-        assert len(commits) == 1
-        assert git("show", "main:built.txt", cwd=repo) == "built"
+                repo = tmp_path / "git" / "shared.git"
+                log = git(
+                    "log", "--format=%H %(trailers:key=Forgeline-Task,valueonly)", "main", cwd=repo
+                )
+                commits = [line for line in log.splitlines() if task_id in line]
+                assert len(commits) == 1
+                assert git("show", "main:log.txt", cwd=repo) == "second"
 
-        deliveries = receiver.wait_for_sync(1, timeout_s=30)
-        time.sleep(1.0)  # a duplicate, if any, would arrive now
-        assert len(receiver.received) == 1
-        payload = json.loads(deliveries[0].body)
-        assert payload["status"] == "completed"
-        assert payload["result"]["artifacts"]["commit_sha"] == commits[0].split()[0]
-        deadline = time.monotonic() + 20
-        while (cb := client.get(f"/tasks/{task_id}").json()["callbacks"])[0][
-            "status"
-        ] != "delivered":
-            assert time.monotonic() < deadline, cb
-            time.sleep(0.2)
-        assert len(cb) == 1
+                deliveries = receiver.wait_for_sync(1, timeout_s=30)
+                time.sleep(1.0)  # a duplicate, if any, would arrive now
+                assert len(receiver.received) == 1
+                payload = json.loads(deliveries[0].body)
+                assert payload["status"] == "completed"
+                assert payload["result"]["artifacts"]["commit_sha"] == commits[0].split()[0]
+                deadline = time.monotonic() + 20
+                while (cb := http.get(f"/tasks/{task_id}").json()["callbacks"])[0][
+                    "status"
+                ] != "delivered":
+                    assert time.monotonic() < deadline, cb
+                    time.sleep(0.2)
+                assert len(cb) == 1
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        _kill_processes_under(tmp_path)
         receiver.stop()
-        stack.close()

@@ -213,6 +213,28 @@ def bash_then_done(command: str) -> Script:
     return script
 
 
+def first_attempt_sleeps(sleep_arg: str) -> Script:
+    """For kill drills: the first Bash run writes ``first`` to ``log.txt`` and sleeps
+    ``sleep_arg`` seconds (then would write ``late``); every later run writes ``second`` at
+    once. A commit's ``log.txt`` tells which attempt wrote it."""
+    runs: list[None] = []
+    lock = threading.Lock()
+
+    def script(req: ApiRequest) -> Reply:
+        if not req.has_tools:
+            return [text("title")]
+        if req.tool_results:
+            return [text("done")]
+        with lock:
+            runs.append(None)
+            first = len(runs) == 1
+        if first:
+            return [bash(f"echo first >> log.txt; sleep {sleep_arg}; echo late >> log.txt")]
+        return [bash("echo second >> log.txt")]
+
+    return script
+
+
 def always(reply: Reply) -> Script:
     """Answer every request the same way (an error, a hang, the same blocks)."""
     return lambda _req: reply

@@ -3,8 +3,10 @@
 It forwards every connection to a target port in two threads per connection. :meth:`cut`
 closes every live connection at once and, for ``refuse_s`` seconds, closes new ones right
 after accepting them: a client sees its stream die and its first reconnects fail, as when
-a network path flaps. Threads, not the test's event loop, so a cut may be triggered from a
-scripted model server's thread while the loop under test is busy.
+a network path flaps or a server restarts. :meth:`stall` stops forwarding without closing
+anything, as a network path that drops packets: peers see silence, not errors.
+:meth:`allow` ends both. Threads, not the test's event loop, so a cut may be triggered from
+a scripted model server's thread while the loop under test is busy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class TcpProxy:
         self._live: set[socket.socket] = set()
         self._refuse_until = 0.0
         self._stopping = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.cuts = 0
         self.refused = 0
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
@@ -34,7 +38,23 @@ class TcpProxy:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The port the proxy listens on."""
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        """Forward nothing more, on live and new connections, until :meth:`allow`."""
+        self._flowing.clear()
+
+    def allow(self) -> None:
+        """Forward again: end a stall and a refusal."""
+        with self._lock:
+            self._refuse_until = 0.0
+        self._flowing.set()
 
     def cut(self, refuse_s: float = 0.0) -> None:
         """Close every live connection; refuse new ones for ``refuse_s`` seconds."""
@@ -50,6 +70,7 @@ class TcpProxy:
     def stop(self) -> None:
         """Stop accepting and close every connection."""
         self._stopping.set()
+        self._flowing.set()
         self.cut()
         self._thread.join(timeout=5)
         self._listener.close()
@@ -82,6 +103,7 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -37,6 +37,11 @@ class WorkQueue(Protocol):
     - ``enqueue`` with an ``idempotency_key`` already used returns the existing task
       (``created=False``); ``enqueue_many`` does the same for many tasks in one round trip
       and one transaction. Enqueueing wakes idle workers (``wait_for_work``).
+    - ``enqueue(max_queued=N)`` refuses with ``CapacityError`` when ``N`` tasks of its
+      ``concurrency_key`` are queued already. The count and the insert are one atomic step
+      against every other capped enqueue of the key, in every process: concurrent callers
+      never queue more than ``N``. The idempotency key is looked at first, so a retry of an
+      accepted task gets it back even when the key is full.
     - ``claim`` returns up to ``limit`` eligible tasks (``queued``, ``run_after`` passed,
       no other ``running`` task with the same ``concurrency_key``; first in, first out
       within a key; higher priority first), each leased to ``worker`` for ``lease_s``
@@ -80,8 +85,10 @@ class WorkQueue(Protocol):
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        max_queued: int | None = None,
     ) -> Enqueued:
-        """Add a task (or return the one with the same idempotency key)."""
+        """Add a task (or return the one with the same idempotency key); with
+        ``max_queued``, only while fewer tasks of ``concurrency_key`` are queued."""
         ...
 
     async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:

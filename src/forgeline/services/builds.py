@@ -9,7 +9,6 @@ from typing import Any, Protocol
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
-    CapacityError,
     ConflictError,
     UnknownProviderError,
     ValidationError,
@@ -109,18 +108,15 @@ class BuildService:
                 raise ValidationError(exc.message) from exc
         if spec.callback_url and self._check_callback_url is not None:
             await self._check_callback_url(spec.callback_url)
-        queued = await self._queue.count(status=TaskStatus.QUEUED, concurrency_key=project.name)
-        if queued >= self._max_queued:
-            raise CapacityError(
-                f"project {project.name!r} has {queued} queued builds"
-                f" (the cap is {self._max_queued})"
-            )
+        # The queue counts and inserts in one step: concurrent submits, in any number of
+        # API processes, never queue more than the cap.
         return await self._queue.enqueue(
             BUILD_KIND,
             BuildRequest(project.name, spec).to_payload(),
             max_attempts=BUILD_MAX_ATTEMPTS,
             idempotency_key=key,
             concurrency_key=project.name,
+            max_queued=self._max_queued,
         )
 
     async def get(self, task_id: str) -> WorkTask:

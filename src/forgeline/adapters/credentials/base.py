@@ -69,14 +69,6 @@ def from_db_scope(value: str) -> str | None:
     return value or None
 
 
-def storage_message(detail: str) -> str:
-    """A ``StorageError`` message, with the fix when the schema is missing."""
-    hint = ""
-    if "no such table" in detail or ("relation" in detail and "does not exist" in detail):
-        hint = " (the schema is not migrated: run `forgeline db migrate`)"
-    return f"credential store: {detail}{hint}"
-
-
 def check_scope(project: str | None) -> str | None:
     """Validate an optional project name (``None`` is the global scope)."""
     if project is None:

@@ -1,8 +1,11 @@
 """The credential store on PostgreSQL (many workers, many machines).
 
-Each operation is one transaction on a pooled connection. Writers read the current-key
-record ``FOR SHARE``; a rotation updates it, which waits for writers in flight and makes
-every later writer seal under the new key (see :mod:`.base`).
+Each operation is one transaction on a pooled connection, run through
+:meth:`PostgresDatabase.run`, which repeats it when the connection breaks: writes are
+upserts or compare-and-swaps, safe to repeat (a repeated ``delete`` after a lost answer
+reports the credential missing; a repeated lookup records its use twice). Writers read the
+current-key record ``FOR SHARE``; a rotation updates it, which waits for writers in flight
+and makes every later writer seal under the new key (see :mod:`.base`).
 """
 
 from __future__ import annotations
@@ -23,21 +26,17 @@ from forgeline.adapters.credentials.base import (
     check_value,
     db_scope,
     from_db_scope,
-    storage_message,
 )
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
 from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.domain.agent import utcnow
-from forgeline.domain.errors import (
-    CredentialNotFoundError,
-    MissingCredentialsError,
-    StorageError,
-)
+from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
 from forgeline.domain.secrets import Secret, validate_credential_name
 from forgeline.ports.credentials import CredentialInfo, CredentialUse
 
 Conn = psycopg.AsyncConnection[Any]
+_WHAT = "credential store"
 
 
 def _info(row: dict[str, Any]) -> CredentialInfo:
@@ -58,12 +57,6 @@ def _stored(row: dict[str, Any]) -> StoredRow:
         project=from_db_scope(row["project"]),
         sealed=SealedValue(row["key_id"], bytes(row["wrapped_key"]), bytes(row["ciphertext"])),
     )
-
-
-def _storage_error(exc: psycopg.Error) -> StorageError:
-    # The first line of a psycopg message names the failure; later lines may quote data.
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StorageError(storage_message(first))
 
 
 async def _lookup(conn: Conn, name: str, project: str | None) -> dict[str, Any] | None:
@@ -101,8 +94,9 @@ class PostgresCredentialStore(CredentialStoreBase):
         validate_credential_name(name)
         project = check_scope(project)
         plaintext = check_value(value)
-        try:
-            async with self.database.connection() as conn, conn.transaction():
+
+        async def upsert(conn: Conn) -> dict[str, Any] | None:
+            async with conn.transaction():
                 now = utcnow()
                 cur = await conn.execute(
                     "select current_key_id from credential_keyring where id = 1 for share"
@@ -140,9 +134,9 @@ class PostgresCredentialStore(CredentialStoreBase):
                         now,
                     ),
                 )
-                row = await dcur.fetchone()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
+                return await dcur.fetchone()
+
+        row = await self.database.run(upsert, _WHAT)
         assert row is not None  # noqa: S101 - RETURNING always yields the row
         return _info(row)
 
@@ -152,8 +146,9 @@ class PostgresCredentialStore(CredentialStoreBase):
         """The value, project scope first (see the port)."""
         validate_credential_name(name)
         project = check_scope(project)
-        try:
-            async with self.database.connection() as conn, conn.transaction():
+
+        async def read(conn: Conn) -> Secret:
+            async with conn.transaction():
                 found = await _lookup(conn, name, project)
                 if found is None:
                     raise CredentialNotFoundError(name, project)
@@ -161,9 +156,9 @@ class PostgresCredentialStore(CredentialStoreBase):
                 secret = self.unseal(row)
                 if task_id is not None:
                     await _record_uses(conn, [row], task_id)
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        return secret
+                return secret
+
+        return await self.database.run(read, _WHAT)
 
     async def resolve(
         self, mapping: Mapping[str, str], *, project: str | None, task_id: str | None
@@ -171,8 +166,9 @@ class PostgresCredentialStore(CredentialStoreBase):
         """``{ENV_VAR: name}`` → ``{ENV_VAR: Secret}`` in one transaction (see the port)."""
         wanted = check_mapping(mapping)
         project = check_scope(project)
-        try:
-            async with self.database.connection() as conn, conn.transaction():
+
+        async def read(conn: Conn) -> dict[str, Secret]:
+            async with conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
                 # One row per name: the project's own when it has one, else the global one.
                 await cur.execute(
@@ -189,50 +185,49 @@ class PostgresCredentialStore(CredentialStoreBase):
                 secrets = {credential: self.unseal(row) for credential, row in rows.items()}
                 if task_id is not None and rows:
                     await _record_uses(conn, list(rows.values()), task_id)
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
+                return secrets
+
+        secrets = await self.database.run(read, _WHAT)
         return {var: secrets[credential] for var, credential in wanted.items()}
 
     async def list(self, *, project: str | None = None) -> list[CredentialInfo]:
         """Credentials without values (see the port for the scope rule)."""
         project = check_scope(project)
-        try:
-            async with self.database.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                if project is None:
-                    await cur.execute(
-                        "select name, project, created_at, updated_at, last_used_at, key_id"
-                        " from credentials"
-                        " order by name, project"
-                    )
-                else:
-                    await cur.execute(
-                        "select name, project, created_at, updated_at, last_used_at, key_id"
-                        " from credentials c"
-                        " where c.project = %s or (c.project = '' and not exists ("
-                        " select 1 from credentials o where o.project = %s and o.name = c.name))"
-                        " order by name, project",
-                        (project, project),
-                    )
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        return [_info(row) for row in rows]
+
+        async def read(conn: Conn) -> builtins.list[dict[str, Any]]:
+            cur = conn.cursor(row_factory=dict_row)
+            if project is None:
+                await cur.execute(
+                    "select name, project, created_at, updated_at, last_used_at, key_id"
+                    " from credentials"
+                    " order by name, project"
+                )
+            else:
+                await cur.execute(
+                    "select name, project, created_at, updated_at, last_used_at, key_id"
+                    " from credentials c"
+                    " where c.project = %s or (c.project = '' and not exists ("
+                    " select 1 from credentials o where o.project = %s and o.name = c.name))"
+                    " order by name, project",
+                    (project, project),
+                )
+            return await cur.fetchall()
+
+        return [_info(row) for row in await self.database.run(read, _WHAT)]
 
     async def delete(self, name: str, *, project: str | None = None) -> None:
         """Remove one credential of exactly this scope (see the port)."""
         validate_credential_name(name)
         project = check_scope(project)
-        try:
-            async with self.database.connection() as conn:
-                cur = await conn.execute(
-                    "delete from credentials where name = %s and project = %s",
-                    (name, db_scope(project)),
-                )
-                deleted = cur.rowcount
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        if not deleted:
+
+        async def delete(conn: Conn) -> int:
+            cur = await conn.execute(
+                "delete from credentials where name = %s and project = %s",
+                (name, db_scope(project)),
+            )
+            return cur.rowcount
+
+        if not await self.database.run(delete, _WHAT):
             raise CredentialNotFoundError(name, project)
 
     async def uses(
@@ -240,19 +235,19 @@ class PostgresCredentialStore(CredentialStoreBase):
     ) -> builtins.list[CredentialUse]:
         """Recorded uses, newest first (see the port)."""
         limit = check_limit(limit)
-        try:
-            async with self.database.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(
-                    "select name, project, task_id, used_at from credential_uses"
-                    " where (%(name)s::text is null or name = %(name)s)"
-                    " and (%(task)s::text is null or task_id = %(task)s)"
-                    " order by used_at desc, id desc limit %(limit)s",
-                    {"name": name, "task": task_id, "limit": limit},
-                )
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
+
+        async def read(conn: Conn) -> builtins.list[dict[str, Any]]:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "select name, project, task_id, used_at from credential_uses"
+                " where (%(name)s::text is null or name = %(name)s)"
+                " and (%(task)s::text is null or task_id = %(task)s)"
+                " order by used_at desc, id desc limit %(limit)s",
+                {"name": name, "task": task_id, "limit": limit},
+            )
+            return await cur.fetchall()
+
+        rows = await self.database.run(read, _WHAT)
         return [
             CredentialUse(
                 name=row["name"],
@@ -266,42 +261,41 @@ class PostgresCredentialStore(CredentialStoreBase):
     # --- rotation primitives -----------------------------------------------------------------
 
     async def _set_current_key(self, key_id: str) -> None:
-        try:
-            async with self.database.connection() as conn:
-                # Conflicts with writers' FOR SHARE: waits for those in flight, then every
-                # later writer sees the new key.
-                await conn.execute(
-                    "insert into credential_keyring (id, current_key_id, updated_at)"
-                    " values (1, %s, %s) on conflict (id) do update"
-                    " set current_key_id = excluded.current_key_id,"
-                    " updated_at = excluded.updated_at",
-                    (key_id, utcnow()),
-                )
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
+        async def upsert(conn: Conn) -> None:
+            # Conflicts with writers' FOR SHARE: waits for those in flight, then every
+            # later writer sees the new key.
+            await conn.execute(
+                "insert into credential_keyring (id, current_key_id, updated_at)"
+                " values (1, %s, %s) on conflict (id) do update"
+                " set current_key_id = excluded.current_key_id,"
+                " updated_at = excluded.updated_at",
+                (key_id, utcnow()),
+            )
+
+        await self.database.run(upsert, _WHAT)
 
     async def _rows_not_under(
         self, key_id: str, after_id: int, limit: int
     ) -> builtins.list[StoredRow]:
-        try:
-            async with self.database.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(
-                    "select id, name, project, key_id, wrapped_key, ciphertext from credentials"
-                    " where key_id <> %s and id > %s order by id limit %s",
-                    (key_id, after_id, limit),
-                )
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        return [_stored(row) for row in rows]
+        async def read(conn: Conn) -> builtins.list[dict[str, Any]]:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "select id, name, project, key_id, wrapped_key, ciphertext from credentials"
+                " where key_id <> %s and id > %s order by id limit %s",
+                (key_id, after_id, limit),
+            )
+            return await cur.fetchall()
+
+        return [_stored(row) for row in await self.database.run(read, _WHAT)]
 
     async def _swap_sealed(self, swaps: builtins.list[tuple[StoredRow, SealedValue]]) -> int:
         if not swaps:
             return 0
-        changed = 0
-        try:
-            async with self.database.connection() as conn, conn.transaction():
+
+        async def swap(conn: Conn) -> int:
+            # Compare-and-swap on the old ciphertext: a repeat changes nothing more.
+            changed = 0
+            async with conn.transaction():
                 for row, new in swaps:
                     cur = await conn.execute(
                         "update credentials set key_id = %s, wrapped_key = %s, ciphertext = %s"
@@ -316,26 +310,23 @@ class PostgresCredentialStore(CredentialStoreBase):
                         ),
                     )
                     changed += cur.rowcount
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        return changed
+            return changed
+
+        return await self.database.run(swap, _WHAT)
 
     async def _key_ids_in_use(self) -> builtins.list[str]:
-        try:
-            async with self.database.connection() as conn:
-                cur = await conn.execute("select distinct key_id from credentials order by key_id")
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
-        return [str(row[0]) for row in rows]
+        async def read(conn: Conn) -> builtins.list[tuple[Any, ...]]:
+            cur = await conn.execute("select distinct key_id from credentials order by key_id")
+            return await cur.fetchall()
+
+        return [str(row[0]) for row in await self.database.run(read, _WHAT)]
 
     async def _count_not_under(self, key_id: str) -> int:
-        try:
-            async with self.database.connection() as conn:
-                cur = await conn.execute(
-                    "select count(*) from credentials where key_id <> %s", (key_id,)
-                )
-                found = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise _storage_error(exc) from exc
+        async def read(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                "select count(*) from credentials where key_id <> %s", (key_id,)
+            )
+            return await cur.fetchone()
+
+        found = await self.database.run(read, _WHAT)
         return int(str(found[0])) if found else 0

@@ -22,17 +22,12 @@ from forgeline.adapters.credentials.base import (
     check_value,
     db_scope,
     from_db_scope,
-    storage_message,
 )
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
-from forgeline.adapters.sql.database import SqliteDatabase
+from forgeline.adapters.sql.database import SqliteDatabase, storage_error
 from forgeline.domain.agent import utcnow
-from forgeline.domain.errors import (
-    CredentialNotFoundError,
-    MissingCredentialsError,
-    StorageError,
-)
+from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
 from forgeline.domain.secrets import Secret, validate_credential_name
 from forgeline.ports.credentials import CredentialInfo, CredentialUse
 
@@ -109,13 +104,13 @@ class SqliteCredentialStore(CredentialStoreBase):
         try:
             return await self.database.write(fn)
         except sqlite3.Error as exc:
-            raise StorageError(storage_message(str(exc))) from exc
+            raise storage_error("credential store", exc) from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return await self.database.read(fn)
         except sqlite3.Error as exc:
-            raise StorageError(storage_message(str(exc))) from exc
+            raise storage_error("credential store", exc) from exc
 
     async def put(self, name: str, value: Secret, *, project: str | None = None) -> CredentialInfo:
         """Create or replace a credential (see the port)."""

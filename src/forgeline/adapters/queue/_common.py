@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from forgeline.domain.errors import ValidationError
+from forgeline.domain.errors import CapacityError, ValidationError
 from forgeline.ports.queue import NewTask
 
 #: Longest accepted lease: a lease is renewed by heartbeats, so a long one only delays
@@ -60,6 +60,25 @@ def check_new_task(task: NewTask) -> NewTask:
         if key is not None and not key:
             raise ValidationError(f"{name} must not be empty")
     return task
+
+
+def check_max_queued(max_queued: int | None, concurrency_key: str | None) -> None:
+    """Raise ``ValidationError`` for a cap that cannot apply: one counts a concurrency key."""
+    if max_queued is None:
+        return
+    if concurrency_key is None:
+        raise ValidationError("max_queued needs a concurrency_key to count")
+    if max_queued < 1:
+        raise ValidationError(f"max_queued must be at least 1, got {max_queued}")
+
+
+def check_room(queued: int, max_queued: int, concurrency_key: str) -> None:
+    """Raise ``CapacityError`` when ``queued`` tasks of the key leave no room for one more."""
+    if queued >= max_queued:
+        raise CapacityError(
+            f"{concurrency_key!r} already has {queued} queued tasks (the cap is {max_queued});"
+            " retry once some have started"
+        )
 
 
 def check_lease_s(lease_s: float) -> float:

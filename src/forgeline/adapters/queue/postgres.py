@@ -8,7 +8,7 @@
   the task id). The listener reconnects on its own; while it is down, and after it comes
   back (notifications may have been missed), waits fall back to polling.
 - A database restart breaks the pool's connections: every operation is retried on
-  connection-level errors for up to ``reconnect_timeout_s``, and every write is safe to
+  connection-level errors (:meth:`PostgresDatabase.run`), and every write is safe to
   retry (client-chosen task ids; fenced writes recognise their own earlier success).
 """
 
@@ -27,7 +27,6 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import PoolTimeout
 
 from forgeline.adapters.queue import queries
 from forgeline.adapters.queue._common import (
@@ -36,12 +35,14 @@ from forgeline.adapters.queue._common import (
     Backoff,
     check_lease_s,
     check_limit,
+    check_max_queued,
     check_new_task,
+    check_room,
     dump_json,
     kinds_list,
     new_task_id,
 )
-from forgeline.adapters.sql.database import PostgresDatabase
+from forgeline.adapters.sql.database import PostgresDatabase, safe_message
 from forgeline.domain.errors import (
     ForgelineError,
     LeaseLostError,
@@ -115,12 +116,6 @@ def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    # psycopg messages may quote the connection string; keep the first line, drop URLs.
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if "://" not in text else type(exc).__name__
-
-
 class _Listener:
     """One LISTEN connection per queue object, kept open by a named background task.
 
@@ -178,7 +173,7 @@ class _Listener:
                         await conn.execute("select 1")
             except Exception as exc:  # noqa: BLE001  # whatever broke, listen again; waits poll meanwhile
                 if self.connected:
-                    _log.warning("queue listener lost its connection", error=_first_line(exc))
+                    _log.warning("queue listener lost its connection", error=safe_message(exc))
                 self.connected = False
                 self._on_reconnect()  # waiters fall back to polling right away
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
@@ -264,7 +259,6 @@ class PostgresWorkQueue:
         db: PostgresDatabase,
         *,
         backoff: Backoff | None = None,
-        reconnect_timeout_s: float = 60.0,
         poll_interval_s: float = 0.5,
         listen_poll_interval_s: float = 5.0,
         rng: random.Random | None = None,
@@ -273,7 +267,6 @@ class PostgresWorkQueue:
         is the safety-net poll while it is up."""
         self._db = db
         self._backoff = backoff or Backoff()
-        self._reconnect_s = reconnect_timeout_s
         self._poll_s = poll_interval_s
         self._listen_poll_s = listen_poll_interval_s
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
@@ -309,40 +302,18 @@ class PostgresWorkQueue:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _run(self, op: Callable[[Conn], Awaitable[T]], what: str) -> T:
-        """Run ``op`` on a pooled connection, retrying connection failures for a while.
-
-        A restart of PostgreSQL breaks every pooled connection; the pool replaces broken
-        ones when they come back, so a bounded retry loop rides out the outage.
-        """
+    async def _run(
+        self,
+        op: Callable[[Conn], Awaitable[T]],
+        what: str,
+        *,
+        retry_on: tuple[type[Exception], ...] = (),
+    ) -> T:
+        """Run ``op`` through :meth:`PostgresDatabase.run`: connection failures are retried
+        (every write here is safe to repeat)."""
         if self._closed:
             raise StorageError("the work queue is closed")
-        deadline = time.monotonic() + self._reconnect_s
-        delay = 0.05
-        while True:
-            try:
-                # While the server is away the pool has no connection to give: wait for
-                # one no longer than the reconnect budget left.
-                wait_s = max(0.1, deadline - time.monotonic())
-                async with self._db.connection(wait_s=wait_s) as conn:
-                    return await op(conn)
-            except ForgelineError:
-                raise
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                # Connection lost, server shutting down or starting, serialization failure.
-                if time.monotonic() + delay > deadline:
-                    raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
-                _log.info("queue database unavailable, retrying", op=what, error=_first_line(exc))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
-                delay = min(delay * 2, 1.0)
-            except psycopg.errors.UniqueViolation as exc:
-                # Only a claim racing another one on a concurrency key can get here (the
-                # unique index of running keys); the retry sees the other claim committed.
-                if what != "claim" or time.monotonic() > deadline:
-                    raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
-                await asyncio.sleep(0.01)
-            except psycopg.Error as exc:
-                raise StorageError(f"{what} failed: {_first_line(exc)}") from exc
+        return await self._db.run(op, f"queue {what}", retry_on=retry_on)
 
     @staticmethod
     async def _rows(
@@ -404,8 +375,14 @@ class PostgresWorkQueue:
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        max_queued: int | None = None,
     ) -> Enqueued:
-        """Add a task (or return the one with the same idempotency key): one round trip."""
+        """Add a task (or return the one with the same idempotency key): one round trip.
+
+        With ``max_queued``, a transaction that first takes the key's advisory lock, so
+        that its count and insert see every other capped enqueue of the key committed.
+        """
+        check_max_queued(max_queued, concurrency_key)
         new = check_new_task(
             NewTask(
                 kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
@@ -423,19 +400,37 @@ class PostgresWorkQueue:
             "idempotency_key": idempotency_key,
         }
 
-        async def op(conn: Conn) -> Enqueued:
-            rows = await self._rows(conn, _SQL["insert_task"], params)
-            if rows:
-                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
-            existing = await self._rows(
+        async def existing(conn: Conn) -> Enqueued | None:
+            rows = await self._rows(
                 conn, _SQL["get_existing"], {"ids": [task_id], "keys": [idempotency_key]}
             )
             # Our own id means a retried insert whose first try committed: ours, created.
-            mine = [r for r in existing if r["id"] == task_id]
-            row = (mine or existing)[0]
-            return Enqueued(_task(row), created=bool(mine))
+            mine = [r for r in rows if r["id"] == task_id]
+            return Enqueued(_task((mine or rows)[0]), created=bool(mine)) if rows else None
 
-        return await self._run(op, "enqueue")
+        async def insert(conn: Conn) -> Enqueued:
+            rows = await self._rows(conn, _SQL["insert_task"], params)
+            if rows:
+                return Enqueued(_new_task(task_id, new, rows[0]), created=True)
+            found = await existing(conn)
+            if found is None:  # a clash needs a row, and nothing deletes tasks
+                raise StorageError("enqueue: the clashing task vanished")
+            return found
+
+        if max_queued is None or concurrency_key is None:
+            return await self._run(insert, "enqueue")
+
+        async def capped(conn: Conn) -> Enqueued:
+            async with conn.transaction():
+                await conn.execute(_SQL["lock_concurrency_key"], params)
+                found = await existing(conn)  # a replay adds nothing: no cap for it
+                if found is not None:
+                    return found
+                (row,) = await self._rows(conn, _SQL["count_queued"], params)
+                check_room(row["n"], max_queued, concurrency_key)
+                return await insert(conn)
+
+        return await self._run(capped, "enqueue")
 
     async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         """Add many tasks in one statement; results in the order of ``tasks``."""
@@ -498,7 +493,9 @@ class PostgresWorkQueue:
         async def op(conn: Conn) -> list[DictRow]:
             return await self._rows(conn, _SQL["claim"], params)
 
-        rows = await self._run(op, "claim")
+        # A claim racing another on a concurrency key may trip the unique index of running
+        # keys; tried again, it sees the other claim committed.
+        rows = await self._run(op, "claim", retry_on=(psycopg.errors.UniqueViolation,))
         if len(rows) < limit:
             self._seen_seq = seq_before
         tasks = sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))

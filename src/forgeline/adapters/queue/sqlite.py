@@ -29,7 +29,9 @@ from forgeline.adapters.queue._common import (
     Backoff,
     check_lease_s,
     check_limit,
+    check_max_queued,
     check_new_task,
+    check_room,
     dump_json,
     kinds_list,
     new_task_id,
@@ -175,8 +177,11 @@ class SqliteWorkQueue:
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        max_queued: int | None = None,
     ) -> Enqueued:
-        """Add a task (or return the one with the same idempotency key)."""
+        """Add a task (or return the one with the same idempotency key); with
+        ``max_queued``, only while fewer tasks of ``concurrency_key`` are queued."""
+        check_max_queued(max_queued, concurrency_key)
         new = NewTask(
             kind=kind,
             payload=payload,
@@ -186,11 +191,14 @@ class SqliteWorkQueue:
             idempotency_key=idempotency_key,
             concurrency_key=concurrency_key,
         )
-        (done,) = await self.enqueue_many([new])
+        (done,) = await self._enqueue([new], max_queued)
         return done
 
     async def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         """Add many tasks in one transaction; results in the order of ``tasks``."""
+        return await self._enqueue(tasks, None)
+
+    async def _enqueue(self, tasks: Sequence[NewTask], max_queued: int | None) -> list[Enqueued]:
         if not tasks:
             return []
         rows = [self._insert_params(check_new_task(task)) for task in tasks]
@@ -201,6 +209,19 @@ class SqliteWorkQueue:
             for params in rows:
                 params["now"] = now
                 params["run_after"] = params["run_after"] or now
+                if max_queued is not None:
+                    # Inside BEGIN IMMEDIATE: no other writer can queue between the count
+                    # and the insert. A replay of a known key skips the cap (it adds nothing).
+                    replay = conn.execute(
+                        _SQL["get_task_by_idempotency_key"],
+                        {"idempotency_key": params["idempotency_key"]},
+                    ).fetchone()
+                    if replay is None:
+                        key = params["concurrency_key"]
+                        (queued,) = conn.execute(
+                            _SQL["count_queued"], {"concurrency_key": key}
+                        ).fetchone()
+                        check_room(queued, max_queued, key)
                 row = conn.execute(_SQL["insert_task"] + " returning *", params).fetchone()
                 if row is not None:
                     out.append(Enqueued(_task(row), created=True))

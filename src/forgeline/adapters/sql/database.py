@@ -5,23 +5,32 @@ One handle per process, built by the composition root from ``FORGELINE_DATABASE_
 - :class:`SqliteDatabase`: a few ``sqlite3`` connections in WAL mode, each call run in a
   worker thread. Writes open with ``BEGIN IMMEDIATE`` so two processes never both think
   they claimed the same row; the busy timeout makes them wait their turn instead of failing.
-- :class:`PostgresDatabase`: a psycopg 3 async connection pool.
+- :class:`PostgresDatabase`: a psycopg 3 async connection pool. Adapters run their
+  statements through :meth:`PostgresDatabase.run`, which retries connection failures (a
+  database restart breaks every pooled connection) and turns driver errors into
+  ``StorageError``.
 
-Driver exceptions are translated here into ``StorageError`` where the handle itself fails
-(connect, ping); adapters translate errors of their own statements.
+How long a PostgreSQL operation may take, retries included, depends on who waits: a
+worker rides out an outage for ``reconnect_timeout_s``; an API request sets a short
+:func:`time_limit` for everything it does and answers 503 when it is over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from forgeline.domain.errors import ConfigurationError, StorageError
+import structlog
+
+from forgeline.domain.errors import ConfigurationError, ForgelineError, StorageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,6 +42,30 @@ T = TypeVar("T")
 PING_TIMEOUT_S = 2.0
 #: How long a SQLite writer waits for another writer before giving up (busy timeout).
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: How long PostgreSQL operations retry connection failures by default (a restart).
+RECONNECT_TIMEOUT_S = 60.0
+#: How long the pool's own background reconnection keeps trying. Its delays double (1 s,
+#: 2 s, 4 s …), so a long attempt could leave a database that is back unused for as long
+#: as it was away; given up early, the next request that finds no connection starts a new
+#: attempt at once.
+POOL_RECONNECT_S = 2.0
+
+_log = structlog.get_logger(__name__)
+# Set by time_limit() for the code it wraps (tasks started there inherit it).
+_time_limit: ContextVar[float | None] = ContextVar("forgeline_db_time_limit", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Within the block, each PostgreSQL operation gives up after ``seconds``, retries
+    included, with ``StorageError``; what it left running is cancelled in the background.
+    The API wraps every request in it, so a database outage answers 503 at once instead of
+    holding the client for as long as the outage lasts."""
+    token = _time_limit.set(seconds)
+    try:
+        yield
+    finally:
+        _time_limit.reset(token)
 
 
 def sqlite_path(url: str) -> Path:
@@ -47,10 +80,57 @@ def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def _safe_message(exc: BaseException) -> str:
-    # psycopg messages may quote the connection string; keep the first line, drop URLs.
+@contextlib.contextmanager
+def sole_server(url: str) -> Iterator[None]:
+    """While the block runs, no other ``serve`` or ``worker`` may use the SQLite database
+    of ``url``: ``ConfigurationError`` naming PostgreSQL for the second one. Nothing for
+    PostgreSQL, which is made for many processes.
+
+    The lock is an ``flock`` on ``<database>.lock``: the kernel drops it when the process
+    ends, however it ends (SIGKILL too), so a crash never leaves the data dir locked.
+    Commands that only talk to the API or use the database briefly (``token create``,
+    ``db migrate``) do not take it.
+    """
+    if is_postgres(url):
+        yield
+        return
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir holds keys
+    lock = path.with_name(path.name + ".lock")
+    # Never deleted: another process may hold it open, and a new file would lock apart.
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ConfigurationError(
+                f"another forgeline process{f' (pid {holder})' if holder else ''} serves the"
+                f" SQLite database {path}; SQLite takes one `serve` or `worker` at a time."
+                " Stop that one, or point every process at one PostgreSQL database"
+                " (FORGELINE_DATABASE_URL=postgresql://…) to run several."
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def safe_message(exc: BaseException) -> str:
+    """The first line of a driver error, or its type when that line quotes a URL (psycopg
+    messages may quote the connection string and its password)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if "://" not in text else type(exc).__name__
+
+
+def storage_error(what: str, exc: BaseException) -> StorageError:
+    """``StorageError`` for a failed ``what``: the driver's first line (never a URL or the
+    data later lines may quote), and the fix when the schema is missing."""
+    detail = safe_message(exc)
+    if "no such table" in detail or ("relation" in detail and "does not exist" in detail):
+        detail += " (the schema is not migrated: run `forgeline db migrate`)"
+    return StorageError(f"{what} failed: {detail}")
 
 
 class SqliteDatabase:
@@ -157,11 +237,21 @@ class PostgresDatabase:
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
+        self._reconnect_s = reconnect_timeout_s
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
+        # Operations given up by time_limit(), still cancelling: kept until they end.
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         """Open the pool and wait until it has its first connection."""
@@ -179,12 +269,13 @@ class PostgresDatabase:
             kwargs={"autocommit": True},
             open=False,
             name="forgeline",
+            reconnect_timeout=POOL_RECONNECT_S,
         )
         try:
             await pool.open(wait=True, timeout=10.0)
         except PoolTimeout as exc:
             await pool.close()
-            raise StorageError(f"database unreachable: {_safe_message(exc)}") from exc
+            raise StorageError(f"database unreachable: {safe_message(exc)}") from exc
         self._pool = pool
         return pool
 
@@ -198,19 +289,95 @@ class PostgresDatabase:
         async with pool.connection(timeout=wait_s) as conn:
             yield conn
 
-    async def ping(self) -> None:
-        """Raise ``StorageError`` unless the database answers."""
+    async def run(
+        self,
+        op: Callable[[psycopg.AsyncConnection[tuple[Any, ...]]], Awaitable[T]],
+        what: str,
+        *,
+        retry_on: tuple[type[Exception], ...] = (),
+    ) -> T:
+        """``await op(connection)`` on a pooled connection, retrying connection failures
+        (and ``retry_on``) for ``reconnect_timeout_s``, or within the :func:`time_limit`.
+
+        ``op`` may run more than once, so a write must be safe to repeat: its first try
+        may have committed before the connection broke. ``ForgelineError`` raised by
+        ``op`` passes through; every driver error becomes ``StorageError``.
+        """
+        limit = _time_limit.get()
+        if limit is None:
+            return await self._retrying(op, what, self._reconnect_s, retry_on)
+        budget = min(limit, self._reconnect_s)
+        # A separate task: a query stuck on a dead network path ignores cancellation for
+        # seconds (psycopg tries to cancel it on the server first); the caller must not wait.
+        task = asyncio.ensure_future(self._retrying(op, what, budget, retry_on))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), budget)
+        except TimeoutError as exc:
+            raise StorageError(
+                f"{what} failed: the database did not answer within {limit:g} s"
+            ) from exc
+        finally:
+            if not task.done():
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody waits for it any more
+
+    async def _retrying(
+        self,
+        op: Callable[[psycopg.AsyncConnection[tuple[Any, ...]]], Awaitable[T]],
+        what: str,
+        budget_s: float,
+        retry_on: tuple[type[Exception], ...],
+    ) -> T:
         import psycopg
         from psycopg_pool import PoolTimeout
 
-        try:
-            async with asyncio.timeout(PING_TIMEOUT_S), self.connection() as conn:
-                await conn.execute("select 1")
-        except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
-            raise StorageError(f"database unreachable: {_safe_message(exc)}") from exc
+        transient: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout, *retry_on)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        delay = 0.05
+        while True:
+            conn = None
+            try:
+                # While the server is away the pool has no connection to give: wait for
+                # one no longer than the budget left.
+                wait_s = max(0.1, deadline - loop.time())
+                async with self.connection(wait_s=wait_s) as conn:
+                    return await op(conn)
+            except ForgelineError:
+                raise
+            except transient as exc:
+                # Connection lost, server shutting down or starting, serialization failure.
+                if loop.time() + delay > deadline:
+                    raise storage_error(what, exc) from exc
+                if conn is not None and conn.broken:
+                    # The server dropped this pooled connection (a restart drops them
+                    # all): the pool discards it, the next one is tried at once.
+                    continue
+                _log.info("database unavailable, retrying", op=what, error=safe_message(exc))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
+                delay = min(delay * 2, 1.0)
+            except psycopg.Error as exc:
+                raise storage_error(what, exc) from exc
+
+    async def ping(self) -> None:
+        """Raise ``StorageError`` unless the database answers within ``PING_TIMEOUT_S``."""
+
+        async def select_one(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+            await conn.execute("select 1")
+
+        with time_limit(PING_TIMEOUT_S):
+            await self.run(select_one, "database ping")
 
     async def aclose(self) -> None:
-        """Close the pool; idempotent."""
+        """Close the pool once abandoned operations have ended; idempotent."""
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned))
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()

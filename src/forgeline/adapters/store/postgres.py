@@ -1,8 +1,15 @@
-"""The Store on PostgreSQL."""
+"""The Store on PostgreSQL.
+
+Every operation goes through :meth:`PostgresDatabase.run`, which retries it when the
+connection breaks, so each is safe to repeat: reads and updates are, a repeated project
+insert finds its own row (``ProjectExistsError``, which ``ProjectService`` resumes from),
+and a repeated event append recognises the event its first try committed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -11,14 +18,22 @@ from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.adapters.store.notify import EventSignals
 from forgeline.adapters.store.rows import SELECT_PROJECTS, event_body, parse_time, project_from_row
 from forgeline.domain.agent import AgentEvent, utcnow
-from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, StorageError
+from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken, StoredEvent
 
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Row = tuple[Any, ...]
 
-def _error(action: str, exc: psycopg.Error) -> StorageError:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StorageError(f"store {action} failed: {first}")
+
+async def _one(conn: Conn, query: str, params: Sequence[Any] = ()) -> Row | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+async def _all(conn: Conn, query: str, params: Sequence[Any] = ()) -> list[Row]:
+    cur = await conn.execute(query, params)
+    return await cur.fetchall()
 
 
 class PostgresStore:
@@ -30,8 +45,9 @@ class PostgresStore:
 
     async def create_project(self, project: Project) -> Project:
         """Insert a project; ``ProjectExistsError`` if the name is taken."""
-        try:
-            async with self._db.connection() as conn:
+
+        async def insert(conn: Conn) -> None:
+            try:
                 await conn.execute(
                     "insert into projects (name, repo_url, default_branch, template, variables,"
                     " credentials, settings, state) values (%s,%s,%s,%s,%s,%s,%s,%s)",
@@ -46,56 +62,50 @@ class PostgresStore:
                         project.state,
                     ),
                 )
-        except psycopg.errors.UniqueViolation as exc:
-            raise ProjectExistsError(project.name) from exc
-        except psycopg.Error as exc:
-            raise _error("insert", exc) from exc
+            except psycopg.errors.UniqueViolation as exc:
+                raise ProjectExistsError(project.name) from exc
+
+        await self._db.run(insert, "store insert")
         return await self.get_project(project.name)
 
     async def get_project(self, name: str) -> Project:
         """The project, or ``ProjectNotFoundError``."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(SELECT_PROJECTS + " where name = %s", (name,))
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        row = await self._db.run(
+            lambda conn: _one(conn, SELECT_PROJECTS + " where name = %s", (name,)), "store read"
+        )
         if row is None:
             raise ProjectNotFoundError(name)
         return project_from_row(row)
 
     async def list_projects(self) -> list[Project]:
         """Every project, by name."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(SELECT_PROJECTS + " order by name")
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        rows = await self._db.run(
+            lambda conn: _all(conn, SELECT_PROJECTS + " order by name"), "store read"
+        )
         return [project_from_row(r) for r in rows]
 
     async def update_project(self, project: Project) -> Project:
         """Replace a project's stored fields."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(
-                    "update projects set repo_url=%s, default_branch=%s, template=%s,"
-                    " variables=%s, credentials=%s, settings=%s, state=%s, updated_at=now()"
-                    " where name=%s",
-                    (
-                        project.repo_url,
-                        project.default_branch,
-                        project.template,
-                        Jsonb(dict(project.variables)),
-                        Jsonb(dict(project.credentials)),
-                        Jsonb(dict(project.settings)),
-                        project.state,
-                        project.name,
-                    ),
-                )
-        except psycopg.Error as exc:
-            raise _error("update", exc) from exc
-        if cur.rowcount == 0:
+        row = await self._db.run(
+            lambda conn: _one(
+                conn,
+                "update projects set repo_url=%s, default_branch=%s, template=%s,"
+                " variables=%s, credentials=%s, settings=%s, state=%s, updated_at=now()"
+                " where name=%s returning name",
+                (
+                    project.repo_url,
+                    project.default_branch,
+                    project.template,
+                    Jsonb(dict(project.variables)),
+                    Jsonb(dict(project.credentials)),
+                    Jsonb(dict(project.settings)),
+                    project.state,
+                    project.name,
+                ),
+            ),
+            "store update",
+        )
+        if row is None:
             raise ProjectNotFoundError(project.name)
         return await self.get_project(project.name)
 
@@ -103,26 +113,39 @@ class PostgresStore:
         """Store ``event`` as the task's next event.
 
         A transaction-scoped advisory lock on the task serializes its writers, so the
-        ``max(seq) + 1`` read and the insert cannot interleave (dense, no duplicate).
+        newest-event read and the insert cannot interleave (dense, no duplicate).
         """
-        try:
-            async with self._db.connection() as conn, conn.transaction():
+        tries = 0
+
+        async def insert(conn: Conn) -> AgentEvent:
+            nonlocal tries
+            tries += 1
+            async with conn.transaction():
                 # Separate statements: under READ COMMITTED each statement gets a fresh
-                # snapshot, so the max is read only after the lock is held.
+                # snapshot, so the newest event is read only after the lock is held.
                 await conn.execute(
                     "select pg_advisory_xact_lock(hashtextextended(%s, 0))", (task_id,)
                 )
-                cur = await conn.execute(
-                    "select coalesce(max(seq), 0) from task_events where task_id = %s", (task_id,)
+                newest = await _one(
+                    conn,
+                    "select seq, body from task_events where task_id = %s"
+                    " order by seq desc limit 1",
+                    (task_id,),
                 )
-                row = await cur.fetchone()
-                numbered = event.numbered((row[0] if row else 0) + 1, task_id)
+                last = newest[0] if newest else 0
+                if tries > 1 and newest is not None:
+                    # A retry: the first try may have committed before its answer was lost.
+                    earlier = event.numbered(last, task_id)
+                    if event_body(earlier.to_dict()) == newest[1]:
+                        return earlier
+                numbered = event.numbered(last + 1, task_id)
                 await conn.execute(
                     "insert into task_events (task_id, seq, type, body) values (%s,%s,%s,%s)",
                     (task_id, numbered.seq, numbered.type, event_body(numbered.to_dict())),
                 )
-        except psycopg.Error as exc:
-            raise _error("append", exc) from exc
+                return numbered
+
+        numbered = await self._db.run(insert, "store append")
         self._signals.notify(task_id)
         return numbered
 
@@ -130,30 +153,28 @@ class PostgresStore:
         self, task_id: str, *, after_seq: int = 0, limit: int = 1000
     ) -> Sequence[StoredEvent]:
         """Events of the task with ``seq > after_seq``, in order."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(
-                    "select seq, type, body from task_events where task_id = %s and seq > %s"
-                    " order by seq limit %s",
-                    (task_id, after_seq, limit),
-                )
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        rows = await self._db.run(
+            lambda conn: _all(
+                conn,
+                "select seq, type, body from task_events where task_id = %s and seq > %s"
+                " order by seq limit %s",
+                (task_id, after_seq, limit),
+            ),
+            "store read",
+        )
         return [StoredEvent(seq=r[0], type=r[1], body=r[2]) for r in rows]
 
     async def last_event(self, task_id: str) -> StoredEvent | None:
         """The task's newest event, or None."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(
-                    "select seq, type, body from task_events where task_id = %s"
-                    " order by seq desc limit 1",
-                    (task_id,),
-                )
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        row = await self._db.run(
+            lambda conn: _one(
+                conn,
+                "select seq, type, body from task_events where task_id = %s"
+                " order by seq desc limit 1",
+                (task_id,),
+            ),
+            "store read",
+        )
         return None if row is None else StoredEvent(seq=row[0], type=row[1], body=row[2])
 
     async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
@@ -162,28 +183,29 @@ class PostgresStore:
 
     async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
         """Record a new API token by its hash."""
-        try:
-            async with self._db.connection() as conn:
-                await conn.execute(
-                    "insert into api_tokens (id, name, token_hash, role) values (%s,%s,%s,%s)",
-                    (token_id, name, token_hash, role),
-                )
-        except psycopg.Error as exc:
-            raise _error("insert", exc) from exc
+
+        async def insert(conn: Conn) -> None:
+            # A repeat of an insert that committed finds its own id: nothing to do.
+            await conn.execute(
+                "insert into api_tokens (id, name, token_hash, role) values (%s,%s,%s,%s)"
+                " on conflict (id) do nothing",
+                (token_id, name, token_hash, role),
+            )
+
+        await self._db.run(insert, "store insert")
         return ApiToken(id=token_id, name=name, role=role, created_at=utcnow())
 
     async def find_token(self, token_hash: str) -> ApiToken | None:
         """The token with that hash, marked used now; or None."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute(
-                    "update api_tokens set last_used_at = now() where token_hash = %s"
-                    " returning id, name, role, created_at, last_used_at",
-                    (token_hash,),
-                )
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        row = await self._db.run(
+            lambda conn: _one(
+                conn,
+                "update api_tokens set last_used_at = now() where token_hash = %s"
+                " returning id, name, role, created_at, last_used_at",
+                (token_hash,),
+            ),
+            "store read",
+        )
         if row is None:
             return None
         return ApiToken(
@@ -196,12 +218,9 @@ class PostgresStore:
 
     async def count_tokens(self) -> int:
         """How many API tokens exist."""
-        try:
-            async with self._db.connection() as conn:
-                cur = await conn.execute("select count(*) from api_tokens")
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise _error("read", exc) from exc
+        row = await self._db.run(
+            lambda conn: _one(conn, "select count(*) from api_tokens"), "store read"
+        )
         return int(row[0]) if row else 0
 
     async def aclose(self) -> None:

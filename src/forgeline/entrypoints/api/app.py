@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from forgeline import __version__
 from forgeline.bootstrap import Container, open_container
 from forgeline.entrypoints.api import errors
-from forgeline.entrypoints.api.limits import BodySizeLimit
+from forgeline.entrypoints.api.limits import BodySizeLimit, DatabaseTimeLimit
 from forgeline.entrypoints.api.routes import health, router
 from forgeline.logs import Redactor
 from forgeline.settings import Settings
@@ -85,4 +85,5 @@ def create_app(
     app.include_router(health)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DatabaseTimeLimit, seconds=settings.db_request_timeout_s)
     return app

@@ -34,6 +34,9 @@ _STATUSES: tuple[tuple[type[ForgelineError], int], ...] = (
 )
 
 
+#: Seconds a client is told to wait (``Retry-After``) when the database is unavailable.
+STORAGE_RETRY_AFTER_S = 2
+
 log = structlog.get_logger("forgeline.api")
 
 
@@ -61,6 +64,11 @@ def install(app: FastAPI) -> None:
         problems = getattr(exc, "problems", None)
         if isinstance(problems, dict):
             extra["fields"] = problems
+        if isinstance(exc, StorageError):
+            # Nothing is wrong with the request: the same one (a submit with its
+            # Idempotency-Key) may be sent again once the database is back.
+            headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+            extra["retry_after_s"] = STORAGE_RETRY_AFTER_S
         return JSONResponse(
             status_code=status_for(exc),
             content=error_body(exc.code, message, **extra),

@@ -1,10 +1,13 @@
-"""A body-size limit in front of every route: oversized requests get 413 before parsing."""
+"""Limits in front of every route: oversized requests get 413 before parsing; database
+waits are bounded, so an outage answers 503 at once."""
 
 from __future__ import annotations
 
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from forgeline.adapters.sql.database import time_limit
 
 
 class BodySizeLimit:
@@ -82,3 +85,20 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class DatabaseTimeLimit:
+    """Runs every request under :func:`time_limit`: each database operation it makes gives
+    up after ``seconds`` (``FORGELINE_DB_REQUEST_TIMEOUT_S``) with ``StorageError`` (503)
+    instead of waiting out a database outage with the client."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with time_limit(self.seconds):
+            await self.app(scope, receive, send)

@@ -32,6 +32,8 @@ def serve(
     """
     import uvicorn
 
+    from forgeline.adapters.sql.database import sole_server
+    from forgeline.bootstrap import check_sandbox
     from forgeline.entrypoints.api.app import create_app
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,19 +48,17 @@ def serve(
         overrides["workers"] = workers
     settings = Settings(**overrides)
     redactor = configure(settings)
-    if settings.workers > 0:
-        from forgeline.bootstrap import check_sandbox
-
-        with fail_on_errors():
+    with fail_on_errors(), sole_server(settings.database_url):
+        if settings.workers > 0:
             asyncio.run(check_sandbox(settings))
-    uvicorn.run(
-        create_app(settings, redactor=redactor),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
+        uvicorn.run(
+            create_app(settings, redactor=redactor),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        )
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
@@ -73,11 +73,12 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default host:pid).")] = None,
 ) -> None:
     """Run build workers only (scale-out on PostgreSQL); SIGTERM drains them."""
+    from forgeline.adapters.sql.database import sole_server
     from forgeline.entrypoints.worker import run_worker
 
     settings = Settings()
     redactor = configure(settings)
-    with fail_on_errors():
+    with fail_on_errors(), sole_server(settings.database_url):
         asyncio.run(run_worker(settings, concurrency=concurrency, name=name, redactor=redactor))
 
 

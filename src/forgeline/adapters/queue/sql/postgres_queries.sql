@@ -37,6 +37,14 @@ select * from tasks where id = any(%(ids)s::text[]) or idempotency_key = any(%(k
 -- name: get_task
 select * from tasks where id = %(id)s
 
+-- name: lock_concurrency_key
+-- Serialize capped enqueues of one key until the transaction ends: the count that follows
+-- (a fresh snapshot, taken after the lock) sees every earlier one committed.
+select pg_advisory_xact_lock(hashtextextended('forgeline.queued:' || %(concurrency_key)s, 0))
+
+-- name: count_queued
+select count(*) as n from tasks where status = 'queued' and concurrency_key = %(concurrency_key)s
+
 -- name: get_task_by_idempotency_key
 select * from tasks where idempotency_key = %(idempotency_key)s
 

@@ -13,6 +13,9 @@ on conflict do nothing
 -- name: get_task
 select * from tasks where id = :id
 
+-- name: count_queued
+select count(*) from tasks where status = 'queued' and concurrency_key = :concurrency_key
+
 -- name: get_task_by_idempotency_key
 select * from tasks where idempotency_key = :idempotency_key
 
