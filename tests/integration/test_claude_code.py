@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
+from forgeline.adapters.agents.claude_code.agent import project_dir_name
 from forgeline.adapters.workspace.kubernetes import KubernetesWorkspace
 from forgeline.adapters.workspace.local import LocalWorkspace
+from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
@@ -198,6 +200,56 @@ async def test_resume_continues_the_same_session(
     assert "create hello.txt" in sent
     assert "hello from the fake API" in sent
     assert second.text.startswith("ack: ")
+
+
+async def test_resume_from_another_checkout_in_the_sandbox(
+    make_agent: AgentFactory, api: AnthropicServer, tmp_path: Path
+) -> None:
+    """Each attempt of a build has a checkout of its own: a session recorded in one is
+    resumed from another of the same project (its transcript is carried over), with the CLI
+    in the sandbox as an unprivileged user (no IS_SANDBOX)."""
+    agent = make_agent(workspace=BubblewrapWorkspace(), runs_as_root=False)
+    first_dir, second_dir = tmp_path / "proj" / "task.1", tmp_path / "proj" / "task.2"
+    for path in (first_dir, second_dir):
+        path.mkdir(parents=True)
+        await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(path)], check=True)
+    first = result_of(
+        await collect(
+            agent,
+            AgentRequest(prompt="create hello.txt", workdir=str(first_dir), state_key="proj"),
+        )
+    )
+    assert first.status is RunStatus.SUCCEEDED
+    assert (first_dir / "hello.txt").read_text() == "hello from the fake API\n"
+    second = result_of(
+        await collect(
+            agent,
+            AgentRequest(
+                prompt="what did you do?",
+                workdir=str(second_dir),
+                state_key="proj",
+                resume_session=first.session_id,
+            ),
+        )
+    )
+    assert second.status is RunStatus.SUCCEEDED, second.text
+    assert second.session_id == first.session_id
+    assert "hello from the fake API" in json.dumps(api.message_requests[-1].messages)
+
+
+@pytest.mark.parametrize("name", ["plain_repo", "d" * 230 + "_é"])
+async def test_transcripts_are_where_the_adapter_looks(
+    make_agent: AgentFactory, tmp_path: Path, name: str
+) -> None:
+    """The CLI files a session under ``projects/<project_dir_name(cwd)>``, for a short cwd
+    and for one past 200 characters (cut, hash appended) with non-ASCII in it."""
+    workdir = tmp_path / name
+    workdir.mkdir()
+    agent = make_agent()
+    request = AgentRequest(prompt="create hello.txt", workdir=str(workdir), state_key="k")
+    result = result_of(await collect(agent, request))
+    projects = tmp_path / "state" / "k" / "config" / "projects"
+    assert (projects / project_dir_name(str(workdir)) / f"{result.session_id}.jsonl").is_file()
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,17 @@ with the content of the commits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
+import stat
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +26,25 @@ from typing import Any
 import httpx
 import pytest
 
+from forgeline.bootstrap import open_migrated_database
+from forgeline.domain.errors import LeaseLostError
+from forgeline.settings import Settings
 from tests.support.anthropic_server import (
     AnthropicServer,
     ApiRequest,
     Reply,
     bash,
     first_attempt_sleeps,
+    hello_script,
     text,
 )
 from tests.support.callback_receiver import CallbackReceiver
-from tests.support.forgeline_server import CALLBACK_SECRET, git
+from tests.support.forgeline_server import (
+    CALLBACK_SECRET,
+    git,
+    running_forgeline,
+    server_settings,
+)
 from tests.support.openai_server import ScriptedOpenAI, scripted_openai
 from tests.support.serve_process import admin_client, fleet, live_processes, wait_until_gone
 
@@ -265,3 +280,174 @@ def test_sigkill_of_serve_ends_its_opencode_server(
         f.procs["serve"].wait(timeout=10)
         assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
         assert wait_until_gone(str(data), within_s=1.0) == []
+
+
+async def test_platform_secrets_are_masked_from_start_up(tmp_path: Path, claude_bin: Path) -> None:
+    """After a restart, before any build has used them, every stored credential, the admin
+    token, the master key and the callback key are masked wherever an agent's words go:
+    events, the task's result, the callback."""
+    settings = server_settings(tmp_path / "data", claude_bin, callback_allowed_hosts=["127.0.0.1"])
+    stored = f"stored-{secrets.token_hex(10)}"
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("app")
+        put = await forgeline.client.put("/credentials/deploy-key", json={"value": stored})
+        assert put.status_code == 200, put.text
+    admin = (settings.data_dir / "admin.token").read_text().strip()
+    master = (settings.data_dir / "master.key").read_text().strip()
+    leaked = [stored, admin, master, CALLBACK_SECRET]
+    with AnthropicServer(lambda req: [text("I found: " + " ".join(leaked))]) as model:
+        recv = CallbackReceiver(CALLBACK_SECRET).start()
+        try:
+            agent_env = {"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-test"}
+            with _environ(agent_env):
+                async with running_forgeline(settings) as forgeline:
+                    task_id = await forgeline.build("app", prompt="leak", callback_url=recv.url())
+                    task = await forgeline.wait_status(task_id, {"completed", "failed"})
+                    events = await forgeline.events(task_id)
+            [delivery] = await recv.wait_for(1, timeout_s=20)
+        finally:
+            recv.stop()
+    said = [e for e in events if e["type"] == "message"]
+    assert said, events
+    text_seen = json.dumps(said) + json.dumps(task) + delivery.body.decode()
+    for value in leaked:
+        assert value not in text_seen
+    for name in ("deploy-key", "admin-token", "master-key", "callback-secret"):
+        assert f"[REDACTED:{name}]" in json.dumps(said)
+
+
+def test_no_silent_fallback_without_bubblewrap(tmp_path: Path, env: dict[str, str]) -> None:
+    """Where the sandbox cannot start, serve, worker and agent run refuse to run agents and
+    say how to fix it; FORGELINE_SANDBOX=none is the explicit way round."""
+    broken = {**env, "FORGELINE_BWRAP_BIN": str(tmp_path / "no-bwrap")}
+    for args in (
+        ["serve", "--port", "0"],
+        ["worker"],
+        ["agent", "run", "--prompt", "x", "--workdir", "."],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "forgeline", *args],
+            env={**broken, "FORGELINE_DATA_DIR": str(tmp_path / "data")},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0, args
+        assert "bubblewrap" in done.stderr, done.stderr
+        assert "FORGELINE_SANDBOX=none" in done.stderr, done.stderr
+
+
+async def test_unsandboxed_builds_say_so(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> None:
+    """With FORGELINE_SANDBOX=none every build's events carry a warning."""
+    settings = server_settings(tmp_path / "data", claude_bin, sandbox="none")
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("open")
+        task_id = await forgeline.build("open", prompt="create hello.txt")
+        await forgeline.wait_status(task_id, {"completed"})
+        events = await forgeline.events(task_id)
+    warnings = [e for e in events if e["type"] == "status" and e["data"]["state"] == "warning"]
+    assert len(warnings) == 1
+    assert "FORGELINE_SANDBOX=none" in warnings[0]["data"]["message"]
+
+
+async def test_stale_attempts_and_the_old_shared_checkout_are_swept(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> None:
+    """On start, a worker removes attempt directories no running attempt holds and the one
+    shared checkout an older version kept per project; a build runs beside them."""
+    data = tmp_path / "data"
+    stale = data / "checkouts" / "app" / f"{uuid.uuid4()}.3"
+    (stale / "src").mkdir(parents=True)
+    (stale / "src" / "half.txt").write_text("half-done\n")
+    old = data / "checkouts" / "legacy"
+    (old / ".git").mkdir(parents=True)
+    (old / "README.md").write_text("old\n")
+    settings = server_settings(data, claude_bin)
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("app")
+        task_id = await forgeline.build("app", prompt="create hello.txt")
+        await forgeline.wait_status(task_id, {"completed"})
+        deadline = time.monotonic() + 10
+        while stale.exists() or old.exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    assert list((data / "checkouts" / "app").iterdir()) == []
+
+
+async def test_an_attempt_that_lost_its_lease_never_pushes(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> None:
+    """The lease is lost just as the agent finishes: the attempt proves its lease before
+    committing, finds it gone and publishes nothing; the next attempt pushes the one commit."""
+    settings = server_settings(tmp_path / "data", claude_bin, lease_seconds=1.5)
+    async with running_forgeline(settings) as forgeline:
+        await forgeline.create_project("fenced")
+        queue = forgeline.container.queue
+        real_heartbeat = queue.heartbeat
+        lose_next = asyncio.Event()
+
+        async def heartbeat(lease: Any, *, lease_s: float) -> Any:
+            if lose_next.is_set():
+                lose_next.clear()
+                raise LeaseLostError(lease.task_id, lease.token)
+            return await real_heartbeat(lease, lease_s=lease_s)
+
+        queue.heartbeat = heartbeat  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+
+        def script(req: ApiRequest) -> Reply:
+            reply = hello_script(req)
+            if req.tool_results and not getattr(script, "lost", False):
+                script.lost = True  # type: ignore[attr-defined]
+                loop.call_soon_threadsafe(lose_next.set)
+            return reply
+
+        model.script = script
+        task_id = await forgeline.build("fenced", prompt="create hello.txt")
+        task = await forgeline.wait_status(task_id, {"completed"}, timeout_s=60)
+        events = await forgeline.events(task_id)
+    assert task["attempts"] == 2
+    pushes = [e for e in events if e["type"] == "status" and e["data"].get("step") == "push"]
+    assert [e["data"]["phase"] for e in pushes] == ["started", "finished"]
+    repo = Path(settings.git_base_url) / "fenced.git"
+    trailers = git("log", "--format=%(trailers:key=Forgeline-Task,valueonly)", "main", cwd=repo)
+    assert trailers.split().count(task_id) == 1
+
+
+async def test_data_dir_and_database_are_owner_only(tmp_path: Path) -> None:
+    """Whatever the umask and the modes an older version left, the data directory is made
+    0700 and the SQLite files 0600."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    (data / "forgeline.db").touch(mode=0o644)
+    old_umask = os.umask(0)
+    try:
+        async with open_migrated_database(Settings(data_dir=data)):
+            pass
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.glob("forgeline.db*")}
+    assert "forgeline.db" in modes
+    assert set(modes.values()) == {0o600}, modes
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (forgeline's own environment reaches the
+    agent's allow-listed variables)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -294,3 +294,28 @@ def test_build_workspace_from_settings(tmp_path: Path) -> None:
         "/opt/kubectl", "--context", "ci", "--namespace", "builds", "exec", "web-0",
         "-c", "agent", "--", "true",
     ]  # fmt: skip
+
+
+async def test_list_dir_and_kill_processes_in_a_directory_in_the_pod(
+    workspace: KubernetesWorkspace, tmp_path: Path
+) -> None:
+    """What a dead worker left in an attempt's checkout is found by its working directory
+    and killed inside the pod (killing kubectl would not reach it); listing a directory in
+    the pod shows hidden names too and an empty list for a missing one."""
+    stale = tmp_path / "checkouts" / "p" / "task.3"
+    (stale / "sub").mkdir(parents=True)
+    (stale / ".hidden").write_text("x")
+    assert await workspace.list_dir(str(stale)) == [".hidden", "sub"]
+    assert await workspace.list_dir(str(tmp_path / "missing")) == []
+    sleep = f"{30 + uuid.uuid4().int % 30}.{uuid.uuid4().int % 10**6:06d}"
+    orphan = subprocess.Popen(  # noqa: ASYNC220 - a stand-in for an orphaned tool command
+        ["sleep", sleep], cwd=stale / "sub", start_new_session=True
+    )
+    try:
+        assert await workspace.kill_processes_in(str(stale)) == 1
+        assert await asyncio.wait_for(asyncio.to_thread(orphan.wait), 5) == -signal.SIGKILL
+        assert await workspace.kill_processes_in(str(stale)) == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()

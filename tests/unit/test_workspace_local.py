@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -197,3 +198,22 @@ async def test_ensure_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkspaceError, match="cannot create"):
         await ws.ensure_dir(str(tmp_path / "file" / "sub"))
+
+
+async def test_kill_processes_in_a_directory(tmp_path: Path) -> None:
+    """Processes working in a directory (or below it) are killed; others are not."""
+    inside = tmp_path / "attempt" / "deep"
+    inside.mkdir(parents=True)
+    elsewhere = tmp_path / "attempt-2"
+    elsewhere.mkdir()
+    sleep = f"{30 + uuid.uuid4().int % 30}.{uuid.uuid4().int % 10**6:06d}"
+    stray = subprocess.Popen(["sleep", sleep], cwd=inside)  # noqa: ASYNC220
+    bystander = subprocess.Popen(["sleep", sleep], cwd=elsewhere)  # noqa: ASYNC220
+    try:
+        assert await LocalWorkspace().kill_processes_in(str(tmp_path / "attempt")) == 1
+        assert await asyncio.wait_for(asyncio.to_thread(stray.wait), 5) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for proc in (stray, bystander):
+            proc.kill()
+            proc.wait()

@@ -153,3 +153,12 @@ class Workspace(Protocol):
         """The names of the entries of directory ``path``, sorted; empty when it does not
         exist; ``WorkspaceError`` when it cannot be read."""
         ...
+
+    async def kill_processes_in(self, path: str) -> int:
+        """SIGKILL every process whose working directory is ``path`` or below it; how many.
+
+        For what a dead worker left running in an attempt's checkout: a sandboxed run ends
+        with its worker, but a pod's processes outlive the ``kubectl exec`` that started
+        them, and so do the processes of an unsandboxed local run.
+        """
+        ...

@@ -275,6 +275,7 @@ class Worker:
             names = await self._workspace.list_dir(base)
             if ".git" in names:
                 # The one shared checkout of a version before attempt directories.
+                await self._workspace.kill_processes_in(base)
                 await self._git.remove_checkout(base)
                 continue
             for name in names:
@@ -284,7 +285,10 @@ class Worker:
                     continue
                 if await self._leased(match["task"], int(match["token"])):
                     continue
-                log.info("worker.stale_attempt_removed", path=path)
+                # Whatever of the dead attempt still runs there (a pod's processes outlive
+                # their worker) goes first, so nothing writes on while it is removed.
+                killed = await self._workspace.kill_processes_in(path)
+                log.info("worker.stale_attempt_removed", path=path, processes_killed=killed)
                 await self._git.remove_checkout(path)
                 removed += 1
         return removed

@@ -163,6 +163,14 @@ _FOLLOW_LOOP = (
 )
 
 
+#: SIGKILLs the processes whose working directory is ``$1`` or below, printing their pids
+#: (the script's own shell works in ``/``).
+_KILL_IN_SCRIPT = (
+    'for p in /proc/[0-9]*; do c=$(readlink "$p/cwd" 2>/dev/null) || continue; '
+    'case "$c" in "$1"|"$1"/*) kill -KILL "${p#/proc/}" 2>/dev/null && echo "${p#/proc/}";; '
+    "esac; done; exit 0"
+)
+
 #: Prints the entry names of directory ``$1``, NUL-terminated; nothing when it is missing.
 _LIST_SCRIPT = (
     'cd "$1" 2>/dev/null || exit 0; '
@@ -449,6 +457,21 @@ class KubernetesWorkspace:
             raise WorkspaceError(
                 f"cannot create {path!r} in pod {self._pod!r}: {result.stderr_tail(3)}"
             )
+
+    async def kill_processes_in(self, path: str) -> int:
+        """SIGKILL, in the pod, the processes whose cwd is ``path`` or below it."""
+        result = await self.run(
+            ["sh", "-c", _KILL_IN_SCRIPT, "forgeline-kill-in", path],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            timeout_s=30,
+        )
+        if not result.ok:
+            raise WorkspaceError(
+                f"cannot end the processes in {path!r} in pod {self._pod!r}: "
+                f"{result.stderr_tail(3)}"
+            )
+        return len(result.stdout.split())
 
     async def list_dir(self, path: str) -> list[str]:
         """The entries of ``path`` in the pod (a POSIX sh glob; hidden names too)."""

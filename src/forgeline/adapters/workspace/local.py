@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from forgeline.adapters._aio import finish_despite_cancel
-from forgeline.adapters.workspace.proctree import find_run_processes, signal_all
+from forgeline.adapters.workspace.proctree import find_run_processes, processes_in, signal_all
 from forgeline.domain.errors import LineTooLongError, WorkspaceError
 from forgeline.ports.workspace import RUN_MARKER_VAR, CommandResult
 
@@ -398,6 +398,12 @@ class LocalWorkspace:
             os.makedirs(path, mode=0o700, exist_ok=True)  # noqa: PTH103 - mode + exist_ok
         except OSError as exc:
             raise WorkspaceError(f"cannot create {path!r}: {exc.strerror or exc}") from exc
+
+    async def kill_processes_in(self, path: str) -> int:
+        """SIGKILL the processes working in ``path`` (found through ``/proc/<pid>/cwd``)."""
+        pids = processes_in(path)
+        signal_all(pids, signal.SIGKILL)
+        return len(pids)
 
     async def list_dir(self, path: str) -> list[str]:
         """``os.listdir``, sorted; empty for a missing directory."""

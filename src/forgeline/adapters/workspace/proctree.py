@@ -120,6 +120,26 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_in(path: str) -> list[int]:
+    """PIDs of live processes whose working directory is ``path`` or below it."""
+    prefix = path.rstrip("/") + "/"
+    found = []
+    try:
+        entries = os.listdir(_PROC)  # noqa: PTH208 - plain names, fastest on /proc
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"{_PROC}/{name}/cwd")  # noqa: PTH115
+        except OSError:
+            continue
+        if cwd == path.rstrip("/") or cwd.startswith(prefix):
+            found.append(int(name))
+    return found
+
+
 def process_name(pid: int) -> str | None:
     """The command name of ``pid`` (``/proc/<pid>/comm``), or None when it is gone."""
     data = _read(f"{_PROC}/{pid}/comm")

@@ -24,7 +24,9 @@ for a forgeline running as root that would be root again, with every root-only f
 bound system readable. So as root the sandbox is two-staged: an outer ``bwrap`` (root,
 no user namespace) builds the view, ``setpriv`` drops to ``FORGELINE_SANDBOX_UID`` with no
 capabilities, and an inner ``bwrap`` enters the user namespace. The writable directories are
-handed to that uid (``lchown``, never through a symlink) before each command.
+handed to that uid (``lchown``, never through a symlink) before each command, and back to
+their owner once it has ended (a ``forgeline agent run`` in someone's directory leaves it
+theirs).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.workspace.local import LocalProcess, LocalWorkspace
 from forgeline.adapters.workspace.proctree import descendants, process_name
 from forgeline.domain.errors import ConfigurationError, WorkspaceError
@@ -164,13 +167,19 @@ class SandboxView:
         return self
 
 
-class SandboxedProcess:
-    """A command running in a sandbox: the local process of its ``bwrap``, with an
-    :meth:`interrupt` that reaches the command itself (``bwrap`` does not forward signals,
-    and a SIGINT to it would kill the run before the agent could report)."""
+#: A writable directory's owner before a run: ``(path, uid, gid)``.
+Owner = tuple[str, int, int]
 
-    def __init__(self, inner: LocalProcess) -> None:
+
+class SandboxedProcess:
+    """A command running in a sandbox: the local process of its ``bwrap``, whose signals
+    reach the command itself (``bwrap`` forwards none, and dies at once of a SIGINT or
+    SIGTERM, which would kill the run before the agent could report or save its state)."""
+
+    def __init__(self, inner: LocalProcess, owners: Sequence[Owner] = ()) -> None:
         self._inner = inner
+        self._owners = owners
+        self._ending: asyncio.Task[int | None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -195,19 +204,40 @@ class SandboxedProcess:
         return await self._inner.wait()
 
     async def interrupt(self) -> None:
-        """SIGINT to the first process below the sandbox's plumbing: the command."""
+        """SIGINT to the command (so it can end cleanly and report)."""
+        self._signal_command(signal.SIGINT)
+
+    async def kill(self, grace_s: float = 1.0) -> int | None:
+        """SIGTERM to the command, ``grace_s`` to go; then the sandbox is ended (its
+        ``bwrap`` and, through the PID namespace, everything in it) and its directories
+        handed back. Bounded, idempotent, finished even if the caller is cancelled."""
+        if self._ending is None:
+            self._ending = asyncio.get_running_loop().create_task(
+                self._end(grace_s), name=f"sandbox-end-{self._inner.pid}"
+            )
+        return await finish_despite_cancel(self._ending)
+
+    async def _end(self, grace_s: float) -> int | None:
+        try:
+            if self._inner.returncode is None:
+                self._signal_command(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace_s):
+                        await self._inner.wait()
+            return await self._inner.kill(0.1)
+        finally:
+            await asyncio.to_thread(_hand_back, self._owners)
+
+    def _signal_command(self, sig: int) -> None:
+        """``sig`` to the first process below the sandbox's plumbing: the command."""
         pid = self._inner.pid
         if pid is None or self._inner.returncode is not None:
             return
         for child in descendants(pid):
             if process_name(child) not in _PLUMBING:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(child, signal.SIGINT)
+                    os.kill(child, sig)
                 return
-
-    async def kill(self, grace_s: float = 1.0) -> int | None:
-        """End the sandbox: its ``bwrap`` and, through the PID namespace, everything in it."""
-        return await self._inner.kill(grace_s)
 
 
 class BubblewrapWorkspace:
@@ -238,9 +268,13 @@ class BubblewrapWorkspace:
         writable: Sequence[str] = (),
     ) -> SandboxedProcess:
         """Start ``argv`` in a new sandbox where only ``writable`` can be written."""
-        wrapped = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
-        process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
-        return SandboxedProcess(process)
+        wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
+        try:
+            process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_hand_back, owners))
+            raise
+        return SandboxedProcess(process, owners)
 
     async def run(
         self,
@@ -253,8 +287,13 @@ class BubblewrapWorkspace:
         writable: Sequence[str] = (),
     ) -> CommandResult:
         """Run a short command in a new sandbox; the result names the command, not bwrap."""
-        wrapped = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
-        result = await self._local.run(wrapped, cwd="/", env=env, timeout_s=timeout_s, stdin=stdin)
+        wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
+        try:
+            result = await self._local.run(
+                wrapped, cwd="/", env=env, timeout_s=timeout_s, stdin=stdin
+            )
+        finally:
+            await asyncio.shield(asyncio.to_thread(_hand_back, owners))
         return CommandResult(tuple(argv), result.exit_code, result.stdout, result.stderr)
 
     async def ensure_dir(self, path: str) -> None:
@@ -264,6 +303,10 @@ class BubblewrapWorkspace:
     async def list_dir(self, path: str) -> list[str]:
         """The names in a host directory (empty when it does not exist)."""
         return await self._local.list_dir(path)
+
+    async def kill_processes_in(self, path: str) -> int:
+        """As the local workspace (a sandbox's processes end with their worker anyway)."""
+        return await self._local.kill_processes_in(path)
 
     async def check(self) -> None:
         """Run ``true`` in a sandbox; ``ConfigurationError`` naming the fix if that fails."""
@@ -282,12 +325,15 @@ class BubblewrapWorkspace:
 
     async def _prepare(
         self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], writable: Sequence[str]
-    ) -> list[str]:
+    ) -> tuple[list[str], list[Owner]]:
+        """The command line, and the owners to give the writable directories back to."""
         if not argv:
             raise WorkspaceError("empty command")
-        if self._as_root and writable:
-            await asyncio.to_thread(_hand_over, writable, self._config.uid, self._config.gid)
-        return self.command_line(argv, cwd=cwd, path=env.get("PATH"), writable=writable)
+        command = self.command_line(argv, cwd=cwd, path=env.get("PATH"), writable=writable)
+        if not (self._as_root and writable):
+            return command, []
+        owners = await asyncio.to_thread(_hand_over, writable, self._config.uid, self._config.gid)
+        return command, owners
 
     def command_line(
         self, argv: Sequence[str], *, cwd: str, path: str | None, writable: Sequence[str]
@@ -359,13 +405,29 @@ class BubblewrapWorkspace:
         ]
 
 
-def _hand_over(directories: Sequence[str], uid: int, gid: int) -> None:
-    """Give ``directories`` (recursively) to the sandbox's uid. ``lchown``: a symlink in the
-    tree is changed itself, never its target. A checkout's ``.git`` too, though it is bound
-    read-only: git inside refuses a repository owned by someone else ("dubious ownership")."""
+def _hand_over(directories: Sequence[str], uid: int, gid: int) -> list[Owner]:
+    """Give ``directories`` (recursively) to the sandbox's uid; their owners before. A
+    checkout's ``.git`` too, though it is bound read-only: git inside refuses a repository
+    owned by someone else ("dubious ownership")."""
+    owners = []
     for top in directories:
-        os.lchown(top, uid, gid)
-        for root, dirs, files in os.walk(top):
-            for name in (*dirs, *files):
-                with contextlib.suppress(FileNotFoundError):
-                    os.lchown(os.path.join(root, name), uid, gid)  # noqa: PTH118
+        info = os.lstat(top)
+        owners.append((top, info.st_uid, info.st_gid))
+        _chown_tree(top, uid, gid)
+    return owners
+
+
+def _hand_back(owners: Sequence[Owner]) -> None:
+    """Give each directory (and all the command made in it) back to its owner."""
+    for top, uid, gid in owners:
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile: nothing to give
+            _chown_tree(top, uid, gid)
+
+
+def _chown_tree(top: str, uid: int, gid: int) -> None:
+    # lchown: a symlink in the tree is changed itself, never what it points to.
+    os.lchown(top, uid, gid)
+    for root, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(os.path.join(root, name), uid, gid)  # noqa: PTH118
