@@ -21,6 +21,7 @@ class NewTask:
     max_attempts: int = 3
     idempotency_key: str | None = None
     concurrency_key: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,9 @@ class WorkQueue(Protocol):
 
     - ``enqueue`` with an ``idempotency_key`` already used returns the existing task
       (``created=False``); ``enqueue_many`` does the same for many tasks in one round trip
-      and one transaction. Enqueueing wakes idle workers (``wait_for_work``).
+      and one transaction. Enqueueing wakes idle workers (``wait_for_work``). A task keeps
+      the ``request_hash`` it was enqueued with (a digest of the request that made it),
+      so the caller can tell a retry from another request reusing the key.
     - ``claim`` returns up to ``limit`` eligible tasks (``queued``, ``run_after`` passed,
       no other ``running`` task with the same ``concurrency_key``; first in, first out
       within a key; higher priority first), each leased to ``worker`` for ``lease_s``
@@ -80,6 +83,7 @@ class WorkQueue(Protocol):
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key)."""
         ...

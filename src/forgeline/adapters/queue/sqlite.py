@@ -81,6 +81,7 @@ def _task(row: sqlite3.Row) -> WorkTask:
         finished_at=_dt(row["finished_at"]),
         last_error=row["last_error"],
         result=None if row["result"] is None else json.loads(row["result"]),
+        request_hash=row["request_hash"],
     )
 
 
@@ -175,6 +176,7 @@ class SqliteWorkQueue:
         max_attempts: int = 3,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key)."""
         new = NewTask(
@@ -185,6 +187,7 @@ class SqliteWorkQueue:
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             concurrency_key=concurrency_key,
+            request_hash=request_hash,
         )
         (done,) = await self.enqueue_many([new])
         return done
@@ -229,6 +232,7 @@ class SqliteWorkQueue:
             "run_after": None if task.run_after is None else _ts(task.run_after),
             "concurrency_key": task.concurrency_key,
             "idempotency_key": task.idempotency_key,
+            "request_hash": task.request_hash,
         }
 
     async def claim(
