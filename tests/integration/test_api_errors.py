@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from forgeline.domain.inputs import MAX_JSON_CHARS, MAX_JSON_DEPTH, TOO_DEEP
+from forgeline.domain.project import Project
+from forgeline.domain.task import BuildSpec, TaskStatus
 from forgeline.services.auth import AuthService, Role
+from forgeline.services.builds import BuildRequest
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 
 
@@ -227,3 +233,192 @@ async def test_openapi_is_served(api: Running) -> None:
         spec = (await anonymous.get("/openapi.json")).json()
     for path in ("/projects", "/project/{name}/build", "/tasks/{task_id}/events", "/credentials"):
         assert path in spec["paths"]
+
+
+# --- hostile input: every field bounded and clean, every database -----------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def served(
+    request: pytest.FixtureRequest, tmp_path: Path, claude_bin: Path
+) -> AsyncIterator[Running]:
+    """forgeline with no workers and the default body limit, on each database."""
+    overrides: dict[str, Any] = {}
+    if request.param == "postgres":
+        overrides["database_url"] = request.getfixturevalue("pg_url")
+    settings = server_settings(tmp_path / "data", claude_bin, workers=0, **overrides)
+    async with running_forgeline(settings) as running:
+        await running.create_project("app")
+        yield running
+
+
+def nested(depth: int, leaf: str = '"x"') -> str:
+    """JSON text of objects nested ``depth`` deep around ``leaf``."""
+    return '{"a":' * depth + leaf + "}" * depth
+
+
+def fields_of(response: httpx.Response) -> list[str]:
+    """The fields a 422 names."""
+    assert response.status_code == 422, response.text
+    return [f["field"] for f in response.json()["error"]["fields"]]
+
+
+async def assert_nothing_stored(running: Running) -> None:
+    """Only the fixture's project exists and no task was queued; every list still answers."""
+    projects = await running.client.get("/projects")
+    assert projects.status_code == 200, projects.text
+    assert [p["name"] for p in projects.json()] == ["app"]
+    assert await running.container.queue.count(status=TaskStatus.QUEUED) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/project/app/build", '{"prompt": "x", "variables": %s}', "variables"),
+        ("/projects", '{"name": "deep", "variables": %s}', "variables"),
+        ("/projects", '{"name": "deep", "settings": %s}', "settings"),
+    ],
+)
+async def test_deeply_nested_json_is_422(served: Running, path: str, body: str, field: str) -> None:
+    """Free-form JSON nested past MAX_JSON_DEPTH (33, 250 or 900 levels) is a 422 naming the
+    field, nothing is stored, and every read still answers; 32 levels are accepted whole."""
+    for depth in (MAX_JSON_DEPTH + 1, 250, 900):
+        response = await served.client.post(
+            path, content=(body % nested(depth)).encode(), headers=JSON
+        )
+        assert fields_of(response) == [field]
+        assert "nested deeper than 32 levels" in error_of(response)["message"]
+    await assert_nothing_stored(served)
+
+    response = await served.client.post(
+        path, content=(body % nested(MAX_JSON_DEPTH)).encode(), headers=JSON
+    )
+    assert response.status_code in (201, 202), response.text
+    shown = (
+        (await served.task(response.json()["task_id"]))["spec"]
+        if path.startswith("/project/")
+        else (await served.client.get("/projects/deep")).json()
+    )
+    assert json.dumps(shown[field], separators=(",", ":")) == nested(MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "variables": {"big": "x" * (MAX_JSON_CHARS + 1)}}, "variables"),
+        ({"prompt": "x", "variables": {"n": float("nan")}}, "variables"),
+        ({"prompt": "x", "variables": {"n": float("inf")}}, "variables"),
+        ({"prompt": "x", "timeout_s": float("inf")}, "timeout_s"),
+        ({"prompt": "x", "timeout_s": 10**400}, "timeout_s"),
+    ],
+)
+async def test_oversized_and_non_finite_values_are_422(
+    served: Running, body: dict[str, Any], field: str
+) -> None:
+    """A free-form field over MAX_JSON_CHARS, or a number JSON cannot carry (NaN, Infinity,
+    which Python's parser accepts), is a 422 naming the field; nothing is stored."""
+    content = json.dumps(body).encode()  # allow_nan: the point is to send them
+    response = await served.client.post("/project/app/build", content=content, headers=JSON)
+    assert field in fields_of(response)
+    await assert_nothing_stored(served)
+
+
+async def test_deep_data_stored_by_an_older_version_is_served(served: Running) -> None:
+    """A task and a project stored 500 levels deep (before requests were bounded) are shown,
+    cut at MAX_JSON_DEPTH with a marker, still redacted; the task can be cancelled; the
+    project list answers. Before, each of these was a 500 for everyone."""
+    secret = "older-version-secret-7f3a9c"
+    assert (await served.client.put("/credentials/old-key", json={"value": secret})).status_code
+    deep: dict[str, Any] = {"token": secret}
+    for _ in range(500):
+        deep = {"a": deep}
+    variables = {"token": secret, "deep": deep}
+    request = BuildRequest("app", BuildSpec(prompt="x", variables=variables))
+    queued = await served.container.queue.enqueue(
+        "build", request.to_payload(), concurrency_key="app"
+    )
+    await served.container.store.create_project(
+        Project(name="old", repo_url="/nowhere.git", variables=variables, settings=variables)
+    )
+
+    shown = await served.client.get(f"/tasks/{queued.task.id}")
+    assert shown.status_code == 200, shown.text
+    assert secret not in shown.text
+    assert shown.json()["spec"]["variables"]["token"] == "[REDACTED:old-key]"
+    assert TOO_DEEP in shown.text
+    cancelled = await served.client.post(f"/tasks/{queued.task.id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    for path in ("/projects", "/projects/old"):
+        response = await served.client.get(path)
+        assert response.status_code == 200, response.text
+        assert TOO_DEEP in response.text
+    events = await served.events(queued.task.id)
+    assert events[-1]["data"]["status"] == "cancelled"
+
+
+BUILD = ("POST", "/project/app/build")
+PROJECT = ("POST", "/projects")
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        (BUILD, {"prompt": "AAA\u0000BBB"}, "prompt"),
+        (BUILD, {"prompt": "clear \u001b[2J"}, "prompt"),
+        (BUILD, {"prompt": "x", "resume_session": "s\u0000id"}, "resume_session"),
+        (BUILD, {"prompt": "x", "resume_session": "s\nid"}, "resume_session"),
+        (BUILD, {"prompt": "x", "model": "sonnet\u0000"}, "model"),
+        (BUILD, {"prompt": "x", "provider": "claude-code\u0000"}, "provider"),
+        (BUILD, {"prompt": "x", "template": "static-site\r"}, "template"),
+        (BUILD, {"prompt": "x", "variables": {"t": "a\u0000b"}}, "variables"),
+        (BUILD, {"prompt": "x", "variables": {"a\nb": "x"}}, "variables"),
+        (BUILD, {"prompt": "x", "variables": {"l": [{"b": "\u0007"}]}}, "variables"),
+        (BUILD, {"prompt": "x", "variables": {"t": "\u0085"}}, "variables"),
+        (BUILD, {"prompt": "x", "callback_url": "http://127.0.0.1/\u0000"}, "callback_url"),
+        (PROJECT, {"name": "n\u0000"}, "name"),
+        (PROJECT, {"name": "n", "variables": {"t": "\u0000"}}, "variables"),
+        (PROJECT, {"name": "n", "settings": {"t": "\u007f"}}, "settings"),
+        (PROJECT, {"name": "n", "credentials": {"K": "c\u0000"}}, "credentials.K"),
+        (PROJECT, {"name": "n", "repo_url": "https://h/x\u0000.git"}, "repo_url"),
+        (("PUT", "/credentials/k"), {"value": "sec\u0000ret"}, "value"),
+    ],
+)
+async def test_control_characters_are_422(
+    served: Running, route: tuple[str, str], body: dict[str, Any], field: str
+) -> None:
+    """Control characters (NUL, escape, bell, DEL, C1) in prompts, names, session ids,
+    variables (keys and nested values), URLs and secret values are a 422 naming the field,
+    and nothing is stored: before, a NUL cut the prompt the agent saw (SQLite) or was a 503
+    (PostgreSQL)."""
+    response = await served.client.request(*route, json=body)
+    assert field in fields_of(response)
+    assert "U+" in error_of(response)["message"]
+    await assert_nothing_stored(served)
+    assert await served.container.credentials.list() == []
+
+
+async def test_tab_newline_and_crlf_are_kept(served: Running) -> None:
+    """Prompts keep tab, newline and CR LF; variables tab and newline; all as sent."""
+    prompt = "Line one\r\n\tLine two\nLine three"
+    variables = {"title": "Two\nlines\tand a tab", "list": ["a\tb"]}
+    task_id = await served.build("app", prompt=prompt, variables=variables)
+    spec = (await served.task(task_id))["spec"]
+    assert (spec["prompt"], spec["variables"]) == (prompt, variables)
+
+
+async def test_ids_with_control_characters_are_404(served: Running) -> None:
+    """A NUL in a task id or project name in the path is a 404 (no such thing can exist), on
+    PostgreSQL too, where it reached the database and was a 503."""
+    for method, path in [
+        ("GET", "/tasks/a%00b"),
+        ("POST", "/tasks/a%00b/cancel"),
+        ("GET", "/tasks/a%00b/events"),
+        ("GET", "/projects/a%00b"),
+        ("POST", "/project/a%00b/build"),
+    ]:
+        response = await served.client.request(method, path, json={"prompt": "x"})
+        assert response.status_code == 404, (path, response.text)
+        assert error_of(response)["code"] in ("task_not_found", "project_not_found")

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from forgeline.domain.errors import InvalidTimeoutError, PromptRequiredError, ValidationError
+from forgeline.domain.inputs import LINE, TEXT_CRLF, check_text
 
 #: Seconds an availability check (binary ``--version``, server health) may take before the
 #: provider is reported unavailable. Long enough for a cold start of a 245 MB native binary
@@ -91,6 +92,11 @@ class AgentRequest:
         """Raise a :class:`ValidationError` subclass for a request that can never run."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise PromptRequiredError
+        # These reach the agent's command line, where a NUL would cut them silently.
+        check_text(self.prompt, field="prompt", allow=TEXT_CRLF)
+        for name, value in (("resume_session", self.resume_session), ("model", self.model)):
+            if value is not None:
+                check_text(value, field=name, allow=LINE)
         check_timeout("timeout_s", self.timeout_s)
         check_timeout("idle_timeout_s", self.idle_timeout_s)
         if self.max_turns is not None and self.max_turns < 1:

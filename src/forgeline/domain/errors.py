@@ -61,9 +61,18 @@ class ForgelineError(Exception):
 
 
 class ValidationError(ForgelineError):
-    """Input that can never succeed; reported before any work starts."""
+    """Input that can never succeed; reported before any work starts.
+
+    ``field`` names the request field at fault when there is one (the message then starts
+    with it); ``reason`` is the message without that prefix.
+    """
 
     code = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
 
 
 class PromptRequiredError(ValidationError):

@@ -55,15 +55,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ForgelineError)
     async def domain_error(request: Request, exc: ForgelineError) -> JSONResponse:
         redactor = getattr(request.app.state, "redactor", None)
-        message = redactor.redact(exc.message) if redactor is not None else exc.message
+
+        def shown(text: str) -> str:
+            return redactor.redact(text) if redactor is not None else text
+
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         extra: dict[str, Any] = {}
         problems = getattr(exc, "problems", None)
         if isinstance(problems, dict):
             extra["fields"] = problems
+        elif isinstance(exc, ValidationError) and exc.field:
+            # The shape of a request validation error's fields, so clients read one shape.
+            extra["fields"] = [{"field": exc.field, "message": shown(exc.reason), "type": exc.code}]
         return JSONResponse(
             status_code=status_for(exc),
-            content=error_body(exc.code, message, **extra),
+            content=error_body(exc.code, shown(exc.message), **extra),
             headers=headers,
         )
 
