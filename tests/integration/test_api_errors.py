@@ -359,6 +359,42 @@ async def test_deep_data_stored_by_an_older_version_is_served(served: Running) -
     assert events[-1]["data"]["status"] == "cancelled"
 
 
+async def test_out_of_range_event_positions_are_422(served: Running) -> None:
+    """``?after`` and ``Last-Event-ID`` beyond a signed 64-bit integer, negative, or spelled
+    with other than ASCII digits (``²``, Arabic-Indic digits) are a 422 in both formats,
+    never a 500 or a broken stream; the largest position is a valid, empty resume."""
+    task_id = await served.build("app", prompt="x")
+    await served.client.post(f"/tasks/{task_id}/cancel")  # final: its stream ends
+    bad: list[tuple[dict[str, str], dict[str, str | bytes]]] = [
+        ({"after": str(2**63)}, {}),
+        ({"after": str(10**30)}, {}),
+        ({"after": "-1"}, {}),
+        ({"after": "²"}, {}),
+        ({"after": "\u0661\u0662"}, {}),  # Arabic-Indic 12: int() would take it
+        ({}, {"Last-Event-ID": str(10**30)}),
+        ({}, {"Last-Event-ID": str(2**63)}),
+        ({}, {"Last-Event-ID": "²".encode("latin-1")}),
+        ({}, {"Last-Event-ID": "\u0661".encode()}),
+        ({}, {"Last-Event-ID": "-5"}),
+        ({}, {"Last-Event-ID": "abc"}),
+    ]
+    for params, headers in bad:
+        for fmt in ("json", "sse"):
+            response = await served.client.get(
+                f"/tasks/{task_id}/events", params={**params, "format": fmt}, headers=headers
+            )
+            assert response.status_code == 422, (params, headers, fmt, response.text)
+            error_of(response)
+    last = str(2**63 - 1)
+    for params, headers in [({"after": last}, {}), ({}, {"Last-Event-ID": last})]:
+        response = await served.client.get(
+            f"/tasks/{task_id}/events", params={**params, "format": "json"}, headers=headers
+        )
+        assert (response.status_code, response.json()) == (200, [])
+    assert await served.events(task_id, last_event_id=2**63 - 1) == []
+    assert [e["type"] for e in await served.events(task_id)] == ["result"]
+
+
 BUILD = ("POST", "/project/app/build")
 PROJECT = ("POST", "/projects")
 

@@ -27,6 +27,10 @@ DEFAULT_AVAILABILITY_TIMEOUT: float = 5.0
 #: almost certainly a unit mistake (milliseconds for seconds) and would pin a worker slot.
 MAX_TIMEOUT_S: float = 24 * 3600.0
 
+#: The largest event position (``seq``) a client may name: a signed 64-bit integer, what
+#: both databases compare a position with.
+MAX_SEQ: int = 2**63 - 1
+
 #: Default wall-clock limit of a run when the request names none.
 DEFAULT_TIMEOUT_S: float = 1800.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline.bootstrap import Container
-from forgeline.domain.agent import MAX_TIMEOUT_S
+from forgeline.domain.agent import MAX_SEQ, MAX_TIMEOUT_S
 from forgeline.domain.errors import (
     InvalidProjectNameError,
     ProjectNotFoundError,
@@ -266,16 +267,15 @@ async def task_events(
     container: ContainerDep,
     _token: TokenDep,
     format: Annotated[Literal["sse", "json"], Query()] = "sse",  # noqa: A002 - the public name
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The task's normalized events: an SSE stream (``id:`` = seq, resumable with
     ``Last-Event-ID``) that ends after the ``result``; or, with ``?format=json``, the
-    events so far as one JSON array."""
+    events so far as one JSON array. Positions (``after``, ``Last-Event-ID``) are decimal
+    integers in ``[0, 2**63 - 1]``; others are a 422."""
+    start = max(after, _resume_position(last_event_id))
     await container.builds.get(task_id)  # 404 for an unknown task
-    start = after
-    if last_event_id and last_event_id.strip().isdigit():
-        start = max(start, int(last_event_id.strip()))
     if format == "json":
         events = await _all_events(container, task_id, start)
         body = "[" + ",".join(e.body for e in events) + "]"
@@ -285,6 +285,24 @@ async def task_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+#: An event position as a client may send it: ASCII digits (``str.isdigit`` and ``int``
+#: accept other scripts' digits too, and ``int`` not all of those).
+_POSITION = re.compile(r"[0-9]{1,19}")
+
+
+def _resume_position(last_event_id: str | None) -> int:
+    """The position in a ``Last-Event-ID`` header (0 when absent or blank)."""
+    text = (last_event_id or "").strip()
+    if not text:
+        return 0
+    if not _POSITION.fullmatch(text) or int(text) > MAX_SEQ:
+        raise ValidationError(
+            f"{text[:40]!r} is not an event position (a decimal integer up to {MAX_SEQ})",
+            field="Last-Event-ID",
+        )
+    return int(text)
 
 
 async def _all_events(container: Container, task_id: str, after: int) -> list[Any]:
