@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
+from tests.conftest import free_port
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 
 
@@ -458,3 +460,154 @@ async def test_ids_with_control_characters_are_404(served: Running) -> None:
         response = await served.client.request(method, path, json={"prompt": "x"})
         assert response.status_code == 404, (path, response.text)
         assert error_of(response)["code"] in ("task_not_found", "project_not_found")
+
+
+# --- values that would only fail later are refused when they are sent -------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"credentials": {"BAD-NAME": "deploy-token"}}, "credentials"),
+        ({"credentials": {"1ST": "deploy-token"}}, "credentials"),
+        ({"credentials": {"TOKEN": "no spaces please"}}, "credentials"),
+        ({"template": "no-such-template"}, "template"),
+        ({"repo_url": "file://{elsewhere}"}, "repo_url"),
+        ({"repo_url": "{elsewhere}"}, "repo_url"),
+        ({"repo_url": "relative/path.git"}, "repo_url"),
+        ({"repo_url": "ext::sh -c touch% /tmp/pwned"}, "repo_url"),
+    ],
+)
+async def test_project_values_that_would_fail_later_are_422(
+    api: Running, tmp_path: Path, body: dict[str, Any], field: str
+) -> None:
+    """Credential mappings with names no environment or store can hold, an unknown
+    template, and a remote that is a path outside forgeline's git directory are a 422
+    naming the field, and nothing is created (on disk neither)."""
+    elsewhere = tmp_path / "elsewhere.git"
+    if "repo_url" in body:
+        body = {"repo_url": body["repo_url"].replace("{elsewhere}", str(elsewhere))}
+    response = await api.client.post("/projects", json={"name": "later", **body})
+    assert response.status_code == 422, response.text
+    assert error_of(response)["message"].startswith(f"{field}: ")
+    assert field in fields_of(response)
+    assert (await api.client.get("/projects/later")).status_code == 404
+    assert not await asyncio.to_thread(elsewhere.exists)
+
+
+async def test_embedded_repositories_stay_allowed(api: Running) -> None:
+    """A path under the git directory (a repository forgeline made itself) is still a remote,
+    but not one that climbs out of it with ``..``."""
+    base = api.settings.git_base_url
+    shared = await api.create_project("shared", repo_url=f"{base}/team/shared.git")
+    assert shared["state"] == "ready"
+    assert await asyncio.to_thread((Path(base) / "team" / "shared.git" / "HEAD").exists)
+    climbing = await api.client.post(
+        "/projects", json={"name": "climb", "repo_url": f"{base}/../outside.git"}
+    )
+    assert fields_of(climbing) == ["repo_url"]
+
+
+async def test_unreachable_remote_is_424(api: Running) -> None:
+    """A remote nobody answers at is a 424 naming repo_url and git's reason (was a 500)."""
+    url = f"http://127.0.0.1:{free_port()}/nobody.git"
+    response = await api.client.post("/projects", json={"name": "remote", "repo_url": url})
+    assert response.status_code == 424, response.text
+    error = error_of(response)
+    assert error["code"] == "remote_unavailable"
+    assert error["message"].startswith(f"repo_url: cannot use the remote {url}: ")
+    assert (await api.client.get("/projects")).status_code == 200
+
+
+async def test_build_values_that_would_fail_later_are_refused(api: Running) -> None:
+    """A build naming an unknown template is a 422; a build of a project whose declared
+    credential exists in no scope is a 424 naming both names, and is accepted once the
+    credential is stored (globally or for the project)."""
+    response = await api.client.post(
+        "/project/app/build", json={"prompt": "x", "template": "no-such-template"}
+    )
+    assert fields_of(response) == ["template"]
+    assert "no-such-template" in error_of(response)["message"]
+
+    await api.create_project("vault", credentials={"DEPLOY_TOKEN": "deploy-token"})
+    response = await api.client.post("/project/vault/build", json={"prompt": "x"})
+    assert response.status_code == 424, response.text
+    error = error_of(response)
+    assert error["code"] == "credential_missing"
+    assert "'deploy-token' (for DEPLOY_TOKEN)" in error["message"]
+    assert await api.container.queue.count(status=TaskStatus.QUEUED) == 0
+    stored = await api.client.put(
+        "/credentials/deploy-token", params={"project": "vault"}, json={"value": "v-123456"}
+    )
+    assert stored.status_code == 200
+    assert (await api.client.post("/project/vault/build", json={"prompt": "x"})).status_code == 202
+
+
+async def test_unavailable_provider_is_424_where_builds_run(
+    tmp_path: Path, claude_bin: Path
+) -> None:
+    """A server that runs builds itself refuses one for a provider whose program it cannot
+    start: 424 naming the provider and why, and nothing is queued."""
+    settings = server_settings(
+        tmp_path / "data", claude_bin, workers=1, opencode_bin=str(tmp_path / "no-opencode")
+    )
+    async with running_forgeline(settings) as running:
+        await running.create_project("app")
+        response = await running.client.post(
+            "/project/app/build", json={"prompt": "x", "provider": "opencode"}
+        )
+        assert response.status_code == 424, response.text
+        error = error_of(response)
+        assert error["code"] == "agent_unavailable"
+        assert "provider 'opencode' is not available here" in error["message"]
+        assert "no-opencode" in error["message"]
+        assert await running.container.queue.count(status=TaskStatus.QUEUED) == 0
+
+
+@asynccontextmanager
+async def worker_of(running: Running) -> AsyncIterator[None]:
+    """A build worker on the server's adapters (as on another machine), stopped at the end."""
+    stop = asyncio.Event()
+    worker = running.container.worker("test-worker", concurrency=1)
+    task = asyncio.create_task(worker.run(stop), name="test-worker")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def test_unavailable_provider_fails_the_build_saying_why(
+    tmp_path: Path, claude_bin: Path
+) -> None:
+    """Where the API cannot know (its builds run elsewhere), the worker fails the build with
+    a last_error saying why the agent could not run (was empty for opencode)."""
+    settings = server_settings(
+        tmp_path / "data", claude_bin, workers=0, opencode_bin=str(tmp_path / "no-opencode")
+    )
+    async with running_forgeline(settings) as running:
+        await running.create_project("app")
+        task_id = await running.build("app", prompt="x", provider="opencode")
+        async with worker_of(running):
+            task = await running.wait_status(task_id, {"failed", "completed"})
+    assert task["status"] == "failed"
+    assert "no-opencode" in task["last_error"]
+    assert task["result"]["output"] == task["last_error"]
+
+
+async def test_prompt_stored_with_nul_fails_the_build_saying_why(
+    tmp_path: Path, claude_bin: Path
+) -> None:
+    """A prompt with a NUL stored by an older version never reaches the agent cut short:
+    the build fails, and its last_error names the prompt and the character."""
+    settings = server_settings(tmp_path / "data", claude_bin, workers=0)
+    async with running_forgeline(settings) as running:
+        await running.create_project("app")
+        request = BuildRequest("app", BuildSpec(prompt="AAA\u0000BBB"))
+        queued = await running.container.queue.enqueue(
+            "build", request.to_payload(), concurrency_key="app"
+        )
+        async with worker_of(running):
+            task = await running.wait_status(queued.task.id, {"failed", "completed"})
+    assert task["status"] == "failed"
+    assert "prompt: contains the character U+0000 at offset 3" in task["last_error"]

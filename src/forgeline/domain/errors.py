@@ -19,7 +19,7 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── TaskNotFoundError
     │   ├── TemplateNotFoundError
     │   └── CredentialNotFoundError
-    │       └── MissingCredentialsError  a project names credentials no scope holds
+    │       └── MissingCredentialsError  a project names credentials no scope holds (424)
     ├── ConflictError                   (409)
     │   ├── DuplicateProviderError
     │   ├── ProjectExistsError
@@ -29,13 +29,14 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     ├── QueueError
     │   └── LeaseLostError              a fenced worker touched a task it no longer owns
     ├── AgentError                      an agent could not be started or talked to
-    │   ├── AgentUnavailableError       binary missing, server unreachable
+    │   ├── AgentUnavailableError       binary missing, server unreachable (424)
     │   └── AgentProtocolError          output that breaks the protocol (e.g. a line over the cap)
     ├── WorkspaceError                  a command could not be run where builds run
     │   ├── CommandFailedError          ran, exited non-zero
     │   └── LineTooLongError            a command printed a line over the configured cap
     ├── GitError
-    │   └── PushRejectedError
+    │   ├── PushRejectedError
+    │   └── RemoteUnavailableError      a project's remote does not answer or refuses (424)
     ├── CredentialError                 wrong master key, tampered ciphertext
     ├── ExternalServiceError            an HTTP peer (Woodpecker, OpenCode) answered badly
     ├── TemplateError                   a template cannot be read or rendered
@@ -351,6 +352,18 @@ class PushRejectedError(GitError):
     def __init__(self, ref: str, reason: str) -> None:
         super().__init__(f"push of {ref} rejected: {reason}")
         self.ref = ref
+        self.reason = reason
+
+
+class RemoteUnavailableError(GitError):
+    """A project's remote repository cannot be read or written: its host does not answer
+    or refuses, or it holds no such repository. Worth retrying once that is fixed."""
+
+    code = "remote_unavailable"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"repo_url: cannot use the remote {url}: {reason}")
+        self.url = url
         self.reason = reason
 
 

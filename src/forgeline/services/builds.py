@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -9,15 +10,21 @@ from typing import Any, Protocol
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
+    AgentUnavailableError,
     CapacityError,
     ConflictError,
+    MissingCredentialsError,
+    TemplateNotFoundError,
     UnknownProviderError,
     ValidationError,
 )
+from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
+from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
 from forgeline.ports.store import Store
-from forgeline.services.registry import ProviderRegistry
+from forgeline.ports.templates import TemplateProvider
+from forgeline.services.registry import AvailabilityCache, ProviderRegistry
 
 #: The queue ``kind`` of build tasks.
 BUILD_KIND = "build"
@@ -62,7 +69,12 @@ class BuildRequest:
 
 
 class BuildService:
-    """Validates build requests and puts them in the queue, one line per project."""
+    """Validates build requests and puts them in the queue, one line per project.
+
+    With ``check_availability`` (this process runs builds itself), a build for a provider
+    whose program is not available here is refused at once; without it (an API whose
+    builds run on other machines) only the worker can tell, and the build fails saying why.
+    """
 
     def __init__(
         self,
@@ -73,6 +85,9 @@ class BuildService:
         max_queued_per_project: int,
         check_callback_url: Callable[[str], Awaitable[Any]] | None = None,
         callbacks: Calls | None = None,
+        templates: TemplateProvider | None = None,
+        credentials: CredentialStore | None = None,
+        check_availability: bool = False,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -80,6 +95,9 @@ class BuildService:
         self._max_queued = max_queued_per_project
         self._check_callback_url = check_callback_url
         self._callbacks = callbacks
+        self._templates = templates
+        self._credentials = credentials
+        self._availability = AvailabilityCache() if check_availability else None
 
     async def submit(
         self, project_name: str, spec: BuildSpec, *, idempotency_key: str | None = None
@@ -87,7 +105,10 @@ class BuildService:
         """Queue a build of ``project_name``; the same idempotency key gives the same task.
 
         Raises ``ProjectNotFoundError`` (404), ``ValidationError`` (422: blank prompt, bad
-        timeout, unknown provider, refused callback URL) or ``CapacityError`` (429).
+        timeout, unknown provider or template, refused callback URL),
+        ``AgentUnavailableError`` or ``MissingCredentialsError`` (424: the provider's
+        program is missing here, the project declares a credential no scope holds) or
+        ``CapacityError`` (429).
         """
         spec.validate()
         key = f"{project_name}:{idempotency_key}" if idempotency_key else None
@@ -102,11 +123,7 @@ class BuildService:
             raise ConflictError(
                 f"project {project.name!r} is {project.state}: create it again to finish"
             )
-        if spec.provider:
-            try:
-                self._registry.get(spec.provider)
-            except UnknownProviderError as exc:
-                raise ValidationError(exc.message) from exc
+        await self._check_dependencies(project, spec)
         if spec.callback_url and self._check_callback_url is not None:
             await self._check_callback_url(spec.callback_url)
         queued = await self._queue.count(status=TaskStatus.QUEUED, concurrency_key=project.name)
@@ -122,6 +139,31 @@ class BuildService:
             idempotency_key=key,
             concurrency_key=project.name,
         )
+
+    async def _check_dependencies(self, project: Project, spec: BuildSpec) -> None:
+        """Refuse now what the worker could only fail on: an unknown provider or template,
+        a provider missing here, credentials the project declares that no scope holds."""
+        try:
+            agent = self._registry.get(spec.provider)
+        except UnknownProviderError as exc:
+            raise ValidationError(exc.message, field="provider") from exc
+        if spec.template and self._templates is not None:
+            try:
+                await asyncio.to_thread(self._templates.get_template, spec.template)
+            except TemplateNotFoundError as exc:
+                raise ValidationError(exc.message, field="template") from exc
+        if self._availability is not None:
+            capabilities = await self._availability.check(agent)
+            if not capabilities.available:
+                raise AgentUnavailableError(
+                    f"provider {agent.name!r} is not available here: {capabilities.detail}",
+                    provider=agent.name,
+                )
+        if project.credentials and self._credentials is not None:
+            held = {c.name for c in await self._credentials.list(project=project.name)}
+            missing = {var: n for var, n in project.credentials.items() if n not in held}
+            if missing:
+                raise MissingCredentialsError(project.name, missing)
 
     async def get(self, task_id: str) -> WorkTask:
         """The task, or ``TaskNotFoundError``."""

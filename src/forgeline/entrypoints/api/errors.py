@@ -11,19 +11,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgeline.domain.errors import (
+    AgentUnavailableError,
     AuthError,
     CapacityError,
     ConflictError,
     CredentialError,
     ExternalServiceError,
     ForgelineError,
+    MissingCredentialsError,
     NotFoundError,
+    RemoteUnavailableError,
     StorageError,
     ValidationError,
 )
 
-#: Domain error → HTTP status, most specific first.
+#: Domain error → HTTP status, most specific first. 424 (Failed Dependency): the request
+#: is sound but needs something known and unavailable now (an agent's program, a remote,
+#: a credential the project declares); it may succeed once that is fixed.
 _STATUSES: tuple[tuple[type[ForgelineError], int], ...] = (
+    (AgentUnavailableError, 424),
+    (MissingCredentialsError, 424),
+    (RemoteUnavailableError, 424),
     (ValidationError, 422),
     (NotFoundError, 404),
     (ConflictError, 409),
