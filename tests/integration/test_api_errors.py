@@ -462,6 +462,56 @@ async def test_ids_with_control_characters_are_404(served: Running) -> None:
         assert error_of(response)["code"] in ("task_not_found", "project_not_found")
 
 
+async def test_idempotency_key_reused_for_another_request_is_422(served: Running) -> None:
+    """The same Idempotency-Key with the same request (defaults spelled out or not) gives
+    the first task back; with another body it is a 422 saying the key was used for another
+    request, and nothing is queued. Keys are scoped per token and per project."""
+    headers = {"Idempotency-Key": "order-42"}
+    first = await served.client.post("/project/app/build", json={"prompt": "x"}, headers=headers)
+    assert first.status_code == 202
+    task_id = first.json()["task_id"]
+    for body in ({"prompt": "x"}, {"prompt": "x", "timeout_s": 1800, "auto_deploy": True}):
+        again = await served.client.post("/project/app/build", json=body, headers=headers)
+        assert (again.status_code, again.json()["task_id"]) == (200, task_id)
+    other = await served.client.post("/project/app/build", json={"prompt": "y"}, headers=headers)
+    assert other.status_code == 422
+    error = error_of(other)
+    assert error["code"] == "idempotency_key_reused"
+    assert "order-42" in error["message"]
+    assert "another request" in error["message"]
+    assert await served.container.queue.count(status=TaskStatus.QUEUED) == 1
+
+    bot = await AuthService(served.container.store).create("bot", Role.BUILDER)
+    as_bot = {**headers, "Authorization": f"Bearer {bot.value}"}
+    theirs = await served.client.post("/project/app/build", json={"prompt": "y"}, headers=as_bot)
+    assert theirs.status_code == 202
+    assert theirs.json()["task_id"] != task_id
+    await served.create_project("other")
+    elsewhere = await served.client.post(
+        "/project/other/build", json={"prompt": "y"}, headers=headers
+    )
+    assert elsewhere.status_code == 202
+
+
+async def test_concurrent_requests_with_one_key_make_one_task(served: Running) -> None:
+    """Requests racing with one key: one is accepted, the same body gets its task back, the
+    other body a 422; exactly one task exists."""
+    headers = {"Idempotency-Key": "race"}
+    bodies = [{"prompt": "a"}, {"prompt": "b"}] * 4
+    responses = await asyncio.gather(
+        *(served.client.post("/project/app/build", json=b, headers=headers) for b in bodies)
+    )
+    assert sorted(r.status_code for r in responses).count(202) == 1
+    [winner] = [b for b, r in zip(bodies, responses, strict=True) if r.status_code == 202]
+    task_id = next(r.json()["task_id"] for r in responses if r.status_code == 202)
+    for body, response in zip(bodies, responses, strict=True):
+        if body == winner:
+            assert response.json()["task_id"] == task_id
+        else:
+            assert response.status_code == 422
+    assert await served.container.queue.count(status=TaskStatus.QUEUED) == 1
+
+
 # --- values that would only fail later are refused when they are sent -------------------------
 
 

@@ -12,7 +12,8 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── InvalidTimeoutError
     │   ├── InvalidProjectNameError
     │   ├── TemplateVariablesError
-    │   └── InvalidCallbackUrlError     scheme, host or address not allowed for callbacks
+    │   ├── InvalidCallbackUrlError     scheme, host or address not allowed for callbacks
+    │   └── IdempotencyKeyReusedError   an Idempotency-Key sent again with another request
     ├── NotFoundError                   (404)
     │   ├── UnknownProviderError
     │   ├── ProjectNotFoundError
@@ -134,6 +135,20 @@ class InvalidCallbackUrlError(ValidationError):
         super().__init__(f"callback URL {url} refused: {reason}")
         self.url = url
         self.reason = reason
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """An ``Idempotency-Key`` already used for a different request by the same client."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the key {key!r} was already used for another request; a retry must send the"
+            " same body, a new request needs a new key",
+            field="Idempotency-Key",
+        )
+        self.key = key
 
 
 class NotFoundError(ForgelineError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -13,6 +15,7 @@ from forgeline.domain.errors import (
     AgentUnavailableError,
     CapacityError,
     ConflictError,
+    IdempotencyKeyReusedError,
     MissingCredentialsError,
     TemplateNotFoundError,
     UnknownProviderError,
@@ -67,6 +70,13 @@ class BuildRequest:
             project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"])
         )
 
+    def digest(self) -> str:
+        """SHA-256 of the request's canonical JSON (the validated spec with its defaults,
+        keys sorted): what an ``Idempotency-Key`` is stored with, so a retry can be told
+        from another request sent under the same key."""
+        canonical = json.dumps(self.to_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 class BuildService:
     """Validates build requests and puts them in the queue, one line per project.
@@ -100,9 +110,19 @@ class BuildService:
         self._availability = AvailabilityCache() if check_availability else None
 
     async def submit(
-        self, project_name: str, spec: BuildSpec, *, idempotency_key: str | None = None
+        self,
+        project_name: str,
+        spec: BuildSpec,
+        *,
+        idempotency_key: str | None = None,
+        client: str = "",
     ) -> Enqueued:
-        """Queue a build of ``project_name``; the same idempotency key gives the same task.
+        """Queue a build of ``project_name``.
+
+        An ``idempotency_key`` is scoped to the ``client`` (the caller's token) and the
+        project: sent again with the same request it gives the first task back
+        (``created=False``), even once the queue is full; with another request it is an
+        ``IdempotencyKeyReusedError`` (422).
 
         Raises ``ProjectNotFoundError`` (404), ``ValidationError`` (422: blank prompt, bad
         timeout, unknown provider or template, refused callback URL),
@@ -111,13 +131,16 @@ class BuildService:
         ``CapacityError`` (429).
         """
         spec.validate()
-        key = f"{project_name}:{idempotency_key}" if idempotency_key else None
-        if key is not None:
+        request = BuildRequest(project_name, spec)
+        digest = request.digest()
+        key = None
+        if idempotency_key:
+            key = f"{client}:{project_name}:{idempotency_key}"
             # A retry of an accepted request gets its task back, whatever changed since
             # (the project's queue may be full by now).
             existing = await self._queue.find_by_idempotency_key(key)
             if existing is not None:
-                return Enqueued(task=existing, created=False)
+                return _replayed(existing, digest, idempotency_key)
         project = await self._store.get_project(project_name)
         if project.state != "ready":
             raise ConflictError(
@@ -132,13 +155,18 @@ class BuildService:
                 f"project {project.name!r} has {queued} queued builds"
                 f" (the cap is {self._max_queued})"
             )
-        return await self._queue.enqueue(
+        enqueued = await self._queue.enqueue(
             BUILD_KIND,
-            BuildRequest(project.name, spec).to_payload(),
+            request.to_payload(),
             max_attempts=BUILD_MAX_ATTEMPTS,
             idempotency_key=key,
+            request_hash=digest if key is not None else None,
             concurrency_key=project.name,
         )
+        if idempotency_key and not enqueued.created:
+            # A concurrent request with the same key was stored first.
+            return _replayed(enqueued.task, digest, idempotency_key)
+        return enqueued
 
     async def _check_dependencies(self, project: Project, spec: BuildSpec) -> None:
         """Refuse now what the worker could only fail on: an unknown provider or template,
@@ -184,6 +212,14 @@ class BuildService:
                 provider=self._registry.default_name or "forgeline",
             )
         return task
+
+
+def _replayed(task: WorkTask, digest: str, idempotency_key: str) -> Enqueued:
+    """The task an idempotency key was first used for, if this is the same request.
+    Tasks stored before requests were hashed (no ``request_hash``) match any request."""
+    if task.request_hash is not None and task.request_hash != digest:
+        raise IdempotencyKeyReusedError(idempotency_key)
+    return Enqueued(task=task, created=False)
 
 
 async def finish_without_run(

@@ -200,13 +200,18 @@ class Accepted(BaseModel):
 async def build(
     name: ProjectName,
     body: BuildIn,
+    *,
     container: ContainerDep,
-    _token: TokenDep,
+    token: TokenDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Accepted:
-    """Queue a build; the same ``Idempotency-Key`` returns the same task."""
-    enqueued = await container.builds.submit(name, body.spec(), idempotency_key=idempotency_key)
+    """Queue a build. A retry with the same ``Idempotency-Key`` (same token, same project)
+    and the same body returns the task of the first request (200); the key with another
+    body is a 422."""
+    enqueued = await container.builds.submit(
+        name, body.spec(), idempotency_key=idempotency_key, client=token.id
+    )
     response.headers["Location"] = f"/tasks/{enqueued.task.id}"
     if not enqueued.created:
         response.status_code = 200
