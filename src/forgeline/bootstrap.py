@@ -443,6 +443,10 @@ async def _assemble(
             max_queued_per_project=settings.max_queued_per_project,
             check_callback_url=callback_policy.check,
             callbacks=callbacks,
+            templates=templates,
+            credentials=credentials,
+            # Only a process that runs builds knows whether their agents can run.
+            check_availability=settings.workers > 0,
         ),
         projects=ProjectService(
             ProjectConfig(

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from forgeline.domain.inputs import map_json
+
 
 class _Snapshot(NamedTuple):
     """What readers of a :class:`Redactor` use, swapped whole on registration."""
@@ -144,19 +146,11 @@ class Redactor:
         return text
 
     def redact_obj(self, obj: Any) -> Any:
-        """Redact every string inside a JSON-like structure (keys included)."""
+        """Redact every string inside a JSON-like structure (keys included), however deep it
+        is nested (an agent's tool input, data stored by an older version)."""
         if self._snapshot is None:
             return obj
-        if isinstance(obj, str):
-            return self.redact(obj)
-        if isinstance(obj, Mapping):
-            return {
-                (self.redact(k) if isinstance(k, str) else k): self.redact_obj(v)
-                for k, v in obj.items()
-            }
-        if isinstance(obj, list | tuple):
-            return [self.redact_obj(v) for v in obj]
-        return obj
+        return map_json(obj, text=self.redact)
 
     def processor(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]

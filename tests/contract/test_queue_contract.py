@@ -136,6 +136,29 @@ async def test_idempotency_key_returns_existing(q: Queue) -> None:
     assert await q.count(status=TaskStatus.QUEUED) == 1
 
 
+async def test_request_hash_is_kept_with_the_key(q: Queue) -> None:
+    """A task keeps the request hash it was enqueued with; a clash on its idempotency key
+    (one by one or in a batch) returns it with the first request's hash, so the caller
+    can tell a retry from another request."""
+    first = await q.enqueue("build", {"a": 1}, idempotency_key="req-h", request_hash="h1")
+    assert first.task.request_hash == "h1"
+    assert (await q.get(first.task.id)).request_hash == "h1"
+    again = await q.enqueue("build", {"a": 2}, idempotency_key="req-h", request_hash="h2")
+    assert (again.created, again.task.id, again.task.request_hash) == (False, first.task.id, "h1")
+    batched, fresh = await q.enqueue_many(
+        [
+            NewTask("build", {}, idempotency_key="req-h", request_hash="h3"),
+            NewTask("build", {}, idempotency_key="req-b", request_hash="h4"),
+        ]
+    )
+    assert batched.task.request_hash == "h1"
+    assert fresh.task.request_hash == (await q.get(fresh.task.id)).request_hash == "h4"
+    found = await q.find_by_idempotency_key("req-h")
+    assert found is not None
+    assert found.request_hash == "h1"
+    assert (await q.enqueue("build", {})).task.request_hash is None
+
+
 async def test_find_by_idempotency_key(q: Queue) -> None:
     """The task of an idempotency key is found without enqueuing; an unknown key is None."""
     first = await q.enqueue("build", {"a": 1}, idempotency_key="req-9")

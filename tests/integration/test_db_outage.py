@@ -108,7 +108,8 @@ async def _works_again(api: Running, task_id: str, pg_url: str) -> None:
     assert retried.status_code in (200, 202), retried.text
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(
-            "select id from tasks where idempotency_key = 'app:outage-1'"
+            # Keys are scoped to the caller's token and the project.
+            "select id from tasks where idempotency_key like '%:app:outage-1'"
         ).fetchall()
     assert [row[0] for row in rows] == [retried.json()["task_id"]]
 

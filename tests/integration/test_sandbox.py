@@ -45,7 +45,8 @@ from tests.support.forgeline_server import (
     running_forgeline,
     server_settings,
 )
-from tests.support.openai_server import ScriptedOpenAI, scripted_openai
+from tests.support.openai_server import RecordedRequest, ScriptedOpenAI, scripted_openai
+from tests.support.openai_server import Reply as OpenAIReply
 from tests.support.serve_process import admin_client, fleet, live_processes, wait_until_gone
 
 __all__ = ["scripted_openai"]  # the module-scoped fixture, re-exported for pytest
@@ -243,43 +244,63 @@ def test_sigkill_of_serve_ends_its_agent_at_once(tmp_path: Path, env: dict[str, 
 def test_sigkill_of_serve_ends_its_opencode_server(
     tmp_path: Path, env: dict[str, str], scripted_openai: ScriptedOpenAI, opencode_bin: Path
 ) -> None:
-    """An OpenCode build's sandboxed ``opencode serve`` and its Bash tool die with a
-    SIGKILLed ``serve`` within a second."""
+    """An OpenCode build's sandboxed ``opencode serve`` and its bash tool die with a
+    SIGKILLed ``serve`` within a second; a restarted serve finishes the build, and the
+    commit holds only what the completing attempt wrote."""
+    sleep_arg = f"{60 + secrets.randbelow(30)}.{secrets.randbelow(10**6):06d}"
+    bash_runs: list[None] = []
+
+    def script(request: RecordedRequest) -> OpenAIReply:
+        if request.is_title_request:
+            return OpenAIReply(text="title")
+        if request.last_role == "tool":
+            return OpenAIReply(text="done")
+        bash_runs.append(None)
+        command = (
+            f"echo first >> log.txt; sleep {sleep_arg}; echo late >> log.txt"
+            if len(bash_runs) == 1
+            else "echo second >> log.txt"
+        )
+        return OpenAIReply(tool="bash", arguments={"command": command, "description": "work"})
+
     scripted_openai.reset()
+    scripted_openai.script = script
     data = tmp_path / "data"
     config = tmp_path / "opencode.json"
     config.write_text(json.dumps(scripted_openai.opencode_config()))
-    sleep_arg = f"{60 + secrets.randbelow(30)}.{secrets.randbelow(10**6):06d}"
-    with fleet(
-        tmp_path,
-        {
-            **env,
-            "FORGELINE_OPENCODE_BIN": str(opencode_bin),
-            "FORGELINE_OPENCODE_CONFIG": str(config),
-        },
-    ) as f:
-        base = f.serve("serve", data_dir=data)
-        with admin_client(base, data) as http:
-            assert http.post("/projects", json={"name": "oc"}).status_code == 201
-            task_id = http.post(
-                "/project/oc/build",
-                json={
-                    "prompt": f"BASHSLEEP={sleep_arg}:marker.txt",
-                    "provider": "opencode",
-                    "model": "fake/fake-model",
-                },
-            ).json()["task_id"]
-            deadline = time.monotonic() + 60
-            while not live_processes(f"sleep {sleep_arg}"):
-                task = http.get(f"/tasks/{task_id}").json()
-                assert task["status"] in {"queued", "running"}, task
-                assert time.monotonic() < deadline, "the bash tool never started"
-                time.sleep(0.1)
-        assert live_processes(f"{data}/agents/opencode/")
-        f.procs["serve"].send_signal(signal.SIGKILL)
-        f.procs["serve"].wait(timeout=10)
-        assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
-        assert wait_until_gone(str(data), within_s=1.0) == []
+    opencode = {
+        "FORGELINE_OPENCODE_BIN": str(opencode_bin),
+        "FORGELINE_OPENCODE_CONFIG": str(config),
+        "FORGELINE_LEASE_SECONDS": "2",
+    }
+    try:
+        with fleet(tmp_path, {**env, **opencode}) as f:
+            base = f.serve("first", data_dir=data)
+            with admin_client(base, data) as http:
+                assert http.post("/projects", json={"name": "oc"}).status_code == 201
+                body = {"prompt": "work", "provider": "opencode", "model": "fake/fake-model"}
+                task_id = http.post("/project/oc/build", json=body).json()["task_id"]
+                deadline = time.monotonic() + 60
+                while not live_processes(f"sleep {sleep_arg}"):
+                    task = http.get(f"/tasks/{task_id}").json()
+                    assert task["status"] in {"queued", "running"}, task
+                    assert time.monotonic() < deadline, "the bash tool never started"
+                    time.sleep(0.1)
+            assert live_processes(f"{data}/agents/opencode/")
+            f.procs["first"].send_signal(signal.SIGKILL)
+            f.procs["first"].wait(timeout=10)
+            assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
+            assert wait_until_gone(str(data), within_s=1.0) == []
+
+            base = f.serve("second", data_dir=data)
+            with admin_client(base, data) as http:
+                task = wait_task(http, task_id, {"completed", "failed"})
+                assert task["status"] == "completed", task
+                assert task["attempts"] == 2
+        assert git("show", "main:log.txt", cwd=data / "git" / "oc.git") == "second"
+        assert wait_until_gone(str(data), within_s=5.0) == []
+    finally:
+        scripted_openai.reset()
 
 
 async def test_platform_secrets_are_masked_from_start_up(tmp_path: Path, claude_bin: Path) -> None:

@@ -27,6 +27,15 @@ from forgeline.domain.errors import (
     PromptRequiredError,
     ValidationError,
 )
+from forgeline.domain.inputs import (
+    LINE,
+    TEXT,
+    TEXT_CRLF,
+    TOO_DEEP,
+    check_json,
+    check_text,
+    map_json,
+)
 from forgeline.domain.secrets import Secret
 
 
@@ -130,3 +139,82 @@ def test_secret_never_prints_its_value() -> None:
     assert "hunter2" not in shown
     assert "[REDACTED:db]" in shown
     assert secret.reveal() == "hunter2-very-secret"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"prompt": "AAA\x00BBB"}, "prompt"),
+        ({"prompt": "ring \x07"}, "prompt"),
+        ({"resume_session": "abc\x00"}, "resume_session"),
+        ({"resume_session": "abc\ndef"}, "resume_session"),
+        ({"model": "sonnet\x1b"}, "model"),
+    ],
+)
+def test_request_refuses_control_characters(changes: dict[str, str], field: str) -> None:
+    """What reaches an agent's command line holds no NUL (argv would cut it there) nor
+    another control character; prompts may hold tab, newline and CR LF."""
+    with pytest.raises(ValidationError) as caught:
+        AgentRequest(**{"prompt": "x", "workdir": "/w", **changes}).validate()  # type: ignore[arg-type]
+    assert caught.value.field == field
+    AgentRequest(prompt="one\r\ntwo\tthree\n", workdir="/w").validate()
+
+
+@pytest.mark.parametrize(
+    ("allow", "good", "bad"),
+    [
+        (LINE, "plain name-1.2", "a tab\t"),
+        (TEXT, "two\nlines\tand a tab", "cr\r"),
+        (TEXT_CRLF, "crlf\r\nline", "nul\x00"),
+        (TEXT_CRLF, "unicode ü ✓ \u2028", "c1 \x85"),
+        (TEXT_CRLF, "fine", "lone surrogate \ud800"),
+        (TEXT_CRLF, "fine", "del \x7f"),
+    ],
+)
+def test_check_text(allow: str, good: str, bad: str) -> None:
+    """Only the allowed control characters pass; the error names the field, the code
+    point and where it is."""
+    assert check_text(good, field="f", allow=allow) == good
+    with pytest.raises(ValidationError, match=r"^f: contains the character U\+") as caught:
+        check_text(bad, field="f", allow=allow)
+    assert f"offset {len(bad) - 1}" in caught.value.message
+
+
+def test_check_json_bounds_depth_size_and_content() -> None:
+    """Plain JSON within the bounds passes; deeper, larger, non-finite, non-JSON values
+    and control characters (in keys too) are refused, naming where."""
+    ok = {"a": [1, 2.5, True, None, {"b": "two\nlines"}]}
+    assert check_json(ok, field="v") is ok
+    deep: dict[str, object] = {}
+    for _ in range(100_000):  # far past any recursion limit
+        deep = {"a": deep}
+    with pytest.raises(ValidationError, match="v: nested deeper than 32 levels"):
+        check_json(deep, field="v")
+    with pytest.raises(ValidationError, match="limit is 10"):
+        check_json({"a": "x" * 10}, field="v", max_chars=10)
+    with pytest.raises(ValidationError, match=r"v\.a\[1\]: numbers must be finite"):
+        check_json({"a": [1, math.nan]}, field="v")
+    with pytest.raises(ValidationError, match=r"v\.a: contains the character U\+0000"):
+        check_json({"a": "\x00"}, field="v")
+    with pytest.raises(ValidationError, match=r"v \(a key\): contains the character U\+000A"):
+        check_json({"a\nb": 1}, field="v")
+    with pytest.raises(ValidationError, match="set is not a JSON value"):
+        check_json({"a": {1}}, field="v")
+
+
+def test_map_json_is_iterative_and_cuts_deep_values() -> None:
+    """A copy with every string (keys too) mapped, however deep; containers deeper than
+    ``max_depth`` become the TOO_DEEP marker; tuples become lists, order is kept."""
+    deep: object = "leaf"
+    for _ in range(100_000):
+        deep = {"k": [deep]}
+    copied = map_json(deep, text=str.upper)
+    for _ in range(100_000):
+        assert isinstance(copied, dict)
+        copied = copied["K"][0]
+    assert copied == "LEAF"
+    assert map_json({"a": {"b": {"c": 1}}, "t": (1, "x")}, max_depth=2) == {
+        "a": {"b": TOO_DEEP},
+        "t": [1, "x"],
+    }
+    assert list(map_json({"z": 1, "a": 2, "m": 3})) == ["z", "a", "m"]

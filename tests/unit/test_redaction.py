@@ -242,3 +242,18 @@ def test_redact_event_without_secrets_is_identity(redactor: Redactor) -> None:
     """An event with nothing to mask is returned as it is."""
     event = _event(MessageData(role="assistant", text="hello"))
     assert redact_event(event, redactor) is event
+
+
+def test_deeply_nested_objects_are_redacted_without_recursion(redactor: Redactor) -> None:
+    """A structure nested far past the recursion limit (an agent's tool input, data an older
+    version stored) is redacted all the way down, keys included."""
+    obj: object = {"token": TOKEN}
+    for _ in range(50_000):
+        obj = {f"k-{KEY}": [obj]}
+    redacted = redactor.redact_obj(obj)
+    for _ in range(50_000):
+        assert isinstance(redacted, dict)
+        [(key, value)] = redacted.items()
+        assert key == "k-[REDACTED:anthropic-key]"
+        redacted = value[0]
+    assert redacted == {"token": "[REDACTED:git-token]"}

@@ -85,7 +85,8 @@ async def test_a_missing_program_is_named(sandbox: BubblewrapWorkspace, tmp_path
 
 
 def test_the_cli_install_is_the_outermost_node_modules(tmp_path: Path) -> None:
-    """An npm launcher's native binary sits in a sibling package: the whole tree is shown."""
+    """An npm launcher's native binary sits in a sibling package: the whole tree is shown;
+    any other program is shown alone (not its directory's neighbours)."""
     binary = tmp_path / "tools" / "node_modules" / "pkg" / "bin" / "cli.exe"
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
@@ -93,8 +94,10 @@ def test_the_cli_install_is_the_outermost_node_modules(tmp_path: Path) -> None:
     link = tmp_path / "tools" / "node_modules" / ".bin" / "cli"
     link.parent.mkdir()
     link.symlink_to(binary)
-    assert install_root(str(link), None) == str(tmp_path / "tools" / "node_modules")
-    assert install_root("sh", ENV["PATH"]) == "/usr/bin"
+    tree = str(tmp_path / "tools" / "node_modules")
+    assert install_root(str(link), None) == (tree, str(link))
+    sh = str(Path("/usr/bin/sh").resolve())
+    assert install_root("sh", ENV["PATH"]) == (sh, sh)
     assert install_root("no-such-program-here", ENV["PATH"]) is None
 
 
@@ -149,3 +152,24 @@ async def test_check_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="bubblewrap") as raised:
         await broken.check()
     assert "FORGELINE_SANDBOX=none" in raised.value.message
+
+
+async def test_the_single_stage_sandbox_of_an_unprivileged_forgeline(
+    private: Path,
+) -> None:
+    """Run by a non-root forgeline, one bwrap does it all (its user namespace maps uid 1000
+    to forgeline's own); the same view: the checkout writable, its .git and the system not,
+    the data directory's secrets absent."""
+    sandbox = BubblewrapWorkspace()
+    sandbox._as_root = False  # the command line a non-root process builds
+    checkout = private / "checkouts" / "p" / "attempt"
+    script = (
+        f"id -u; echo ok > made.txt; cat {private}/master.key 2>/dev/null || echo key-absent; "
+        "touch .git/x 2>/dev/null || echo git-read-only"
+    )
+    result = await sandbox.run(
+        ["sh", "-c", script], cwd=str(checkout), env=ENV, timeout_s=30, writable=[str(checkout)]
+    )
+    assert result.ok, result.stderr
+    assert result.stdout.decode().split() == ["1000", "key-absent", "git-read-only"]
+    assert (checkout / "made.txt").read_text() == "ok\n"

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
 
 from forgeline.domain.errors import InvalidTimeoutError, PromptRequiredError, ValidationError
+from forgeline.domain.inputs import LINE, TEXT_CRLF, check_text
 
 #: Seconds an availability check (binary ``--version``, server health) may take before the
 #: provider is reported unavailable. Long enough for a cold start of a 245 MB native binary
@@ -28,6 +29,10 @@ DEFAULT_AVAILABILITY_TIMEOUT: float = 5.0
 #: The longest wall-clock timeout a request may ask for: 24 hours. Anything longer is
 #: almost certainly a unit mistake (milliseconds for seconds) and would pin a worker slot.
 MAX_TIMEOUT_S: float = 24 * 3600.0
+
+#: The largest event position (``seq``) a client may name: a signed 64-bit integer, what
+#: both databases compare a position with.
+MAX_SEQ: int = 2**63 - 1
 
 #: Default wall-clock limit of a run when the request names none.
 DEFAULT_TIMEOUT_S: float = 1800.0
@@ -94,6 +99,11 @@ class AgentRequest:
         """Raise a :class:`ValidationError` subclass for a request that can never run."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise PromptRequiredError
+        # These reach the agent's command line, where a NUL would cut them silently.
+        check_text(self.prompt, field="prompt", allow=TEXT_CRLF)
+        for name, value in (("resume_session", self.resume_session), ("model", self.model)):
+            if value is not None:
+                check_text(value, field=name, allow=LINE)
         check_timeout("timeout_s", self.timeout_s)
         check_timeout("idle_timeout_s", self.idle_timeout_s)
         if self.max_turns is not None and self.max_turns < 1:

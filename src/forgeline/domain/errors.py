@@ -12,14 +12,15 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── InvalidTimeoutError
     │   ├── InvalidProjectNameError
     │   ├── TemplateVariablesError
-    │   └── InvalidCallbackUrlError     scheme, host or address not allowed for callbacks
+    │   ├── InvalidCallbackUrlError     scheme, host or address not allowed for callbacks
+    │   └── IdempotencyKeyReusedError   an Idempotency-Key sent again with another request
     ├── NotFoundError                   (404)
     │   ├── UnknownProviderError
     │   ├── ProjectNotFoundError
     │   ├── TaskNotFoundError
     │   ├── TemplateNotFoundError
     │   └── CredentialNotFoundError
-    │       └── MissingCredentialsError  a project names credentials no scope holds
+    │       └── MissingCredentialsError  a project names credentials no scope holds (424)
     ├── ConflictError                   (409)
     │   ├── DuplicateProviderError
     │   ├── ProjectExistsError
@@ -29,13 +30,14 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     ├── QueueError
     │   └── LeaseLostError              a fenced worker touched a task it no longer owns
     ├── AgentError                      an agent could not be started or talked to
-    │   ├── AgentUnavailableError       binary missing, server unreachable
+    │   ├── AgentUnavailableError       binary missing, server unreachable (424)
     │   └── AgentProtocolError          output that breaks the protocol (e.g. a line over the cap)
     ├── WorkspaceError                  a command could not be run where builds run
     │   ├── CommandFailedError          ran, exited non-zero
     │   └── LineTooLongError            a command printed a line over the configured cap
     ├── GitError
-    │   └── PushRejectedError
+    │   ├── PushRejectedError
+    │   └── RemoteUnavailableError      a project's remote does not answer or refuses (424)
     ├── CredentialError                 wrong master key, tampered ciphertext
     ├── ExternalServiceError            an HTTP peer (Woodpecker, OpenCode) answered badly
     ├── TemplateError                   a template cannot be read or rendered
@@ -61,9 +63,18 @@ class ForgelineError(Exception):
 
 
 class ValidationError(ForgelineError):
-    """Input that can never succeed; reported before any work starts."""
+    """Input that can never succeed; reported before any work starts.
+
+    ``field`` names the request field at fault when there is one (the message then starts
+    with it); ``reason`` is the message without that prefix.
+    """
 
     code = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
 
 
 class PromptRequiredError(ValidationError):
@@ -124,6 +135,20 @@ class InvalidCallbackUrlError(ValidationError):
         super().__init__(f"callback URL {url} refused: {reason}")
         self.url = url
         self.reason = reason
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """An ``Idempotency-Key`` already used for a different request by the same client."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the key {key!r} was already used for another request; a retry must send the"
+            " same body, a new request needs a new key",
+            field="Idempotency-Key",
+        )
+        self.key = key
 
 
 class NotFoundError(ForgelineError):
@@ -342,6 +367,18 @@ class PushRejectedError(GitError):
     def __init__(self, ref: str, reason: str) -> None:
         super().__init__(f"push of {ref} rejected: {reason}")
         self.ref = ref
+        self.reason = reason
+
+
+class RemoteUnavailableError(GitError):
+    """A project's remote repository cannot be read or written: its host does not answer
+    or refuses, or it holds no such repository. Worth retrying once that is fixed."""
+
+    code = "remote_unavailable"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"repo_url: cannot use the remote {url}: {reason}")
+        self.url = url
         self.reason = reason
 
 

@@ -37,6 +37,8 @@ class WorkTask:
 
     ``lease_token`` is the fencing token of the current (or last) claim: it grows with
     every claim, so a worker holding an older token can no longer change the task.
+    ``request_hash`` is the digest of the request that made the task, kept beside its
+    ``idempotency_key`` (None for tasks stored before it was recorded).
     """
 
     id: str
@@ -59,6 +61,7 @@ class WorkTask:
     finished_at: datetime | None = None
     last_error: str | None = None
     result: Mapping[str, Any] | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ class NewTask:
     max_attempts: int = 3
     idempotency_key: str | None = None
     concurrency_key: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,9 @@ class WorkQueue(Protocol):
 
     - ``enqueue`` with an ``idempotency_key`` already used returns the existing task
       (``created=False``); ``enqueue_many`` does the same for many tasks in one round trip
-      and one transaction. Enqueueing wakes idle workers (``wait_for_work``).
+      and one transaction. Enqueueing wakes idle workers (``wait_for_work``). A task keeps
+      the ``request_hash`` it was enqueued with (a digest of the request that made it),
+      so the caller can tell a retry from another request reusing the key.
     - ``enqueue(max_queued=N)`` refuses with ``CapacityError`` when ``N`` tasks of its
       ``concurrency_key`` are queued already. The count and the insert are one atomic step
       against every other capped enqueue of the key, in every process: concurrent callers
@@ -86,6 +89,7 @@ class WorkQueue(Protocol):
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
         max_queued: int | None = None,
+        request_hash: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key); with
         ``max_queued``, only while fewer tasks of ``concurrency_key`` are queued."""

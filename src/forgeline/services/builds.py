@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -9,14 +12,21 @@ from typing import Any, Protocol
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
+    AgentUnavailableError,
     ConflictError,
+    IdempotencyKeyReusedError,
+    MissingCredentialsError,
+    TemplateNotFoundError,
     UnknownProviderError,
     ValidationError,
 )
+from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
+from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
 from forgeline.ports.store import Store
-from forgeline.services.registry import ProviderRegistry
+from forgeline.ports.templates import TemplateProvider
+from forgeline.services.registry import AvailabilityCache, ProviderRegistry
 
 #: The queue ``kind`` of build tasks.
 BUILD_KIND = "build"
@@ -59,9 +69,21 @@ class BuildRequest:
             project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"])
         )
 
+    def digest(self) -> str:
+        """SHA-256 of the request's canonical JSON (the validated spec with its defaults,
+        keys sorted): what an ``Idempotency-Key`` is stored with, so a retry can be told
+        from another request sent under the same key."""
+        canonical = json.dumps(self.to_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 class BuildService:
-    """Validates build requests and puts them in the queue, one line per project."""
+    """Validates build requests and puts them in the queue, one line per project.
+
+    With ``check_availability`` (this process runs builds itself), a build for a provider
+    whose program is not available here is refused at once; without it (an API whose
+    builds run on other machines) only the worker can tell, and the build fails saying why.
+    """
 
     def __init__(
         self,
@@ -72,6 +94,9 @@ class BuildService:
         max_queued_per_project: int,
         check_callback_url: Callable[[str], Awaitable[Any]] | None = None,
         callbacks: Calls | None = None,
+        templates: TemplateProvider | None = None,
+        credentials: CredentialStore | None = None,
+        check_availability: bool = False,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -79,45 +104,90 @@ class BuildService:
         self._max_queued = max_queued_per_project
         self._check_callback_url = check_callback_url
         self._callbacks = callbacks
+        self._templates = templates
+        self._credentials = credentials
+        self._availability = AvailabilityCache() if check_availability else None
 
     async def submit(
-        self, project_name: str, spec: BuildSpec, *, idempotency_key: str | None = None
+        self,
+        project_name: str,
+        spec: BuildSpec,
+        *,
+        idempotency_key: str | None = None,
+        client: str = "",
     ) -> Enqueued:
-        """Queue a build of ``project_name``; the same idempotency key gives the same task.
+        """Queue a build of ``project_name``.
+
+        An ``idempotency_key`` is scoped to the ``client`` (the caller's token) and the
+        project: sent again with the same request it gives the first task back
+        (``created=False``), even once the queue is full; with another request it is an
+        ``IdempotencyKeyReusedError`` (422).
 
         Raises ``ProjectNotFoundError`` (404), ``ValidationError`` (422: blank prompt, bad
-        timeout, unknown provider, refused callback URL) or ``CapacityError`` (429).
+        timeout, unknown provider or template, refused callback URL),
+        ``AgentUnavailableError`` or ``MissingCredentialsError`` (424: the provider's
+        program is missing here, the project declares a credential no scope holds) or
+        ``CapacityError`` (429).
         """
         spec.validate()
-        key = f"{project_name}:{idempotency_key}" if idempotency_key else None
-        if key is not None:
+        request = BuildRequest(project_name, spec)
+        digest = request.digest()
+        key = None
+        if idempotency_key:
+            key = f"{client}:{project_name}:{idempotency_key}"
             # A retry of an accepted request gets its task back, whatever changed since
             # (the project's queue may be full by now).
             existing = await self._queue.find_by_idempotency_key(key)
             if existing is not None:
-                return Enqueued(task=existing, created=False)
+                return _replayed(existing, digest, idempotency_key)
         project = await self._store.get_project(project_name)
         if project.state != "ready":
             raise ConflictError(
                 f"project {project.name!r} is {project.state}: create it again to finish"
             )
-        if spec.provider:
-            try:
-                self._registry.get(spec.provider)
-            except UnknownProviderError as exc:
-                raise ValidationError(exc.message) from exc
+        await self._check_dependencies(project, spec)
         if spec.callback_url and self._check_callback_url is not None:
             await self._check_callback_url(spec.callback_url)
         # The queue counts and inserts in one step: concurrent submits, in any number of
         # API processes, never queue more than the cap.
-        return await self._queue.enqueue(
+        enqueued = await self._queue.enqueue(
             BUILD_KIND,
-            BuildRequest(project.name, spec).to_payload(),
+            request.to_payload(),
             max_attempts=BUILD_MAX_ATTEMPTS,
             idempotency_key=key,
+            request_hash=digest if key is not None else None,
             concurrency_key=project.name,
             max_queued=self._max_queued,
         )
+        if idempotency_key and not enqueued.created:
+            # A concurrent request with the same key was stored first.
+            return _replayed(enqueued.task, digest, idempotency_key)
+        return enqueued
+
+    async def _check_dependencies(self, project: Project, spec: BuildSpec) -> None:
+        """Refuse now what the worker could only fail on: an unknown provider or template,
+        a provider missing here, credentials the project declares that no scope holds."""
+        try:
+            agent = self._registry.get(spec.provider)
+        except UnknownProviderError as exc:
+            raise ValidationError(exc.message, field="provider") from exc
+        if spec.template and self._templates is not None:
+            try:
+                await asyncio.to_thread(self._templates.get_template, spec.template)
+            except TemplateNotFoundError as exc:
+                raise ValidationError(exc.message, field="template") from exc
+        if self._availability is not None:
+            capabilities = await self._availability.check(agent)
+            if not capabilities.available:
+                raise AgentUnavailableError(
+                    f"provider {agent.name!r} is not available here: {capabilities.detail}",
+                    provider=agent.name,
+                )
+        if project.credentials and self._credentials is not None:
+            held = {c.name for c in await self._credentials.list(project=project.name)}
+            missing = {var: n for var, n in project.credentials.items() if n not in held}
+            if missing:
+                raise MissingCredentialsError(project.name, missing)
 
     async def get(self, task_id: str) -> WorkTask:
         """The task, or ``TaskNotFoundError``."""
@@ -138,6 +208,14 @@ class BuildService:
                 provider=self._registry.default_name or "forgeline",
             )
         return task
+
+
+def _replayed(task: WorkTask, digest: str, idempotency_key: str) -> Enqueued:
+    """The task an idempotency key was first used for, if this is the same request.
+    Tasks stored before requests were hashed (no ``request_hash``) match any request."""
+    if task.request_hash is not None and task.request_hash != digest:
+        raise IdempotencyKeyReusedError(idempotency_key)
+    return Enqueued(task=task, created=False)
 
 
 async def finish_without_run(

@@ -9,8 +9,10 @@ settings; asking to create it again carries on from where it stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import posixpath
 import shutil
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,15 @@ import structlog
 from forgeline.domain.errors import (
     CredentialNotFoundError,
     ForgelineError,
+    GitError,
     ProjectExistsError,
+    RemoteUnavailableError,
+    TemplateNotFoundError,
+    ValidationError,
 )
-from forgeline.domain.git import GitAuthor, GitRemote
+from forgeline.domain.git import GitAuthor, GitRemote, RemoteKind, classify_remote
 from forgeline.domain.project import Project, validate_project_name
-from forgeline.domain.secrets import Secret
+from forgeline.domain.secrets import Secret, validate_credential_name, validate_env_var
 from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.git import Git
@@ -96,17 +102,27 @@ class ProjectService:
         settings: Mapping[str, Any] | None = None,
     ) -> tuple[Project, bool]:
         """Create ``name`` (or finish creating it); returns the project and whether this
-        call created it. ``ProjectExistsError`` when a ready project has that name."""
+        call created it.
+
+        Everything that can be checked is checked before anything is stored
+        (``ValidationError``, 422: the name, the template and its variables, the remote URL,
+        the credential mapping's names); a remote that cannot be reached or refuses is a
+        ``RemoteUnavailableError`` (424), after which the project waits in ``creating``
+        for a retry. ``ProjectExistsError`` when a ready project has that name.
+        """
         validate_project_name(name)
         variables = dict(variables or {})
         if template is not None:
             if self._templates is None:
                 raise ForgelineError("templates are not available in this process")
-            variables = await asyncio.to_thread(
-                self._templates.validate, template, variables, project_name=name
-            )
-        url = repo_url or self.default_repo_url(name)
-        GitRemote(url)  # refuses URLs with credentials or unknown schemes, before storing
+            try:
+                variables = await asyncio.to_thread(
+                    self._templates.validate, template, variables, project_name=name
+                )
+            except TemplateNotFoundError as exc:
+                raise ValidationError(exc.message, field="template") from exc
+        url = self._check_repo_url(repo_url or self.default_repo_url(name))
+        mapping = _check_credentials(credentials or {})
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             created = True
@@ -117,7 +133,7 @@ class ProjectService:
                         repo_url=url,
                         template=template,
                         variables=variables,
-                        credentials=dict(credentials or {}),
+                        credentials=mapping,
                         settings=dict(settings or {}),
                         state=CREATING,
                     )
@@ -138,6 +154,26 @@ class ProjectService:
                 raise
             return project, created
 
+    def _check_repo_url(self, url: str) -> str:
+        """``url`` if a project may use it: a forge URL, or a repository under the
+        embedded git directory (forgeline's own). Any other path on this disk, ``file://``
+        included, is refused: builds would read and write it with forgeline's rights."""
+        try:
+            kind = classify_remote(url)  # unknown schemes, URLs carrying credentials
+        except ValidationError as exc:
+            raise ValidationError(exc.message, field="repo_url") from exc
+        base = self.config.git_base_url.rstrip("/")
+        if kind is RemoteKind.PATH and not (
+            self.embedded(base) and url.startswith(f"{base}/") and posixpath.normpath(url) == url
+        ):
+            own = f", or a path under {base}/ (forgeline's own)" if self.embedded(base) else ""
+            raise ValidationError(
+                f"{url!r} is not a remote forgeline may use: give an https://, http:// or"
+                f" ssh:// URL{own}",
+                field="repo_url",
+            )
+        return url
+
     async def _provision(self, project: Project) -> Project:
         settings = {k: v for k, v in project.settings.items() if k != "creation_error"}
         token = await self._git_token(project)
@@ -146,9 +182,10 @@ class ProjectService:
             Path(project.repo_url).parent.mkdir(parents=True, exist_ok=True)
             await self._git.init_bare(project.repo_url, default_branch=project.default_branch)
         scratch = str(self.config.scratch_dir / project.name)
-        checkout = await self._git.prepare_checkout(
-            project.name, remote, project.default_branch, scratch
-        )
+        async with self._remote_step(project):
+            checkout = await self._git.prepare_checkout(
+                project.name, remote, project.default_branch, scratch
+            )
         if checkout.empty:
             if project.template and self._templates is not None:
                 rendered = await asyncio.to_thread(
@@ -166,7 +203,8 @@ class ProjectService:
                 await self._git.commit(
                     scratch, "Initial commit", self.config.author, allow_empty=True
                 )
-            await self._git.push(scratch, remote, project.default_branch)
+            async with self._remote_step(project):
+                await self._git.push(scratch, remote, project.default_branch)
         elif project.template and self._templates is not None and "deploy_url" not in settings:
             answers = await asyncio.to_thread(
                 self._templates.validate,
@@ -182,6 +220,16 @@ class ProjectService:
             settings.update(await self._activate_ci(project))
         ready = replace(project, settings=settings, state=READY)
         return await self._store.update_project(ready)
+
+    @contextlib.asynccontextmanager
+    async def _remote_step(self, project: Project) -> AsyncIterator[None]:
+        """Git failures of a step that talks to a forge remote are the remote's (424)."""
+        try:
+            yield
+        except GitError as exc:
+            if self.embedded(project.repo_url):
+                raise
+            raise RemoteUnavailableError(project.repo_url, exc.message) from exc
 
     async def _git_token(self, project: Project) -> Secret | None:
         if self._credentials is None or not project.repo_url.startswith(("https://", "http://")):
@@ -214,6 +262,16 @@ class ProjectService:
         if secrets:
             await self._ci.set_secrets(repo_id, secrets)
         return {"woodpecker_repo_id": repo_id}
+
+
+def _check_credentials(mapping: Mapping[str, str]) -> dict[str, str]:
+    """``{ENV_VAR: credential name}`` if every name can be used. Whether the credentials
+    exist is checked when a build is submitted: a project's own credentials can only be
+    stored once the project exists."""
+    try:
+        return {validate_env_var(var): validate_credential_name(n) for var, n in mapping.items()}
+    except ValidationError as exc:
+        raise ValidationError(exc.message, field="credentials") from exc
 
 
 def repo_full_name(repo_url: str) -> str:

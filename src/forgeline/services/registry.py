@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
+from forgeline.domain.agent import AgentCapabilities
 from forgeline.domain.errors import DuplicateProviderError, UnknownProviderError
 from forgeline.ports.agent import CodeAgent
+
+#: How long a provider's availability is trusted before it is checked again: a check
+#: starts the agent's program, too costly for every build submitted, and an operator who
+#: installs or fixes the program waits at most this long.
+AVAILABILITY_TTL_S = 10.0
 
 
 class ProviderRegistry:
@@ -80,3 +87,22 @@ async def describe_agents(registry: ProviderRegistry) -> list[dict[str, Any]]:
         }
         for agent, cap in zip(agents, caps, strict=True)
     ]
+
+
+class AvailabilityCache:
+    """Each provider's capabilities, checked at most once per :data:`AVAILABILITY_TTL_S`;
+    concurrent callers share one check."""
+
+    def __init__(self, ttl_s: float = AVAILABILITY_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._lock = asyncio.Lock()
+        self._known: dict[str, tuple[float, AgentCapabilities]] = {}
+
+    async def check(self, agent: CodeAgent) -> AgentCapabilities:
+        """The agent's capabilities, from a check at most ``ttl_s`` old."""
+        async with self._lock:
+            checked = self._known.get(agent.name)
+            if checked is None or time.monotonic() - checked[0] > self._ttl_s:
+                checked = (time.monotonic(), await agent.capabilities())
+                self._known[agent.name] = checked
+            return checked[1]

@@ -787,6 +787,7 @@ class BuildRun:
         if self.cancel_requested.is_set():
             await agent.cancel(request.run_id)
         result: AgentResult | None = None
+        reported = ""  # the last error the agent reported, should its result say nothing
         async with self.step("agent") as info:
             info["provider"] = agent.name
             stream = agent.execute(request)
@@ -795,6 +796,8 @@ class BuildRun:
                     if isinstance(event.data, AgentResult):
                         result = event.data
                         continue
+                    if isinstance(event.data, ErrorData):
+                        reported = event.data.message
                     await self.emit(event)
             finally:
                 await stream.aclose()
@@ -802,6 +805,10 @@ class BuildRun:
                 result = AgentResult(
                     status=RunStatus.FAILED, text="the agent ended without a result"
                 )
+            if result.status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and not result.text.strip():
+                # The task's last_error is this text: never leave it empty.
+                said = f"{agent.name} run ended {result.status.value} without saying why"
+                result = replace(result, text=reported or said)
             info["status"] = result.status.value
             if result.status is not RunStatus.SUCCEEDED:
                 info["outcome"] = "cancelled" if result.status is RunStatus.CANCELLED else "failed"

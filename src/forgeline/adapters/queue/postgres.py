@@ -95,6 +95,7 @@ def _task(row: DictRow) -> WorkTask:
         finished_at=row["finished_at"],
         last_error=row["last_error"],
         result=row["result"],
+        request_hash=row["request_hash"],
     )
 
 
@@ -113,6 +114,7 @@ def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
         run_after=row["run_after"],
         concurrency_key=new.concurrency_key,
         idempotency_key=new.idempotency_key,
+        request_hash=new.request_hash,
     )
 
 
@@ -376,6 +378,7 @@ class PostgresWorkQueue:
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
         max_queued: int | None = None,
+        request_hash: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key): one round trip.
 
@@ -385,7 +388,14 @@ class PostgresWorkQueue:
         check_max_queued(max_queued, concurrency_key)
         new = check_new_task(
             NewTask(
-                kind, payload, priority, run_after, max_attempts, idempotency_key, concurrency_key
+                kind,
+                payload,
+                priority,
+                run_after,
+                max_attempts,
+                idempotency_key,
+                concurrency_key,
+                request_hash,
             )
         )
         task_id = new_task_id()
@@ -398,6 +408,7 @@ class PostgresWorkQueue:
             "run_after": run_after,
             "concurrency_key": concurrency_key,
             "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
         }
 
         async def existing(conn: Conn) -> Enqueued | None:
@@ -448,6 +459,7 @@ class PostgresWorkQueue:
             "run_afters": [t.run_after for t in tasks],
             "concurrency_keys": [t.concurrency_key for t in tasks],
             "idempotency_keys": [t.idempotency_key for t in tasks],
+            "request_hashes": [t.request_hash for t in tasks],
         }
 
         async def op(conn: Conn) -> list[Enqueued]:

@@ -83,6 +83,7 @@ def _task(row: sqlite3.Row) -> WorkTask:
         finished_at=_dt(row["finished_at"]),
         last_error=row["last_error"],
         result=None if row["result"] is None else json.loads(row["result"]),
+        request_hash=row["request_hash"],
     )
 
 
@@ -178,6 +179,7 @@ class SqliteWorkQueue:
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
         max_queued: int | None = None,
+        request_hash: str | None = None,
     ) -> Enqueued:
         """Add a task (or return the one with the same idempotency key); with
         ``max_queued``, only while fewer tasks of ``concurrency_key`` are queued."""
@@ -190,6 +192,7 @@ class SqliteWorkQueue:
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             concurrency_key=concurrency_key,
+            request_hash=request_hash,
         )
         (done,) = await self._enqueue([new], max_queued)
         return done
@@ -250,6 +253,7 @@ class SqliteWorkQueue:
             "run_after": None if task.run_after is None else _ts(task.run_after),
             "concurrency_key": task.concurrency_key,
             "idempotency_key": task.idempotency_key,
+            "request_hash": task.request_hash,
         }
 
     async def claim(

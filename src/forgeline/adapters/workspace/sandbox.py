@@ -36,6 +36,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -84,13 +85,13 @@ class SandboxConfig:
     read_only: tuple[str, ...] = ()
 
 
-def install_root(program: str, path: str | None) -> str | None:
-    """The directory an agent CLI runs from, to be visible read-only in the sandbox.
+def install_root(program: str, path: str | None) -> tuple[str, str] | None:
+    """Where an agent CLI runs from: ``(what to show read-only, what to execute)``.
 
     ``program`` is looked up on ``path`` (the child's PATH) and followed through its links:
-    inside an npm tree that is the outermost ``node_modules`` (a launcher finds its native
-    binary in a sibling package), else the directory of the real file. ``None`` when the
-    program cannot be found (the sandbox then reports that it cannot start it).
+    inside an npm tree the outermost ``node_modules`` is shown (a launcher finds its native
+    binary in a sibling package) and the program runs as found; elsewhere only the real
+    file is shown, and run. ``None`` when the program cannot be found.
     """
     found = shutil.which(program, path=path)
     if found is None:
@@ -98,8 +99,9 @@ def install_root(program: str, path: str | None) -> str | None:
     real = Path(found).resolve()
     for parent in reversed(real.parents):
         if parent.name == "node_modules":
-            return str(parent)
-    return str(real.parent)
+            inside = parent in Path(found).parents
+            return str(parent), found if inside else str(real)
+    return str(real), str(real)
 
 
 def _within(path: str, roots: Sequence[str]) -> bool:
@@ -346,7 +348,13 @@ class BubblewrapWorkspace:
         if cli is None:
             # As the local workspace says it (bwrap's own words would be about execvp).
             raise WorkspaceError(f"cannot start {argv[0]!r}: program {argv[0]!r} not found")
-        view.read_only(cli)
+        shown, program = cli
+        if self._as_root and stat.S_IMODE(os.stat(shown).st_mode) & 0o005 != 0o005:  # noqa: PTH116
+            raise WorkspaceError(
+                f"cannot start {argv[0]!r}: {shown} is not readable and executable by the "
+                f"sandbox's user (uid {self._config.uid}); chmod o+rx it"
+            )
+        view.read_only(shown)
         for directory in writable:
             view.writable(directory)
         if cwd != "/" and not view.shows(cwd):
@@ -371,7 +379,7 @@ class BubblewrapWorkspace:
             "--gid",
             str(INSIDE_UID),
         ]
-        tail = ["--chdir", cwd, "--setenv", "TMPDIR", "/tmp", "--", *argv]  # noqa: S108
+        tail = ["--chdir", cwd, "--setenv", "TMPDIR", "/tmp", "--", program, *argv[1:]]  # noqa: S108
         bwrap = self._config.bwrap
         if not self._as_root:
             return [bwrap, *namespaces, *user, *view.args, *tail]

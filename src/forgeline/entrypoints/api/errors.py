@@ -11,19 +11,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgeline.domain.errors import (
+    AgentUnavailableError,
     AuthError,
     CapacityError,
     ConflictError,
     CredentialError,
     ExternalServiceError,
     ForgelineError,
+    MissingCredentialsError,
     NotFoundError,
+    RemoteUnavailableError,
     StorageError,
     ValidationError,
 )
 
-#: Domain error → HTTP status, most specific first.
+#: Domain error → HTTP status, most specific first. 424 (Failed Dependency): the request
+#: is sound but needs something known and unavailable now (an agent's program, a remote,
+#: a credential the project declares); it may succeed once that is fixed.
 _STATUSES: tuple[tuple[type[ForgelineError], int], ...] = (
+    (AgentUnavailableError, 424),
+    (MissingCredentialsError, 424),
+    (RemoteUnavailableError, 424),
     (ValidationError, 422),
     (NotFoundError, 404),
     (ConflictError, 409),
@@ -58,12 +66,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ForgelineError)
     async def domain_error(request: Request, exc: ForgelineError) -> JSONResponse:
         redactor = getattr(request.app.state, "redactor", None)
-        message = redactor.redact(exc.message) if redactor is not None else exc.message
+
+        def shown(text: str) -> str:
+            return redactor.redact(text) if redactor is not None else text
+
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         extra: dict[str, Any] = {}
         problems = getattr(exc, "problems", None)
         if isinstance(problems, dict):
             extra["fields"] = problems
+        elif isinstance(exc, ValidationError) and exc.field:
+            # The shape of a request validation error's fields, so clients read one shape.
+            extra["fields"] = [{"field": exc.field, "message": shown(exc.reason), "type": exc.code}]
         if isinstance(exc, StorageError):
             # Nothing is wrong with the request: the same one (a submit with its
             # Idempotency-Key) may be sent again once the database is back.
@@ -71,7 +85,7 @@ def install(app: FastAPI) -> None:
             extra["retry_after_s"] = STORAGE_RETRY_AFTER_S
         return JSONResponse(
             status_code=status_for(exc),
-            content=error_body(exc.code, message, **extra),
+            content=error_body(exc.code, shown(exc.message), **extra),
             headers=headers,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -11,11 +12,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline.bootstrap import Container
-from forgeline.domain.agent import MAX_TIMEOUT_S
-from forgeline.domain.project import Project
+from forgeline.domain.agent import MAX_SEQ, MAX_TIMEOUT_S
+from forgeline.domain.errors import (
+    InvalidProjectNameError,
+    ProjectNotFoundError,
+    StorageError,
+    TaskNotFoundError,
+    ValidationError,
+)
+from forgeline.domain.inputs import LINE, MAX_JSON_DEPTH, check_text, map_json
+from forgeline.domain.project import Project, validate_project_name
 from forgeline.domain.secrets import Secret
-from forgeline.domain.task import MAX_PROMPT_CHARS, BuildSpec, WorkTask
+from forgeline.domain.task import BuildSpec, WorkTask
 from forgeline.entrypoints.api.errors import error_body
+from forgeline.entrypoints.api.fields import JsonObject, Name, Prompt, SecretValue, Url
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
@@ -53,6 +63,28 @@ async def admin(token: TokenDep) -> ApiToken:
 
 AdminDep = Annotated[ApiToken, Depends(admin)]
 
+
+def project_name(name: str) -> str:
+    """The project name in the path; 404 at once for a name no project can have, so that
+    garbage (a NUL byte, which PostgreSQL refuses in text) never reaches the database."""
+    try:
+        return validate_project_name(name)
+    except InvalidProjectNameError:
+        raise ProjectNotFoundError(name) from None
+
+
+def task_id_of(task_id: str) -> str:
+    """The task id in the path; 404 at once for one no task can have (forgeline makes ids
+    without control characters), for the same reason."""
+    try:
+        return check_text(task_id, field="task_id", allow=LINE)
+    except ValidationError:
+        raise TaskNotFoundError(task_id) from None
+
+
+ProjectName = Annotated[str, Depends(project_name)]
+TaskId = Annotated[str, Depends(task_id_of)]
+
 router = APIRouter()
 
 
@@ -64,14 +96,24 @@ class ProjectIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=63, description="lowercase letters, digits and hyphens")
-    template: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-    repo_url: str | None = None
-    credentials: dict[str, str] = Field(
+    name: Name = Field(max_length=63, description="lowercase letters, digits and hyphens")
+    template: Name | None = None
+    variables: JsonObject = Field(default_factory=dict)
+    repo_url: Url | None = Field(
+        None,
+        description="a forge URL (https://, http://, ssh://, user@host:path); default: an"
+        " embedded repository under the git base",
+    )
+    credentials: dict[Name, Name] = Field(
         default_factory=dict, description="environment variable → credential name"
     )
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: JsonObject = Field(default_factory=dict)
+
+
+def shown(value: Any) -> Any:
+    """A stored free-form JSON value as a response shows it: cut at the depth requests may
+    have (older versions stored deeper ones, which the serializers cannot handle)."""
+    return map_json(value, max_depth=MAX_JSON_DEPTH)
 
 
 def project_json(project: Project) -> dict[str, Any]:
@@ -81,9 +123,9 @@ def project_json(project: Project) -> dict[str, Any]:
         "repo_url": project.repo_url,
         "default_branch": project.default_branch,
         "template": project.template,
-        "variables": dict(project.variables),
-        "credentials": dict(project.credentials),
-        "settings": dict(project.settings),
+        "variables": shown(project.variables),
+        "credentials": shown(project.credentials),
+        "settings": shown(project.settings),
         "state": project.state,
         "created_at": project.created_at.isoformat() if project.created_at else None,
         "updated_at": project.updated_at.isoformat() if project.updated_at else None,
@@ -115,7 +157,9 @@ async def list_projects(container: ContainerDep, _token: TokenDep) -> list[dict[
 
 
 @router.get("/projects/{name}", tags=["projects"])
-async def show_project(name: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+async def show_project(
+    name: ProjectName, container: ContainerDep, _token: TokenDep
+) -> dict[str, Any]:
     """One project."""
     return project_json(await container.projects.get(name))
 
@@ -128,15 +172,15 @@ class BuildIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    template: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
+    prompt: Prompt
+    template: Name | None = None
+    variables: JsonObject = Field(default_factory=dict)
     auto_deploy: bool = True
-    callback_url: str | None = Field(None, max_length=2048)
-    provider: str | None = None
-    model: str | None = None
+    callback_url: Url | None = None
+    provider: Name | None = None
+    model: Name | None = None
     timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S)
-    resume_session: str | None = None
+    resume_session: Name | None = None
 
     def spec(self) -> BuildSpec:
         """The domain's build spec."""
@@ -152,15 +196,20 @@ class Accepted(BaseModel):
 
 @router.post("/project/{name}/build", status_code=202, tags=["builds"])
 async def build(
-    name: str,
+    name: ProjectName,
     body: BuildIn,
+    *,
     container: ContainerDep,
-    _token: TokenDep,
+    token: TokenDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Accepted:
-    """Queue a build; the same ``Idempotency-Key`` returns the same task."""
-    enqueued = await container.builds.submit(name, body.spec(), idempotency_key=idempotency_key)
+    """Queue a build. A retry with the same ``Idempotency-Key`` (same token, same project)
+    and the same body returns the task of the first request (200); the key with another
+    body is a 422."""
+    enqueued = await container.builds.submit(
+        name, body.spec(), idempotency_key=idempotency_key, client=token.id
+    )
     response.headers["Location"] = f"/tasks/{enqueued.task.id}"
     if not enqueued.created:
         response.status_code = 200
@@ -186,7 +235,7 @@ async def task_json(task: WorkTask, container: Container) -> dict[str, Any]:
         "finished_at": _time(task.finished_at),
         "updated_at": _time(task.updated_at),
         "last_error": task.last_error,
-        "result": dict(task.result) if task.result is not None else None,
+        "result": shown(task.result),
     }
     if task.kind == "build":
         request = BuildRequest.from_task(task)
@@ -196,6 +245,7 @@ async def task_json(task: WorkTask, container: Container) -> dict[str, Any]:
 
             spec["callback_url"] = display_url(spec["callback_url"])
         view["project_id"] = request.project
+        spec["variables"] = shown(spec["variables"])
         view["spec"] = spec
         deliveries = await container.callbacks.outbox.list_for_task(task.id)
         view["callbacks"] = [d.as_public() for d in deliveries]
@@ -203,33 +253,32 @@ async def task_json(task: WorkTask, container: Container) -> dict[str, Any]:
 
 
 @router.get("/tasks/{task_id}", tags=["builds"])
-async def show_task(task_id: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+async def show_task(task_id: TaskId, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
     """Status, attempts, timestamps, result and callback deliveries of a task."""
     return await task_json(await container.builds.get(task_id), container)
 
 
 @router.post("/tasks/{task_id}/cancel", tags=["builds"])
-async def cancel_task(task_id: str, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
+async def cancel_task(task_id: TaskId, container: ContainerDep, _token: TokenDep) -> dict[str, Any]:
     """Cancel a queued task now, or ask the worker of a running one to stop (409 if final)."""
     return await task_json(await container.builds.cancel(task_id), container)
 
 
 @router.get("/tasks/{task_id}/events", tags=["builds"], response_model=None)
 async def task_events(
-    task_id: str,
+    task_id: TaskId,
     container: ContainerDep,
     _token: TokenDep,
     format: Annotated[Literal["sse", "json"], Query()] = "sse",  # noqa: A002 - the public name
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The task's normalized events: an SSE stream (``id:`` = seq, resumable with
     ``Last-Event-ID``) that ends after the ``result``; or, with ``?format=json``, the
-    events so far as one JSON array."""
+    events so far as one JSON array. Positions (``after``, ``Last-Event-ID``) are decimal
+    integers in ``[0, 2**63 - 1]``; others are a 422."""
+    start = max(after, _resume_position(last_event_id))
     await container.builds.get(task_id)  # 404 for an unknown task
-    start = after
-    if last_event_id and last_event_id.strip().isdigit():
-        start = max(start, int(last_event_id.strip()))
     if format == "json":
         events = await _all_events(container, task_id, start)
         body = "[" + ",".join(e.body for e in events) + "]"
@@ -239,6 +288,24 @@ async def task_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+#: An event position as a client may send it: ASCII digits (``str.isdigit`` and ``int``
+#: accept other scripts' digits too, and ``int`` not all of those).
+_POSITION = re.compile(r"[0-9]{1,19}")
+
+
+def _resume_position(last_event_id: str | None) -> int:
+    """The position in a ``Last-Event-ID`` header (0 when absent or blank)."""
+    text = (last_event_id or "").strip()
+    if not text:
+        return 0
+    if not _POSITION.fullmatch(text) or int(text) > MAX_SEQ:
+        raise ValidationError(
+            f"{text[:40]!r} is not an event position (a decimal integer up to {MAX_SEQ})",
+            field="Last-Event-ID",
+        )
+    return int(text)
 
 
 async def _all_events(container: Container, task_id: str, after: int) -> list[Any]:
@@ -304,7 +371,7 @@ class CredentialIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    value: str = Field(min_length=1, max_length=64 * 1024)
+    value: SecretValue
 
 
 @router.put("/credentials/{name}", tags=["credentials"])
@@ -359,8 +426,6 @@ async def healthz() -> dict[str, str]:
 @health.get("/readyz", response_model=None)
 async def readyz(container: ContainerDep) -> JSONResponse | dict[str, str]:
     """Readiness: the database is reachable."""
-    from forgeline.domain.errors import StorageError
-
     try:
         await container.ping_database()
     except StorageError as exc:

@@ -6,9 +6,10 @@
 -- Insert one task; a clash on id (a retried insert) or idempotency key inserts nothing.
 -- The statement trigger tasks_notify_work wakes idle workers.
 insert into tasks (id, kind, payload, priority, max_attempts, run_after, concurrency_key,
-                   idempotency_key)
+                   idempotency_key, request_hash)
 values (%(id)s, %(kind)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
-        coalesce(%(run_after)s::timestamptz, now()), %(concurrency_key)s, %(idempotency_key)s)
+        coalesce(%(run_after)s::timestamptz, now()), %(concurrency_key)s, %(idempotency_key)s,
+        %(request_hash)s)
 on conflict do nothing
 returning id, created_at, updated_at, run_after
 
@@ -17,14 +18,14 @@ returning id, created_at, updated_at, run_after
 -- nothing, as above. One statement, one trigger notification for the whole batch. Only the
 -- columns the database chose come back: the adapter knows the rest.
 insert into tasks (id, kind, payload, priority, max_attempts, run_after, concurrency_key,
-                   idempotency_key)
+                   idempotency_key, request_hash)
 select v.id, v.kind, v.payload::jsonb, v.priority, v.max_attempts, coalesce(v.run_after, now()),
-       v.concurrency_key, v.idempotency_key
+       v.concurrency_key, v.idempotency_key, v.request_hash
 from unnest(%(ids)s::text[], %(kinds)s::text[], %(payloads)s::text[], %(priorities)s::int[],
             %(max_attempts)s::int[], %(run_afters)s::timestamptz[], %(concurrency_keys)s::text[],
-            %(idempotency_keys)s::text[])
+            %(idempotency_keys)s::text[], %(request_hashes)s::text[])
      with ordinality as v(id, kind, payload, priority, max_attempts, run_after,
-                          concurrency_key, idempotency_key, ord)
+                          concurrency_key, idempotency_key, request_hash, ord)
 order by v.ord
 on conflict do nothing
 returning id, created_at, updated_at, run_after

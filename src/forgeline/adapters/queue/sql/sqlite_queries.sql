@@ -5,9 +5,9 @@
 -- name: insert_task
 -- Insert one task; a clash on id (a retried insert) or idempotency key inserts nothing.
 insert into tasks (id, kind, payload, status, priority, attempts, max_attempts, created_at,
-                   updated_at, run_after, concurrency_key, idempotency_key)
+                   updated_at, run_after, concurrency_key, idempotency_key, request_hash)
 values (:id, :kind, :payload, 'queued', :priority, 0, :max_attempts, :now, :now,
-        :run_after, :concurrency_key, :idempotency_key)
+        :run_after, :concurrency_key, :idempotency_key, :request_hash)
 on conflict do nothing
 
 -- name: get_task

@@ -1,0 +1,169 @@
+"""Rules for text and JSON that come from outside: what a prompt, a name or a free-form JSON
+field may hold, and how deep and how large it may be.
+
+Why these rules exist:
+
+- A NUL byte ends a C string: a prompt or session id passed as a program argument is cut
+  there silently, and PostgreSQL refuses NUL in text altogether. Other control characters
+  (escape sequences, backspace, form feed) rewrite terminals and log lines; unpaired
+  surrogates cannot be encoded as UTF-8 at all. So text carries no control character
+  except the line structure it needs: names and identifiers none, free text tab and
+  newline, prompts also carriage return (text pasted from Windows ends its lines with
+  CR LF; the agents read it as whitespace, and commit messages drop it).
+- JSON nested hundreds deep overflows recursive code (serializers, validators), so
+  free-form JSON is bounded in depth and in size where it enters, and values already
+  stored deeper (by a version without these rules) are shown cut at the same depth.
+
+The API models apply these checks to every field; :class:`forgeline.domain.agent.AgentRequest`
+applies them to what reaches an agent's command line, whoever built the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from forgeline.domain.errors import ValidationError
+
+#: Control characters allowed in names and identifiers: none.
+LINE: Final = ""
+#: Control characters allowed in free text (template variables, settings): tab and newline.
+TEXT: Final = "\t\n"
+#: Control characters allowed in prompts and secret values: tab, newline and carriage return
+#: (CR LF line ends).
+TEXT_CRLF: Final = "\t\n\r"
+
+#: Deepest nesting of objects and arrays in a free-form JSON field. Real template variables
+#: and settings are a few levels deep; recursive code elsewhere must stay far from
+#: Python's recursion limit.
+MAX_JSON_DEPTH: Final = 32
+#: Largest free-form JSON field, in characters of its JSON text.
+MAX_JSON_CHARS: Final = 64 * 1024
+#: What :func:`map_json` puts in place of an object or array nested too deep to be shown.
+TOO_DEEP: Final = "[nested too deep: not shown]"
+
+_NAMES: Final = {"\t": "tab", "\n": "newline", "\r": "carriage return"}
+
+
+@functools.cache
+def _forbidden(allow: str) -> re.Pattern[str]:
+    controls = "".join(
+        re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in allow
+    )
+    return re.compile(f"[{controls}\ud800-\udfff]")
+
+
+def _allowed(allow: str) -> str:
+    if not allow:
+        return "no control characters are allowed here"
+    names = [_NAMES[c] for c in allow]
+    listing = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"only {listing} are allowed"
+
+
+def check_text(value: str, *, field: str, allow: str = TEXT) -> str:
+    """Return ``value`` if it holds no control character but those in ``allow`` (one of
+    :data:`LINE`, :data:`TEXT`, :data:`TEXT_CRLF`) and no unpaired surrogate; else
+    ``ValidationError`` naming ``field``, the character and where it is."""
+    found = _forbidden(allow).search(value)
+    if found is not None:
+        raise ValidationError(
+            f"contains the character U+{ord(found.group()):04X} at offset {found.start()};"
+            f" {_allowed(allow)}",
+            field=field,
+        )
+    return value
+
+
+def check_json(
+    value: Any,
+    *,
+    field: str,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_chars: int = MAX_JSON_CHARS,
+) -> Any:
+    """Return ``value`` if it is plain JSON (objects with string keys, arrays, strings,
+    finite numbers, booleans, null) at most ``max_depth`` levels deep and ``max_chars``
+    long as JSON text, whose strings follow :data:`TEXT` and whose keys :data:`LINE`;
+    else ``ValidationError`` naming ``field`` and the path to the offending part.
+
+    Walks with an explicit stack, so no nesting can overflow it.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 0, field)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, Mapping | list):
+            if depth >= max_depth:
+                raise ValidationError(f"nested deeper than {max_depth} levels", field=field)
+            stack.extend(_children(item, depth + 1, path))
+        else:
+            _check_scalar(item, path)
+    size = len(json.dumps(value, ensure_ascii=False))
+    if size > max_chars:
+        raise ValidationError(
+            f"is {size} characters as JSON; the limit is {max_chars}", field=field
+        )
+    return value
+
+
+def _children(
+    container: Mapping[Any, Any] | list[Any], depth: int, path: str
+) -> list[tuple[Any, int, str]]:
+    if isinstance(container, list):
+        return [(child, depth, f"{path}[{i}]") for i, child in enumerate(container)]
+    children = []
+    for key, child in container.items():
+        if not isinstance(key, str):
+            raise ValidationError("object keys must be strings", field=path)
+        check_text(key, field=f"{path} (a key)", allow=LINE)
+        children.append((child, depth, f"{path}.{key[:40]}"))  # a path to read, not a dump
+    return children
+
+
+def _check_scalar(item: Any, path: str) -> None:
+    if isinstance(item, str):
+        check_text(item, field=path)
+    elif isinstance(item, float) and not math.isfinite(item):
+        raise ValidationError("numbers must be finite", field=path)
+    elif item is not None and not isinstance(item, int | float):  # bool is an int
+        raise ValidationError(f"{type(item).__name__} is not a JSON value", field=path)
+
+
+def map_json(
+    value: Any, *, text: Callable[[str], str] | None = None, max_depth: int | None = None
+) -> Any:
+    """A copy of a JSON-like value (mappings, lists and tuples, scalars) with ``text``
+    applied to every string, keys included, and every mapping or sequence nested deeper
+    than ``max_depth`` replaced by :data:`TOO_DEEP`.
+
+    Walks with an explicit stack: values stored or produced elsewhere (an older version's
+    data, an agent's tool input) may be nested far deeper than recursion allows.
+    """
+    root: list[Any] = [None]
+    # (value, its container in the copy, its key or index there, its depth)
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]
+    while stack:
+        item, parent, slot, depth = stack.pop()
+        if isinstance(item, str):
+            parent[slot] = text(item) if text is not None else item
+        elif isinstance(item, Mapping | list | tuple):
+            if max_depth is not None and depth >= max_depth:
+                parent[slot] = TOO_DEEP
+            elif isinstance(item, Mapping):
+                copy: dict[Any, Any] = {}
+                parent[slot] = copy
+                for key, child in item.items():
+                    new_key = text(key) if text is not None and isinstance(key, str) else key
+                    copy[new_key] = None  # keeps the order; filled when popped
+                    stack.append((child, copy, new_key, depth + 1))
+            else:
+                items: list[Any] = [None] * len(item)
+                parent[slot] = items
+                stack.extend((child, items, i, depth + 1) for i, child in enumerate(item))
+        else:
+            parent[slot] = item
+    return root[0]
