@@ -24,9 +24,9 @@ for a forgeline running as root that would be root again, with every root-only f
 bound system readable. So as root the sandbox is two-staged: an outer ``bwrap`` (root,
 no user namespace) builds the view, ``setpriv`` drops to ``FORGELINE_SANDBOX_UID`` with no
 capabilities, and an inner ``bwrap`` enters the user namespace. The writable directories are
-handed to that uid (``lchown``, never through a symlink) before each command, and back to
-their owner once it has ended (a ``forgeline agent run`` in someone's directory leaves it
-theirs).
+handed to that uid (``lchown``, never through a symlink) before each command, and those
+that belonged to someone else back to their owner once it has ended (a ``forgeline agent
+run`` in someone's directory leaves it theirs).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class SandboxedProcess:
                         await self._inner.wait()
             return await self._inner.kill(0.1)
         finally:
-            await asyncio.to_thread(_hand_back, self._owners)
+            await _give_back(self._owners)
 
     def _signal_command(self, sig: int) -> None:
         """``sig`` to the first process below the sandbox's plumbing: the command."""
@@ -274,7 +274,7 @@ class BubblewrapWorkspace:
         try:
             process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_hand_back, owners))
+            await _give_back(owners)
             raise
         return SandboxedProcess(process, owners)
 
@@ -295,7 +295,7 @@ class BubblewrapWorkspace:
                 wrapped, cwd="/", env=env, timeout_s=timeout_s, stdin=stdin
             )
         finally:
-            await asyncio.shield(asyncio.to_thread(_hand_back, owners))
+            await _give_back(owners)
         return CommandResult(tuple(argv), result.exit_code, result.stdout, result.stderr)
 
     async def ensure_dir(self, path: str) -> None:
@@ -414,15 +414,24 @@ class BubblewrapWorkspace:
 
 
 def _hand_over(directories: Sequence[str], uid: int, gid: int) -> list[Owner]:
-    """Give ``directories`` (recursively) to the sandbox's uid; their owners before. A
-    checkout's ``.git`` too, though it is bound read-only: git inside refuses a repository
-    owned by someone else ("dubious ownership")."""
+    """Give ``directories`` (recursively) to the sandbox's uid; the owners to give them back
+    to afterwards. A checkout's ``.git`` too, though it is bound read-only: git inside
+    refuses a repository owned by someone else ("dubious ownership"). Directories of
+    forgeline's own (an attempt's checkout, an agent's state) are not given back: forgeline
+    reads them as root anyway, and the walk costs time on large trees."""
     owners = []
     for top in directories:
         info = os.lstat(top)
-        owners.append((top, info.st_uid, info.st_gid))
+        if info.st_uid != os.geteuid():
+            owners.append((top, info.st_uid, info.st_gid))
         _chown_tree(top, uid, gid)
     return owners
+
+
+async def _give_back(owners: Sequence[Owner]) -> None:
+    """:func:`_hand_back` off the event loop, finished even if the caller is cancelled."""
+    if owners:
+        await asyncio.shield(asyncio.to_thread(_hand_back, owners))
 
 
 def _hand_back(owners: Sequence[Owner]) -> None:
