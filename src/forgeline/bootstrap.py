@@ -41,9 +41,10 @@ if TYPE_CHECKING:
     from forgeline.services.builds import BuildService
     from forgeline.services.callback_policy import CallbackUrlPolicy
     from forgeline.services.callbacks import CallbackDispatcher, Observer
-    from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.credentials import CredentialInjector, CredentialService
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectService
+    from forgeline.services.sessions import SessionService
     from forgeline.services.worker import Worker
 
 
@@ -192,6 +193,19 @@ def build_callback_dispatcher(
     )
 
 
+def build_sessions(settings: Settings, auth: AuthService, redactor: Redactor) -> SessionService:
+    """The dashboard's sessions, their key loaded or generated (and masked)."""
+    from forgeline.services.keyfile import ensure_key_file
+    from forgeline.services.sessions import SESSION_KEY_FILE, SessionService
+
+    configured = settings.session_secret.get_secret_value() if settings.session_secret else None
+    secret = ensure_key_file(
+        settings.data_dir / SESSION_KEY_FILE, configured=configured, name="session-secret"
+    )
+    redactor.add(secret.reveal(), "session-secret")
+    return SessionService(auth, secret, ttl_s=settings.session_ttl_s)
+
+
 def build_templates(settings: Settings) -> TemplateProvider:
     """The template provider: folders of ``FORGELINE_TEMPLATE_PATH``, then the built-ins."""
     from forgeline.adapters.templates import CopierTemplateProvider
@@ -255,12 +269,16 @@ class Container:
     queue: WorkQueue
     credentials: CredentialStore
     injector: CredentialInjector
+    #: Setting, listing and deleting credentials (the API's routes and the dashboard's).
+    credential_admin: CredentialService
     git: Git
     templates: TemplateProvider
     ci: CIProvider | None
     callback_policy: CallbackUrlPolicy
     callbacks: CallbackDispatcher
     auth: AuthService
+    #: The dashboard's sign-ins and CSRF tokens.
+    sessions: SessionService
     builds: BuildService
     projects: ProjectService
     metrics: Metrics
@@ -385,7 +403,7 @@ async def _assemble(
     from forgeline.adapters.workspace.local import LocalWorkspace
     from forgeline.services.auth import AuthService
     from forgeline.services.builds import BuildService
-    from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.credentials import CredentialInjector, CredentialService
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectConfig, ProjectService
 
@@ -419,6 +437,7 @@ async def _assemble(
     callbacks = build_callback_dispatcher(settings, database, redactor, metrics.callback_attempt)
     metrics.outbox = callbacks.outbox
     author = git_author(settings)
+    auth = AuthService(store)
     return Container(
         settings=settings,
         registry=registry,
@@ -430,12 +449,14 @@ async def _assemble(
         queue=queue,
         credentials=credentials,
         injector=injector,
+        credential_admin=CredentialService(credentials, store, redactor),
         git=git,
         templates=templates,
         ci=ci,
         callback_policy=callback_policy,
         callbacks=callbacks,
-        auth=AuthService(store),
+        auth=auth,
+        sessions=build_sessions(settings, auth, redactor),
         builds=BuildService(
             queue=queue,
             store=store,

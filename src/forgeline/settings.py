@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     callback_backoff_cap_s: float = Field(600.0, gt=0, description="largest retry delay")
     callback_timeout_s: float = Field(10.0, gt=0, le=120, description="one delivery attempt")
 
+    # --- the dashboard ---------------------------------------------------------------------
+    session_secret: SecretStr | None = Field(
+        None,
+        description="key of the dashboard's session cookies and CSRF tokens (the same on every"
+        " API process behind one address); generated into the data dir on first run if unset",
+    )
+    session_ttl_s: float = Field(
+        12 * 3600.0, ge=60, le=30 * 24 * 3600.0, description="how long a dashboard sign-in lasts"
+    )
+
     # --- logs ------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"

@@ -61,7 +61,13 @@ class AuthService:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise AuthError("the Authorization header must be 'Bearer <token>'")
-        record = await self._store.find_token(hash_token(value.strip()))
+        return await self.verify(value)
+
+    async def verify(self, token: str) -> ApiToken:
+        """The record of the API token ``token``, or ``AuthError`` (401) when it is unknown
+        or revoked: the one check behind every way a token is presented (a header, the
+        dashboard's session)."""
+        record = await self._store.find_token(hash_token(token.strip()))
         if record is None:
             raise AuthError("unknown or revoked API token")
         return record

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import random
-import secrets
 import socket
 import time
 import uuid
@@ -65,13 +64,12 @@ from forgeline.services.callback_policy import (
     CheckedUrl,
     ResolutionError,
 )
+from forgeline.services.keyfile import ensure_key_file
 
 _log = structlog.get_logger("forgeline.callbacks")
 
 #: Name of the generated signing key file in the data directory.
 CALLBACK_KEY_FILE: Final = "callback.key"
-#: Bytes of randomness in a generated signing key (hex-encoded in the file).
-_KEY_BYTES: Final = 32
 #: Longest wait for one outbox operation; a stuck database must not stall the loop forever.
 DATABASE_TIMEOUT_S: Final = 30.0
 #: Excerpt of a non-2xx answer kept in the attempt's error.
@@ -137,36 +135,11 @@ class DispatcherConfig:
 
 
 def ensure_callback_secret(data_dir: Path, configured: str | None = None) -> Secret:
-    """The callback signing key: ``configured`` if set, else the data directory's key file.
-
-    On first use the file ``<data_dir>/callback.key`` is created with fresh random bytes,
-    readable by its owner only (0600). Creation is atomic (write a temporary file, then
-    ``link`` it into place, which fails if another process won the race), so processes
-    starting together all end up with the same key.
-    """
-    if configured:
-        return Secret(configured, name="callback-secret")
-    path = data_dir / CALLBACK_KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = data_dir / f".{CALLBACK_KEY_FILE}.{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(secrets.token_hex(_KEY_BYTES) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    try:
-        value = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeError) as exc:
-        raise ConfigurationError(f"cannot read the callback key file {path}") from exc
-    if not value:
-        raise ConfigurationError(f"the callback key file {path} is empty")
-    return Secret(value, name="callback-secret")
+    """The callback signing key: ``configured`` if set, else the data directory's key file
+    ``callback.key``, created owner-only on first use (:func:`ensure_key_file`)."""
+    return ensure_key_file(
+        data_dir / CALLBACK_KEY_FILE, configured=configured, name="callback-secret"
+    )
 
 
 def _default_owner() -> str:

@@ -1,4 +1,5 @@
-"""Handing credentials to builds: resolve, record, and mask from then on.
+"""Credentials: set, listed and deleted by administrators; handed to builds (resolved,
+recorded, and masked from then on).
 
 The worker calls :meth:`CredentialInjector.for_build` once per build, before anything runs:
 each credential the project declares is read (project scope first, then global), its use
@@ -14,7 +15,8 @@ from typing import Protocol
 
 from forgeline.domain.project import Project
 from forgeline.domain.secrets import Secret
-from forgeline.ports.credentials import CredentialStore
+from forgeline.ports.credentials import CredentialInfo, CredentialStore
+from forgeline.ports.store import Store
 
 
 class SecretRegistry(Protocol):
@@ -64,6 +66,33 @@ class CredentialInjector:
         secret = await self.store.get(name, project=project, task_id=task_id)
         self._register({name: secret})
         return secret
+
+
+class CredentialService:
+    """What administrators do with credentials, through the API and the dashboard alike:
+    set one (its value masked from then on), list names and scopes (never values), delete."""
+
+    def __init__(self, store: CredentialStore, projects: Store, redactor: SecretRegistry) -> None:
+        self._store = store
+        self._projects = projects
+        self._redactor = redactor
+
+    async def set(self, name: str, value: str, *, project: str | None = None) -> CredentialInfo:
+        """Create or replace ``name`` (global, or of ``project``, which must exist:
+        ``ProjectNotFoundError``)."""
+        if project is not None:
+            await self._projects.get_project(project)
+        info = await self._store.put(name, Secret(value, name=name), project=project)
+        self._redactor.add_many([(value, name)])
+        return info
+
+    async def list(self, *, project: str | None = None) -> list[CredentialInfo]:
+        """Every credential (or those ``project``'s builds can receive), never a value."""
+        return await self._store.list(project=project)
+
+    async def delete(self, name: str, *, project: str | None = None) -> None:
+        """Remove ``name`` of exactly this scope (``CredentialNotFoundError``)."""
+        await self._store.delete(name, project=project)
 
 
 def reveal_env(secrets: Mapping[str, Secret]) -> dict[str, str]:
