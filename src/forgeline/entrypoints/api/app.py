@@ -18,6 +18,7 @@ from forgeline.bootstrap import Container, open_container
 from forgeline.entrypoints.api import errors
 from forgeline.entrypoints.api.limits import BodySizeLimit, DatabaseTimeLimit
 from forgeline.entrypoints.api.routes import health, router
+from forgeline.entrypoints.ui import install as install_ui
 from forgeline.logs import Redactor
 from forgeline.settings import Settings
 
@@ -84,6 +85,7 @@ def create_app(
     errors.install(app)
     app.include_router(health)
     app.include_router(router)
+    install_ui(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DatabaseTimeLimit, seconds=settings.db_request_timeout_s)
     return app

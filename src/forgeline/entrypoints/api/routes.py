@@ -22,7 +22,6 @@ from forgeline.domain.errors import (
 )
 from forgeline.domain.inputs import LINE, MAX_JSON_DEPTH, check_text, map_json
 from forgeline.domain.project import Project, validate_project_name
-from forgeline.domain.secrets import Secret
 from forgeline.domain.task import BuildSpec, WorkTask
 from forgeline.entrypoints.api.errors import error_body
 from forgeline.entrypoints.api.fields import JsonObject, Name, Prompt, SecretValue, Url
@@ -30,6 +29,7 @@ from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
 from forgeline.services.registry import describe_agents
+from forgeline.services.sessions import SESSION_COOKIE
 
 #: How long a stream waits for a final task's ``result`` event: a worker writes it just
 #: after making the task final.
@@ -53,6 +53,18 @@ async def authenticated(
 
 
 TokenDep = Annotated[ApiToken, Depends(authenticated)]
+
+
+async def authenticated_or_session(
+    request: Request, container: ContainerDep, authorization: Annotated[str | None, Header()] = None
+) -> ApiToken:
+    """The caller's token, from its Authorization header or else from the dashboard's
+    session cookie: a browser's ``EventSource`` cannot send headers. Only read-only routes
+    take it (a cookie rides along on cross-site requests that only ``SameSite`` stops)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if authorization is None and cookie:
+        return await container.sessions.check(cookie)
+    return await container.auth.authenticate(authorization)
 
 
 async def admin(token: TokenDep) -> ApiToken:
@@ -268,7 +280,7 @@ async def cancel_task(task_id: TaskId, container: ContainerDep, _token: TokenDep
 async def task_events(
     task_id: TaskId,
     container: ContainerDep,
-    _token: TokenDep,
+    _token: Annotated[ApiToken, Depends(authenticated_or_session)],
     format: Annotated[Literal["sse", "json"], Query()] = "sse",  # noqa: A002 - the public name
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -383,10 +395,7 @@ async def put_credential(
     project: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """Create or replace a credential (global, or of ``?project=``)."""
-    if project is not None:
-        await container.projects.get(project)
-    info = await container.credentials.put(name, Secret(body.value, name=name), project=project)
-    container.redactor.add(body.value, name)
+    info = await container.credential_admin.set(name, body.value, project=project)
     return info.to_dict()
 
 
@@ -397,7 +406,7 @@ async def list_credentials(
     project: Annotated[str | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     """Credential names, scopes and times; never values."""
-    return [c.to_dict() for c in await container.credentials.list(project=project)]
+    return [c.to_dict() for c in await container.credential_admin.list(project=project)]
 
 
 @router.delete("/credentials/{name}", status_code=204, tags=["credentials"])
@@ -408,7 +417,7 @@ async def delete_credential(
     project: Annotated[str | None, Query()] = None,
 ) -> Response:
     """Remove a credential of exactly this scope."""
-    await container.credentials.delete(name, project=project)
+    await container.credential_admin.delete(name, project=project)
     return Response(status_code=204)
 
 

@@ -1,0 +1,423 @@
+"""The dashboard's pages and forms (DESIGN.md: ``/ui/…``). Like the API's handlers, they
+translate HTTP to service calls; requests are checked with the API's own models, tasks
+shown through the API's own view of them, so both say the same."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import RedirectResponse
+
+from forgeline.domain.errors import (
+    AuthError,
+    ProjectNotFoundError,
+    TaskNotFoundError,
+    ValidationError,
+)
+from forgeline.domain.project import Project
+from forgeline.domain.task import TaskStatus, WorkTask
+from forgeline.entrypoints.api.routes import (
+    BuildIn,
+    CredentialIn,
+    ProjectIn,
+    project_name,
+    task_id_of,
+    task_json,
+)
+from forgeline.entrypoints.ui import pending
+from forgeline.entrypoints.ui.diff import parse_patch
+from forgeline.entrypoints.ui.web import (
+    CSRF_COOKIE,
+    PREFIX,
+    Admin,
+    ContainerDep,
+    PageRoute,
+    Viewer,
+    csrf_guard,
+    render,
+    set_csrf_cookie,
+)
+from forgeline.logs import Redactor
+from forgeline.ports.store import ApiToken
+from forgeline.services.auth import Role
+from forgeline.services.builds import BuildRequest
+from forgeline.services.registry import describe_agents
+from forgeline.services.sessions import SESSION_COOKIE
+
+#: Builds shown per page (overview and project pages).
+PAGE = 30
+
+ui = APIRouter(
+    prefix=PREFIX,
+    route_class=PageRoute,
+    dependencies=[Depends(csrf_guard)],
+    include_in_schema=False,
+)
+root = APIRouter(include_in_schema=False)
+
+ProjectName = Annotated[str, Depends(project_name)]
+TaskId = Annotated[str, Depends(task_id_of)]
+#: A form field (an absent one is empty: the service or the API's model says what is wrong).
+Field = Annotated[str, Form()]
+
+
+@root.get("/")
+async def home() -> RedirectResponse:
+    """The dashboard is forgeline's home page."""
+    return RedirectResponse(f"{PREFIX}/", status_code=307)
+
+
+def _see(path: str) -> RedirectResponse:
+    """After a form: the page that shows its effect (303, so a reload does not resend it)."""
+    return RedirectResponse(f"{PREFIX}{path}", status_code=303)
+
+
+# --- signing in and out -----------------------------------------------------------------------
+
+
+@ui.get("/login")
+async def login_form(request: Request) -> Response:
+    """The sign-in form: an API token."""
+    return render(request, "login.html", error=None)
+
+
+@ui.post("/login")
+async def login(request: Request, container: ContainerDep, token: Field = "") -> Response:
+    """Open a session for a valid token; the form again, with a 401, for any other."""
+    try:
+        _record, cookie = await container.sessions.open(token)
+    except AuthError:
+        return render(request, "login.html", status_code=401, error="unknown or revoked API token")
+    response = _see("/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=container.sessions.ttl_s,
+        path="/",  # the API's event stream reads it too (an EventSource sends no header)
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    # The pre-sign-in binding is spent: forms are bound to the session from now on.
+    response.delete_cookie(CSRF_COOKIE, path=PREFIX)
+    return response
+
+
+@ui.post("/logout")
+async def logout(request: Request) -> Response:
+    """End this browser's session (the token itself stays valid)."""
+    response = _see("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    set_csrf_cookie(request, response, secrets.token_urlsafe(32))
+    return response
+
+
+# --- overview and projects --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRow:
+    """A build as the tables show it (its texts redacted)."""
+
+    id: str
+    project: str
+    status: str
+    prompt: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cost_usd: float | None
+    commit: str | None
+    pipeline_status: str | None
+    deploy_url: str | None
+
+    @property
+    def active(self) -> bool:
+        """True while the build may still change."""
+        return self.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+    @classmethod
+    def of(cls, task: WorkTask, redactor: Redactor) -> BuildRow:
+        """The row of a build task."""
+        request = BuildRequest.from_task(task)
+        result: Mapping[str, Any] = task.result or {}
+        artifacts = result.get("artifacts") or {}
+        agent = result.get("agent") or {}
+        return cls(
+            id=task.id,
+            project=request.project,
+            status=task.status.value,
+            prompt=redactor.redact(request.spec.prompt),
+            created_at=task.created_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            cost_usd=agent.get("cost_usd"),
+            commit=artifacts.get("commit_sha"),
+            pipeline_status=artifacts.get("pipeline_status"),
+            deploy_url=redactor.redact(str(artifacts["deploy_url"]))
+            if artifacts.get("deploy_url")
+            else None,
+        )
+
+
+def _visible(viewer: ApiToken, project: str) -> bool:
+    allowed = pending.visible_projects(viewer)
+    return allowed is None or project in allowed
+
+
+async def _project(container: ContainerDep, viewer: ApiToken, name: str) -> Project:
+    """A project the viewer may see (not found otherwise, as the API answers)."""
+    if not _visible(viewer, name):
+        raise ProjectNotFoundError(name)
+    return await container.projects.get(name)
+
+
+async def _task(container: ContainerDep, viewer: ApiToken, task_id: str) -> WorkTask:
+    """A build task of a project the viewer may see (not found otherwise)."""
+    task = await container.builds.get(task_id)
+    if task.kind != "build" or not _visible(viewer, BuildRequest.from_task(task).project):
+        raise TaskNotFoundError(task_id)
+    return task
+
+
+@ui.get("/")
+async def overview(
+    request: Request,
+    container: ContainerDep,
+    viewer: Viewer,
+    status: Annotated[TaskStatus | None, Query()] = None,
+) -> Response:
+    """Projects with their last build, and the newest builds of all (by ``status``)."""
+    allowed = pending.visible_projects(viewer)
+    projects = [p for p in await container.projects.list() if allowed is None or p.name in allowed]
+    lasts = await asyncio.gather(
+        *(pending.list_builds(container, projects=[p.name], limit=1) for p in projects)
+    )
+    redactor = container.redactor
+    last = {
+        project.name: BuildRow.of(tasks[0], redactor)
+        for project, (tasks, _) in zip(projects, lasts, strict=True)
+        if tasks
+    }
+    tasks, _ = await pending.list_builds(container, projects=allowed, status=status, limit=PAGE)
+    recent = [BuildRow.of(t, redactor) for t in tasks]
+    templates = (
+        await asyncio.to_thread(container.templates.list_templates)
+        if viewer.role == Role.ADMIN
+        else []
+    )
+    return render(
+        request,
+        "overview.html",
+        viewer=viewer,
+        projects=projects,
+        last=last,
+        recent=recent,
+        status=status.value if status else "",
+        statuses=[s.value for s in TaskStatus],
+        templates=templates,
+        live=any(r.active for r in [*recent, *last.values()]),
+    )
+
+
+@ui.post("/projects")
+async def create_project(
+    container: ContainerDep,
+    _admin: Admin,
+    name: Field = "",
+    template: Field = "",
+    repo_url: Field = "",
+) -> Response:
+    """Create a project (checked as ``POST /projects`` is), then show it."""
+    body = ProjectIn(name=name.strip(), template=template or None, repo_url=repo_url or None)
+    project, _created = await container.projects.create(
+        body.name,
+        template=body.template,
+        variables=body.variables,
+        repo_url=body.repo_url,
+        credentials=body.credentials,
+        settings=body.settings,
+    )
+    return _see(f"/projects/{project.name}")
+
+
+@ui.get("/projects/{name}")
+async def project_page(
+    request: Request,
+    name: ProjectName,
+    container: ContainerDep,
+    viewer: Viewer,
+    cursor: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """A project: its details, its builds (newest first, a page at a time), a build form."""
+    project = await _project(container, viewer, name)
+    tasks, next_cursor = await pending.list_builds(
+        container, projects=[name], limit=PAGE, cursor=cursor
+    )
+    return render(
+        request,
+        "project.html",
+        viewer=viewer,
+        project=project,
+        builds=[BuildRow.of(t, container.redactor) for t in tasks],
+        next_cursor=next_cursor,
+        providers=container.registry.names(),
+        default_provider=container.registry.default_name,
+        # A fresh key per form shown: a double click queues one build, not two.
+        idempotency_key=secrets.token_urlsafe(16),
+        live=any(t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) for t in tasks),
+    )
+
+
+@ui.post("/projects/{name}/builds")
+async def start_build(
+    name: ProjectName,
+    *,
+    container: ContainerDep,
+    viewer: Viewer,
+    prompt: Field = "",
+    provider: Field = "",
+    model: Field = "",
+    auto_deploy: Field = "",
+    idempotency_key: Field = "",
+) -> Response:
+    """Queue a build (checked as ``POST /project/{name}/build`` is), then show it."""
+    await _project(container, viewer, name)
+    body = BuildIn(
+        prompt=prompt,
+        provider=provider or None,
+        model=model.strip() or None,
+        auto_deploy=bool(auto_deploy),
+    )
+    enqueued = await container.builds.submit(
+        name, body.spec(), idempotency_key=idempotency_key[:200] or None, client=viewer.id
+    )
+    return _see(f"/tasks/{enqueued.task.id}")
+
+
+# --- builds -----------------------------------------------------------------------------------
+
+
+@ui.get("/tasks/{task_id}")
+async def task_page(
+    request: Request, task_id: TaskId, container: ContainerDep, viewer: Viewer
+) -> Response:
+    """A build: its summary, steps, live conversation, callbacks and the diff it pushed."""
+    task = await _task(container, viewer, task_id)
+    patch = await pending.build_patch(container, viewer, task) if task.status.is_final else None
+    return render(
+        request,
+        "task.html",
+        viewer=viewer,
+        task=task,
+        view=await task_json(task, container),
+        row=BuildRow.of(task, container.redactor),
+        patch=parse_patch(patch) if patch is not None else None,
+    )
+
+
+@ui.post("/tasks/{task_id}/cancel")
+async def cancel_task(task_id: TaskId, container: ContainerDep, viewer: Viewer) -> Response:
+    """Cancel a queued or running build, then show it."""
+    await _task(container, viewer, task_id)
+    await container.builds.cancel(task_id)
+    return _see(f"/tasks/{task_id}")
+
+
+@ui.post("/tasks/{task_id}/retry")
+async def retry_task(task_id: TaskId, container: ContainerDep, viewer: Viewer) -> Response:
+    """Re-run a finished build, then show the new one."""
+    await _task(container, viewer, task_id)
+    return _see(f"/tasks/{await pending.retry_build(container, viewer, task_id)}")
+
+
+# --- agents and administration ----------------------------------------------------------------
+
+
+@ui.get("/agents")
+async def agents_page(request: Request, container: ContainerDep, viewer: Viewer) -> Response:
+    """Agent providers: availability and capabilities."""
+    agents = await describe_agents(container.registry)
+    return render(request, "agents.html", viewer=viewer, agents=agents)
+
+
+@ui.get("/admin/credentials")
+async def credentials_page(request: Request, container: ContainerDep, admin: Admin) -> Response:
+    """Credential names and scopes (never values), with forms to set and delete."""
+    return render(
+        request,
+        "credentials.html",
+        viewer=admin,
+        credentials=await container.credential_admin.list(),
+        projects=[p.name for p in await container.projects.list()],
+    )
+
+
+@ui.post("/admin/credentials")
+async def set_credential(
+    container: ContainerDep,
+    _admin: Admin,
+    name: Field = "",
+    value: Field = "",
+    project: Field = "",
+) -> Response:
+    """Create or replace a credential (its value is never shown again)."""
+    body = CredentialIn(value=value)
+    await container.credential_admin.set(name.strip(), body.value, project=project or None)
+    return _see("/admin/credentials")
+
+
+@ui.post("/admin/credentials/delete")
+async def delete_credential(
+    container: ContainerDep, _admin: Admin, name: Field = "", project: Field = ""
+) -> Response:
+    """Delete a credential of exactly this scope."""
+    await container.credential_admin.delete(name, project=project or None)
+    return _see("/admin/credentials")
+
+
+async def _tokens_page(
+    request: Request, container: ContainerDep, admin: ApiToken, created: Any = None
+) -> Response:
+    return render(
+        request,
+        "tokens.html",
+        viewer=admin,
+        tokens=await pending.list_tokens(container),
+        roles=[r.value for r in Role],
+        created=created,
+    )
+
+
+@ui.get("/admin/tokens")
+async def tokens_page(request: Request, container: ContainerDep, admin: Admin) -> Response:
+    """API tokens (never their values) and a form to create one."""
+    return await _tokens_page(request, container, admin)
+
+
+@ui.post("/admin/tokens")
+async def create_token(
+    request: Request,
+    container: ContainerDep,
+    admin: Admin,
+    name: Field = "",
+    role: Field = Role.BUILDER.value,
+) -> Response:
+    """Create a token and show its value, this once (the page is not cached)."""
+    if role not in {r.value for r in Role}:
+        raise ValidationError(f"{role[:40]!r} is not a role", field="role")
+    new = await container.auth.create(name, Role(role))
+    return await _tokens_page(request, container, admin, created=new)
+
+
+@ui.post("/admin/tokens/{token_id}/revoke")
+async def revoke_token(token_id: str, container: ContainerDep, _admin: Admin) -> Response:
+    """Revoke a token: its sessions and requests are refused from now on."""
+    await pending.revoke_token(container, token_id)
+    return _see("/admin/tokens")
