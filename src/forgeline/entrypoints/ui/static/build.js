@@ -211,7 +211,7 @@
     let state = "running";
     let text = `${data.step}: running`;
     if (data.phase === "finished") {
-      state = data.outcome === "ok" ? "ok" : "failed";
+      state = data.outcome || "ok"; // ok, skipped, failed, cancelled
       text = `${data.step}: ${data.outcome} in ${seconds(data.duration_ms || 0)}`;
     } else if (data.phase === "skipped") {
       state = "skipped";

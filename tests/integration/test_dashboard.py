@@ -1,0 +1,340 @@
+"""The web dashboard in a real browser (Debian's Chromium through Playwright) against a real
+forgeline whose builds run the real ``claude`` on the scripted model server.
+
+Every test writes screenshots of the pages it visits to ``<tmp>/screens`` (not committed)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from forgeline.services.auth import Role
+from tests.support.anthropic_server import (
+    AnthropicServer,
+    ApiRequest,
+    Reply,
+    Script,
+    bash,
+    hello_script,
+    text,
+)
+from tests.support.browser import chromium, new_page, screenshot, sign_in
+from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.serve_process import live_processes
+
+pytestmark = [pytest.mark.claude, pytest.mark.slow]
+
+#: What a hostile agent says; none of it may run.
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+@pytest.fixture
+async def forgeline(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> AsyncIterator[Running]:
+    """forgeline serving the API and the dashboard, with two in-process workers."""
+    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium; no process of it outlives the test."""
+    async with chromium() as launched:
+        yield launched
+    assert live_processes("--disable-background-networking") == []
+
+
+@pytest.fixture
+def screens(tmp_path: Path) -> Path:
+    """Where this test's screenshots go."""
+    return tmp_path / "screens"
+
+
+async def _page(browser: Browser, forgeline: Running) -> Page:
+    _context, page = await new_page(browser, forgeline.url)
+    return page
+
+
+async def test_sign_in_and_out(browser: Browser, forgeline: Running, screens: Path) -> None:
+    """``/`` leads to the sign-in form; a wrong token is refused there; the right one opens
+    the overview with an HttpOnly, SameSite=Strict session cookie; signing out ends it."""
+    page = await _page(browser, forgeline)
+    await page.goto("/")
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+    await screenshot(page, screens, "login")
+
+    await page.fill("input[name=token]", "flt_not-a-token")
+    await page.click("button[type=submit]")
+    await expect(page.locator(".error")).to_have_text("unknown or revoked API token")
+    await screenshot(page, screens, "login-refused")
+
+    await sign_in(page, forgeline.token)
+    await expect(page.locator("h1")).to_have_text("Projects")
+    [cookie] = [c for c in await page.context.cookies() if c["name"] == "forgeline_session"]
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+    assert forgeline.token not in cookie["value"]
+    await screenshot(page, screens, "overview-empty")
+
+    await page.click("text=Sign out")
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+    await page.goto("/ui/")
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+
+
+#: Installed before any page script: records what the Content-Security-Policy refused, so a
+#: test can tell "nothing tried to run" from "something tried and was blocked".
+WATCH_CSP = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__violations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+def _gated(gate: threading.Event) -> Script:
+    """The hello.txt conversation, held before the agent's first tool call until ``gate``
+    opens: the test has the build's page open before anything happens."""
+
+    def script(req: ApiRequest) -> Reply:
+        if req.has_tools and not req.tool_results:
+            gate.wait(30)
+        return hello_script(req)
+
+    return script
+
+
+async def test_build_from_the_form_arrives_live(
+    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+) -> None:
+    """Create a project and start a build through the forms; on the build's page, opened
+    before the agent acts, its tool call, the tool's result, the final message and the
+    outcome appear without a reload; the steps and the overview follow."""
+    gate = threading.Event()
+    model.script = _gated(gate)
+    page = await _page(browser, forgeline)
+    await sign_in(page, forgeline.token)
+    await page.fill("input[name=name]", "site")
+    await page.click("text=Create project")
+    await expect(page).to_have_url(re.compile(r"/ui/projects/site$"))
+    await expect(page.locator("h1")).to_contain_text("site")
+    await page.fill("textarea[name=prompt]", "Create hello.txt please")
+    await page.click("text=Start build")
+    await expect(page).to_have_url(re.compile(r"/ui/tasks/[0-9a-f-]+$"))
+    conversation = page.locator("#conversation")
+    await expect(conversation).to_have_attribute("data-state", "live")
+    await page.evaluate("window.__sameDocument = true")
+    await expect(conversation.locator(".event.tool_use")).to_have_count(0)
+    gate.set()
+
+    tool_use = conversation.locator(".event.tool_use")
+    await expect(tool_use).to_contain_text("Write")
+    await expect(conversation.locator(".event.tool_result")).to_contain_text("result of Write")
+    await expect(conversation.locator(".event.message").last).to_have_text(re.compile("done$"))
+    await expect(conversation.locator(".event.result")).to_contain_text("succeeded")
+    await expect(page.locator("#task-status")).to_have_text("completed")
+    assert await page.evaluate("window.__sameDocument") is True
+    # Tool calls are collapsed; opened, they show their whole input.
+    await expect(tool_use.locator("details pre")).to_be_hidden()
+    await tool_use.locator("summary").click()
+    await expect(tool_use.locator("details pre")).to_contain_text("hello from the fake API")
+    await expect(page.locator("#steps li[data-step=checkout]")).to_contain_text("ok")
+    await expect(page.locator("#steps li[data-step=push]")).to_contain_text("ok")
+    await expect(page.locator("#stats")).to_contain_text("1 tool calls")
+    await screenshot(page, screens, "build-completed")
+
+    await page.click("text=site")
+    await expect(page.locator("#builds")).to_contain_text("completed")
+    await screenshot(page, screens, "project")
+    await page.click("text=Overview")
+    await expect(page.locator("table.projects")).to_contain_text("completed")
+    await expect(page.locator("table.builds")).to_contain_text("Create hello.txt please")
+    await page.select_option("select[name=status]", "failed")
+    await page.click("text=Filter")
+    await expect(page.locator("table.builds")).to_have_count(0)
+    await page.select_option("select[name=status]", "completed")
+    await page.click("text=Filter")
+    await expect(page.locator("table.builds tbody tr")).to_have_count(1)
+    await screenshot(page, screens, "overview")
+
+
+def _sleeping(req: ApiRequest) -> Reply:
+    if req.tool_results:
+        return [text("done")]
+    return [bash("sleep 30; echo finished > slept.txt")]
+
+
+async def test_cancel_a_running_build(
+    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+) -> None:
+    """The cancel button of a running build stops it; its page shows ``cancelled``."""
+    model.script = _sleeping
+    await forgeline.create_project("sleepy")
+    task_id = await forgeline.build("sleepy", prompt="take a nap")
+    page = await _page(browser, forgeline)
+    await sign_in(page, forgeline.token)
+    await page.goto(f"/ui/tasks/{task_id}")
+    await expect(page.locator("#conversation .event.tool_use")).to_contain_text("sleep 30")
+    await expect(page.locator("#task-status")).to_have_text("running")
+    await screenshot(page, screens, "build-running")
+    await page.click("#cancel")
+    await expect(page.locator("#task-status")).to_have_text("cancelled")
+    await expect(page.locator("#conversation .event.result")).to_contain_text("cancelled")
+    await expect(page.locator("#cancel")).to_have_count(0)
+    assert (await forgeline.task(task_id))["status"] == "cancelled"
+    await screenshot(page, screens, "build-cancelled")
+
+
+def _hostile(req: ApiRequest) -> Reply:
+    if req.tool_results:
+        return [text(f"done {HOSTILE}")]
+    return [text(f"Here it is: {HOSTILE}"), bash(f"printf '%s' '{HOSTILE}'")]
+
+
+async def test_hostile_output_is_text(
+    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+) -> None:
+    """Markup in agent output, tool input and output and the prompt is shown as text on
+    every page, and nothing of it runs (the CSP saw nothing to refuse)."""
+    model.script = _hostile
+    await forgeline.create_project("xss")
+    task_id = await forgeline.build("xss", prompt=f"echo {HOSTILE}")
+    await forgeline.wait_status(task_id, {"completed", "failed"}, timeout_s=60)
+    context, page = await new_page(browser, forgeline.url)
+    await context.add_init_script(WATCH_CSP)
+    await sign_in(page, forgeline.token)
+    await page.goto(f"/ui/tasks/{task_id}")
+    conversation = page.locator("#conversation")
+    await expect(conversation.locator(".event.result")).to_have_count(1)
+    await expect(conversation.locator(".event.message pre").first).to_have_text(
+        f"Here it is: {HOSTILE}"
+    )
+    await conversation.locator(".event.tool_result summary").click()
+    await expect(conversation.locator(".event.tool_result pre")).to_have_text(HOSTILE)
+    await expect(page.locator(".prompt-text")).to_have_text(f"echo {HOSTILE}")
+    await screenshot(page, screens, "build-hostile")
+    for path in (f"/ui/tasks/{task_id}", "/ui/projects/xss", "/ui/"):
+        await page.goto(path)
+        await expect(page.locator("main")).to_contain_text("<img src=x onerror=")
+        assert await page.locator("main img, main script").count() == 0
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.evaluate("window.__violations") == []
+
+
+async def test_forms_refuse_requests_without_their_csrf_token(
+    browser: Browser, forgeline: Running
+) -> None:
+    """A signed-in browser's POST without the form's CSRF token, or with another
+    session's, is refused and changes nothing."""
+    page = await _page(browser, forgeline)
+    await sign_in(page, forgeline.token)
+    stolen = await page.locator("input[name=csrf_token]").first.get_attribute("value")
+    other = await _page(browser, forgeline)
+    await sign_in(other, forgeline.token)
+    for form in ({"name": "evil"}, {"name": "evil", "csrf_token": "0" * 64}):
+        answer = await page.request.post("/ui/projects", form=form, max_redirects=0)
+        assert answer.status == 403
+        assert "reload the page" in await answer.text()
+    answer = await other.request.post(
+        "/ui/projects", form={"name": "evil", "csrf_token": stolen or ""}, max_redirects=0
+    )
+    assert answer.status == 403
+    assert (await forgeline.client.get("/projects/evil")).status_code == 404
+
+
+async def test_builder_token_is_kept_out_of_admin_pages(
+    browser: Browser, forgeline: Running, screens: Path
+) -> None:
+    """A builder token signs in and sees builds, but no admin link, and the admin pages
+    and forms refuse it."""
+    bot = await forgeline.container.auth.create("bot", Role.BUILDER)
+    page = await _page(browser, forgeline)
+    await sign_in(page, bot.value)
+    await expect(page.locator("header nav")).not_to_contain_text("Credentials")
+    await expect(page.locator("header nav")).not_to_contain_text("Tokens")
+    await expect(page.locator("text=New project")).to_have_count(0)
+    await screenshot(page, screens, "overview-builder")
+    for path in ("/ui/admin/credentials", "/ui/admin/tokens"):
+        answer = await page.goto(path)
+        assert answer is not None
+        assert answer.status == 403
+        await expect(page.locator(".error")).to_contain_text("'builder'")
+    await page.goto("/ui/")
+    csrf = await page.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = await page.request.post(
+        "/ui/admin/tokens", form={"name": "mine", "role": "admin", "csrf_token": csrf or ""}
+    )
+    assert answer.status == 403
+    await screenshot(page, screens, "admin-refused")
+
+
+async def test_admin_pages(browser: Browser, forgeline: Running, screens: Path) -> None:
+    """Credentials are set and deleted without their value ever shown; a new token is
+    shown once; agents show their availability."""
+    page = await _page(browser, forgeline)
+    await sign_in(page, forgeline.token)
+    await page.click("text=Credentials")
+    await page.fill("input[name=name]", "deploy-key")
+    await page.fill("textarea[name=value]", "s3cr3t-value-1234")
+    await page.click("text=Save")
+    await expect(page.locator("table.credentials")).to_contain_text("deploy-key")
+    assert "s3cr3t-value-1234" not in await page.content()
+    await screenshot(page, screens, "credentials")
+    await page.click("table.credentials >> text=Delete")
+    await expect(page.locator("table.credentials")).to_have_count(0)
+
+    await page.click("header >> text=Tokens")
+    await page.fill("input[name=name]", "release-bot")
+    await page.click("text=Create token")
+    value = await page.locator("#new-token").text_content()
+    assert value is not None
+    assert value.startswith("flt_")
+    await screenshot(page, screens, "token-created")
+    assert (await forgeline.container.auth.verify(value)).role == "builder"
+    await page.goto("/ui/admin/tokens")
+    assert value not in await page.content()
+
+    await page.click("text=Agents")
+    await expect(page.locator("table.agents")).to_contain_text("claude-code")
+    await expect(page.locator("table.agents tr", has_text="claude-code")).to_contain_text(
+        "available"
+    )
+    await screenshot(page, screens, "agents")
+
+
+async def test_pages_are_sent_with_security_headers(forgeline: Running) -> None:
+    """Every page forbids inline script, framing and caching; the session and CSRF
+    cookies are HttpOnly and SameSite=Strict."""
+    async with httpx.AsyncClient(base_url=forgeline.url) as client:
+        login = await client.get("/ui/login")
+        assert "script-src 'self';" in login.headers["content-security-policy"]
+        assert "unsafe-inline" not in login.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in login.headers["content-security-policy"]
+        assert login.headers["cache-control"] == "no-store"
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert "samesite=strict" in login.headers["set-cookie"].lower()
+        csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', login.text)
+        assert csrf is not None
+        signed = await client.post(
+            "/ui/login", data={"token": forgeline.token, "csrf_token": csrf[1]}
+        )
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/ui/"
+        session = signed.headers["set-cookie"].lower()
+        assert "forgeline_session=" in session
+        assert "httponly" in session
+        assert "samesite=strict" in session
+        # The session reads the event stream a browser cannot send a header to.
+        await forgeline.create_project("headers")
+        task_id = await forgeline.build("headers", prompt="Create hello.txt please")
+        events = await client.get(f"/tasks/{task_id}/events", params={"format": "json"})
+        assert events.status_code == 200
+        # ...and nothing else of the API.
+        assert (await client.get(f"/tasks/{task_id}")).status_code == 401
