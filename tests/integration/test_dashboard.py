@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Request, expect
 
 from forgeline.services.auth import Role
 from tests.support.anthropic_server import (
@@ -24,9 +24,11 @@ from tests.support.anthropic_server import (
     hello_script,
     text,
 )
+from tests.support.big_build import write_events
 from tests.support.browser import chromium, new_page, screenshot, sign_in
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 from tests.support.serve_process import live_processes
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.claude, pytest.mark.slow]
 
@@ -45,7 +47,9 @@ async def forgeline(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    """A headless Chromium; no process of it outlives the test."""
+    """A headless Chromium; no process of it outlives the test. Tests take it after the
+    server, so it closes first: a page's open event stream would hold the server's
+    shutdown."""
     async with chromium() as launched:
         yield launched
     assert live_processes("--disable-background-networking") == []
@@ -62,7 +66,7 @@ async def _page(browser: Browser, forgeline: Running) -> Page:
     return page
 
 
-async def test_sign_in_and_out(browser: Browser, forgeline: Running, screens: Path) -> None:
+async def test_sign_in_and_out(forgeline: Running, browser: Browser, screens: Path) -> None:
     """``/`` leads to the sign-in form; a wrong token is refused there; the right one opens
     the overview with an HttpOnly, SameSite=Strict session cookie; signing out ends it."""
     page = await _page(browser, forgeline)
@@ -112,7 +116,7 @@ def _gated(gate: threading.Event) -> Script:
 
 
 async def test_build_from_the_form_arrives_live(
-    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+    forgeline: Running, browser: Browser, model: AnthropicServer, screens: Path
 ) -> None:
     """Create a project and start a build through the forms; on the build's page, opened
     before the agent acts, its tool call, the tool's result, the final message and the
@@ -172,7 +176,7 @@ def _sleeping(req: ApiRequest) -> Reply:
 
 
 async def test_cancel_a_running_build(
-    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+    forgeline: Running, browser: Browser, model: AnthropicServer, screens: Path
 ) -> None:
     """The cancel button of a running build stops it; its page shows ``cancelled``."""
     model.script = _sleeping
@@ -199,7 +203,7 @@ def _hostile(req: ApiRequest) -> Reply:
 
 
 async def test_hostile_output_is_text(
-    browser: Browser, forgeline: Running, model: AnthropicServer, screens: Path
+    forgeline: Running, browser: Browser, model: AnthropicServer, screens: Path
 ) -> None:
     """Markup in agent output, tool input and output and the prompt is shown as text on
     every page, and nothing of it runs (the CSP saw nothing to refuse)."""
@@ -229,7 +233,7 @@ async def test_hostile_output_is_text(
 
 
 async def test_forms_refuse_requests_without_their_csrf_token(
-    browser: Browser, forgeline: Running
+    forgeline: Running, browser: Browser
 ) -> None:
     """A signed-in browser's POST without the form's CSRF token, or with another
     session's, is refused and changes nothing."""
@@ -250,7 +254,7 @@ async def test_forms_refuse_requests_without_their_csrf_token(
 
 
 async def test_builder_token_is_kept_out_of_admin_pages(
-    browser: Browser, forgeline: Running, screens: Path
+    forgeline: Running, browser: Browser, screens: Path
 ) -> None:
     """A builder token signs in and sees builds, but no admin link, and the admin pages
     and forms refuse it."""
@@ -275,7 +279,7 @@ async def test_builder_token_is_kept_out_of_admin_pages(
     await screenshot(page, screens, "admin-refused")
 
 
-async def test_admin_pages(browser: Browser, forgeline: Running, screens: Path) -> None:
+async def test_admin_pages(forgeline: Running, browser: Browser, screens: Path) -> None:
     """Credentials are set and deleted without their value ever shown; a new token is
     shown once; agents show their availability."""
     page = await _page(browser, forgeline)
@@ -338,3 +342,74 @@ async def test_pages_are_sent_with_security_headers(forgeline: Running) -> None:
         assert events.status_code == 200
         # ...and nothing else of the API.
         assert (await client.get(f"/tasks/{task_id}")).status_code == 401
+
+
+@pytest.fixture
+async def idle_forgeline(tmp_path: Path, claude_bin: Path) -> AsyncIterator[Running]:
+    """forgeline without workers: a build stays queued while the test writes its events."""
+    settings = server_settings(tmp_path / "data", claude_bin, workers=0)
+    async with running_forgeline(settings) as running:
+        await running.create_project("big")
+        yield running
+
+
+async def test_a_build_with_5000_events(
+    idle_forgeline: Running, browser: Browser, screens: Path
+) -> None:
+    """The page of a build with 5,000 events receives them all but draws the newest 200;
+    earlier ones come 200 at a time on request; a new event is drawn as it is stored."""
+    forgeline = idle_forgeline
+    task_id = await forgeline.build("big", prompt="read every module")
+    await write_events(forgeline.container.store, task_id, 5000)
+    page = await _page(browser, forgeline)
+    await sign_in(page, forgeline.token)
+    await page.goto(f"/ui/tasks/{task_id}")
+    conversation = page.locator("#conversation")
+    events = conversation.locator(".event")
+    await expect(conversation).to_have_attribute("data-count", "5000")
+    await expect(events).to_have_count(200)
+    await expect(events.last).to_have_attribute("data-seq", "5000")
+    earlier = conversation.locator("button.earlier")
+    await expect(earlier).to_have_text("Show 200 earlier events (4800 hidden)")
+    await earlier.click()
+    await expect(events).to_have_count(400)
+    await expect(events.first).to_have_attribute("data-seq", "4601")
+    await expect(page.locator("#stats")).to_contain_text("5000 events")
+    await write_events(forgeline.container.store, task_id, 1, start=5000)
+    await expect(conversation).to_have_attribute("data-count", "5001")
+    await expect(events.last).to_have_attribute("data-seq", "5001")
+    await screenshot(page, screens, "build-5000-events")
+
+
+async def test_a_dropped_stream_resumes_without_loss_or_doubles(
+    idle_forgeline: Running, browser: Browser
+) -> None:
+    """When the connection under the event stream breaks, the browser reconnects with
+    ``Last-Event-ID`` and the page goes on from there: every event shown once, in order."""
+    forgeline = idle_forgeline
+    task_id = await forgeline.build("big", prompt="read every module")
+    await write_events(forgeline.container.store, task_id, 10)
+    proxy = TcpProxy(int(forgeline.url.rsplit(":", 1)[1]))
+    try:
+        _context, page = await new_page(browser, proxy.url)
+        streams: list[Request] = []
+        page.on("request", lambda r: streams.append(r) if r.url.endswith("/events") else None)
+        await sign_in(page, forgeline.token)
+        await page.goto(f"/ui/tasks/{task_id}")
+        conversation = page.locator("#conversation")
+        await expect(conversation).to_have_attribute("data-count", "10")
+        proxy.cut()
+        await expect(conversation).to_have_attribute("data-state", "reconnecting")
+        await write_events(forgeline.container.store, task_id, 2, start=10)
+        await expect(conversation).to_have_attribute("data-count", "12")
+        await expect(conversation).to_have_attribute("data-state", "live")
+        shown = await conversation.locator(".event").evaluate_all(
+            "items => items.map(item => Number(item.dataset.seq))"
+        )
+        assert shown == list(range(1, 13))
+        resumed = [(await r.all_headers()).get("last-event-id") for r in streams]
+        assert resumed[0] is None
+        assert resumed[1:] == ["10"] * (len(resumed) - 1)
+        await page.close()
+    finally:
+        proxy.stop()
