@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from forgeline.entrypoints.ui.diff import DiffFile, parse_patch
+from forgeline.entrypoints.ui.web import templates
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -111,3 +112,18 @@ def test_a_long_patch_is_cut(patch_text: str) -> None:
 def test_garbage_is_no_file() -> None:
     """Text that is no patch gives no files and no error."""
     assert parse_patch("hello\n@@ nonsense\n+++ x\n").files == []
+
+
+def test_rendered_with_headers_colours_and_escaped_text(patch_text: str) -> None:
+    """The page's diff: one header per file (escaped name, status, counts), added and
+    removed lines by class, every text escaped, nothing of the patch as markup."""
+    html = str(templates.get_template("_macros.html").module.diff_view(parse_patch(patch_text)))
+    assert '<span class="mono">dir/tést &lt;b&gt;.html</span> <span class="badge">added' in html
+    assert '<span class="mono">old name.md → new name.md</span>' in html
+    assert (
+        '<tr class="line-added"><td class="no"></td><td class="no">1</td>'
+        '<td class="code">&lt;script&gt;alert(1)&lt;/script&gt;</td></tr>'
+    ) in html
+    assert '<tr class="line-removed"><td class="no">2</td><td class="no"></td>' in html
+    assert "<script>" not in html
+    assert "binary file" in html
