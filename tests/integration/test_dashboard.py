@@ -136,6 +136,10 @@ async def test_build_from_the_form_arrives_live(
     await expect(conversation).to_have_attribute("data-state", "live")
     await page.evaluate("window.__sameDocument = true")
     await expect(conversation.locator(".event.tool_use")).to_have_count(0)
+    overview = await page.context.new_page()
+    await overview.goto("/ui/")
+    await expect(overview.locator("table.builds")).to_contain_text("running")
+    await overview.evaluate("window.__sameDocument = true")
     gate.set()
 
     tool_use = conversation.locator(".event.tool_use")
@@ -145,6 +149,10 @@ async def test_build_from_the_form_arrives_live(
     await expect(conversation.locator(".event.result")).to_contain_text("succeeded")
     await expect(page.locator("#task-status")).to_have_text("completed")
     assert await page.evaluate("window.__sameDocument") is True
+    # The overview open meanwhile caught up by itself.
+    await expect(overview.locator("table.builds")).to_contain_text("completed")
+    assert await overview.evaluate("window.__sameDocument") is True
+    await overview.close()
     # Tool calls are collapsed; opened, they show their whole input.
     await expect(tool_use.locator("details pre")).to_be_hidden()
     await tool_use.locator("summary").click()
