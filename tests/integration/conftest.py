@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.anthropic_server import AnthropicServer, hello_script
+from tests.support.forgeline_server import Running, running_forgeline, server_settings
 
 
 @pytest.fixture
@@ -18,3 +20,13 @@ def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
         yield server
+
+
+@pytest.fixture
+async def forgeline(
+    tmp_path: Path, claude_bin: Path, model: AnthropicServer
+) -> AsyncIterator[Running]:
+    """forgeline serving on embedded SQLite with two in-process workers, its builds' agent
+    talking to the scripted model."""
+    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
+        yield running

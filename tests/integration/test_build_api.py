@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +42,6 @@ def receiver() -> Iterator[CallbackReceiver]:
         yield recv
     finally:
         recv.stop()
-
-
-@pytest.fixture
-async def forgeline(
-    tmp_path: Path, claude_bin: Path, model: AnthropicServer
-) -> AsyncIterator[Running]:
-    """forgeline serving on embedded SQLite with two in-process workers."""
-    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
-        yield running
 
 
 def bare(running: Running, project: str) -> Path:

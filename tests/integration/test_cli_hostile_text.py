@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from tests.support.anthropic_server import (
     bash,
     text,
 )
-from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.forgeline_server import Running
 
 pytestmark = pytest.mark.claude
 
@@ -82,15 +81,6 @@ def hostile_agent(req: ApiRequest) -> Reply:
     if req.tool_results:
         return [text(HOSTILE)]
     return [text(HOSTILE), bash(f"printf '{PRINTF}'")]
-
-
-@pytest.fixture
-async def forgeline(
-    tmp_path: Path, claude_bin: Path, model: AnthropicServer
-) -> AsyncIterator[Running]:
-    """A running forgeline on embedded SQLite."""
-    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
-        yield running
 
 
 async def test_build_task_and_project_views(forgeline: Running, model: AnthropicServer) -> None:

@@ -37,15 +37,6 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</scrip
 
 
 @pytest.fixture
-async def forgeline(
-    tmp_path: Path, claude_bin: Path, model: AnthropicServer
-) -> AsyncIterator[Running]:
-    """forgeline serving the API and the dashboard, with two in-process workers."""
-    async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
-        yield running
-
-
-@pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """A headless Chromium; no process of it outlives the test. Tests take it after the
     server, so it closes first: a page's open event stream would hold the server's

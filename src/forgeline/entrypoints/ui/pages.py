@@ -237,12 +237,7 @@ async def create_project(
     """Create a project (checked as ``POST /projects`` is), then show it."""
     body = ProjectIn(name=name.strip(), template=template or None, repo_url=repo_url or None)
     project, _created = await container.projects.create(
-        body.name,
-        template=body.template,
-        variables=body.variables,
-        repo_url=body.repo_url,
-        credentials=body.credentials,
-        settings=body.settings,
+        body.name, template=body.template, repo_url=body.repo_url
     )
     return _see(f"/projects/{project.name}")
 
