@@ -81,3 +81,4 @@ def test_csrf_tokens_are_bound_to_their_cookie(auth: AuthService) -> None:
     assert not _sessions(auth, key="other" * 10).csrf_valid("cookie-a", token)
     assert not sessions.csrf_valid("", sessions.csrf_token(""))
     assert not sessions.csrf_valid("cookie-a", "")
+    assert not sessions.csrf_valid("cookie-a", "é" * 64)

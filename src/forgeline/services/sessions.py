@@ -71,4 +71,5 @@ class SessionService:
 
     def csrf_valid(self, binding: str, sent: str) -> bool:
         """True when ``sent`` is the CSRF token of ``binding`` (compared in constant time)."""
-        return bool(binding) and hmac.compare_digest(self.csrf_token(binding), sent)
+        expected = self.csrf_token(binding).encode()
+        return bool(binding) and hmac.compare_digest(expected, sent.encode())

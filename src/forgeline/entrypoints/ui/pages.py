@@ -46,7 +46,7 @@ from forgeline.entrypoints.ui.web import (
 from forgeline.logs import Redactor
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import Role
-from forgeline.services.builds import BuildRequest
+from forgeline.services.builds import BUILD_KIND, BuildRequest
 from forgeline.services.registry import describe_agents
 from forgeline.services.sessions import SESSION_COOKIE
 
@@ -160,10 +160,14 @@ class BuildRow:
             cost_usd=agent.get("cost_usd"),
             commit=artifacts.get("commit_sha"),
             pipeline_status=artifacts.get("pipeline_status"),
-            deploy_url=redactor.redact(str(artifacts["deploy_url"]))
-            if artifacts.get("deploy_url")
-            else None,
+            deploy_url=_web_url(redactor.redact(str(artifacts.get("deploy_url") or ""))),
         )
+
+
+def _web_url(url: str) -> str | None:
+    """``url`` if a page may link to it: http(s) only (a ``javascript:`` URL in a link
+    would be script, however well escaped)."""
+    return url if url.lower().startswith(("https://", "http://")) else None
 
 
 def _visible(viewer: ApiToken, project: str) -> bool:
@@ -181,7 +185,7 @@ async def _project(container: ContainerDep, viewer: ApiToken, name: str) -> Proj
 async def _task(container: ContainerDep, viewer: ApiToken, task_id: str) -> WorkTask:
     """A build task of a project the viewer may see (not found otherwise)."""
     task = await container.builds.get(task_id)
-    if task.kind != "build" or not _visible(viewer, BuildRequest.from_task(task).project):
+    if task.kind != BUILD_KIND or not _visible(viewer, BuildRequest.from_task(task).project):
         raise TaskNotFoundError(task_id)
     return task
 

@@ -164,6 +164,7 @@
         item.append(el("pre", "error", `${data.kind || "error"}: ${data.message || ""}`));
         break;
       case "result":
+        if (data.status !== "succeeded") item.classList.add("unsuccessful");
         item.append(el("div", "", `${data.status}: ${data.text || ""}`));
         break;
       default:
