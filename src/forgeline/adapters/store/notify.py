@@ -51,16 +51,17 @@ class Watch:
             close()
 
 
-def notification(seq: int, task_id: str) -> str:
-    """The payload of an append's notification (PostgreSQL caps payloads near 8 kB; task
-    ids are short)."""
-    return f"{seq} {task_id}"
+def notification(origin: str, seq: int, task_id: str) -> str:
+    """The payload of an append's notification: who appended (so a store can skip word of
+    its own appends, told in-process already), the position and the task (PostgreSQL caps
+    payloads near 8 kB; task ids are short)."""
+    return f"{origin} {seq} {task_id}"
 
 
-def parse_notification(payload: str) -> Appended | None:
-    """The word a notification carries; None for a payload not of :func:`notification`
-    (then any task may have new events)."""
-    seq, _, task_id = payload.partition(" ")
+def parse_notification(payload: str) -> tuple[str, Appended] | None:
+    """The origin and the word of a :func:`notification`; None for any other payload."""
+    origin, _, rest = payload.partition(" ")
+    seq, _, task_id = rest.partition(" ")
     if not task_id or not seq.isascii() or not seq.isdigit():
         return None
-    return Appended(task_id, int(seq))
+    return origin, Appended(task_id, int(seq))

@@ -8,6 +8,7 @@ and a repeated event append recognises the event its first try committed.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,9 @@ class PostgresStore:
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
         self._appended = AppendNotifier()
+        #: Names this store's appends in their notifications: it tells them in-process,
+        #: at once and with the event, and skips their notifications.
+        self._origin = uuid.uuid4().hex[:16]
 
     async def create_project(self, project: Project) -> Project:
         """Insert a project; ``ProjectExistsError`` if the name is taken."""
@@ -159,7 +163,7 @@ class PostgresStore:
                         numbered.type,
                         body,
                         EVENTS_CHANNEL,
-                        notification(numbered.seq, task_id),
+                        notification(self._origin, numbered.seq, task_id),
                     ),
                 )
                 return numbered, body
@@ -204,7 +208,11 @@ class PostgresStore:
         listener = self._db.listener
 
         def notified(payload: str) -> None:
-            on_append(parse_notification(payload))
+            parsed = parse_notification(payload)
+            if parsed is None:
+                on_append(None)
+            elif parsed[0] != self._origin:
+                on_append(parsed[1])
 
         watch = Watch(
             lambda: listener.connected,
