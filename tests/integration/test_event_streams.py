@@ -19,12 +19,14 @@ import httpx
 import psycopg
 import pytest
 
+from forgeline.adapters.queue.postgres import PostgresWorkQueue
 from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.adapters.store import build_store
 from forgeline.domain import AgentEvent, MessageData
 from forgeline.domain.agent import AgentResult, RunStatus
 from forgeline.ports.store import Store
+from forgeline.services.events import EventHub, HubConfig
 from tests.conftest import ROOT
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 from tests.support.serve_process import forgeline_env
@@ -315,3 +317,37 @@ async def test_database_restart_loses_and_doubles_nothing(
         assert proxy.cuts == 1
     finally:
         proxy.stop()
+
+
+@pytest.mark.postgres
+async def test_events_channel_joins_a_listener_already_up_for_the_queue(pg_url: str) -> None:
+    """In ``serve`` the queue starts the process's one listener before any watcher: the
+    event store's channel joins it later, and then both the queue's wake-ups and the
+    events of another process arrive by notification alone (every poll is an hour away)."""
+    db, other = PostgresDatabase(pg_url), PostgresDatabase(pg_url)
+    for each in (db, other):
+        await each.open()
+    await migrate(db)
+    queue = PostgresWorkQueue(db, poll_interval_s=3600, listen_poll_interval_s=3600)
+    hub = EventHub(build_store(db), queue, HubConfig(poll_s=3600, idle_check_s=3600))
+    try:
+        task = (await queue.enqueue("probe", {})).task.id
+        assert await queue.claim("w", lease_s=30)  # the listener is up, for work and cancels
+        stream = hub.stream(task)
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.5)  # the listener reconnects with the events channel
+        await build_store(other).append_event(task, msg("from elsewhere"))
+        got = await asyncio.wait_for(first, 10)
+        assert [e.seq for e in got] == [1]  # type: ignore[union-attr]
+        assert await queue.claim("w", lease_s=30) == []  # what came before is seen
+        waiting = asyncio.ensure_future(queue.wait_for_work(30))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await PostgresWorkQueue(other).enqueue("probe", {})
+        await asyncio.wait_for(waiting, 10)
+        await stream.aclose()
+    finally:
+        await hub.aclose()
+        await queue.aclose()
+        for each in (db, other):
+            await each.aclose()

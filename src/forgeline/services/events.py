@@ -143,7 +143,6 @@ class EventHub:
         self.config = config or HubConfig()
         self._feeds: dict[str, _Feed] = {}
         self._watch: asyncio.Task[AppendWatch] | None = None
-        self._closed = False
 
     # --- streams -------------------------------------------------------------------------
 
@@ -164,12 +163,14 @@ class EventHub:
                     return
                 watcher.wake.clear()
                 batch: Sequence[StoredEvent] = _take(watcher.buffer, position)
+                stored = True
                 if not batch and feed.last is not None and position < feed.last:
                     # Joined late, or a gap: what the feed passed on before is stored.
                     page = await self._store.list_events(
                         task_id, after_seq=position, limit=self.config.page
                     )
                     batch = _take(deque(page), position)
+                    stored = bool(page)
                 if batch:
                     batch = _through_result(batch)
                     position = batch[-1].seq
@@ -180,8 +181,8 @@ class EventHub:
                     continue
                 if feed.ended and feed.last is not None and position >= feed.last:
                     return
-                if watcher.buffer or watcher.wake.is_set():
-                    continue
+                if stored and (watcher.buffer or watcher.wake.is_set()):
+                    continue  # more to take (a read found nothing: wait, never spin)
                 left = quiet_since + self.config.keepalive_s - loop.time()
                 try:
                     async with asyncio.timeout(max(0.0, left)):

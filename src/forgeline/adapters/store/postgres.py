@@ -201,8 +201,8 @@ class PostgresStore:
         return None if row is None else StoredEvent(seq=row[0], type=row[1], body=row[2])
 
     async def watch_appends(self, on_append: OnAppend) -> AppendWatch:
-        """Tell ``on_append`` of this process's appends at once, and of every process's by
-        the notifications of :data:`EVENTS_CHANNEL` on the process's one listening
+        """Tell ``on_append`` of this process's appends at once, and of other processes'
+        by the notifications of :data:`EVENTS_CHANNEL` on the process's one listening
         connection; live while that connection is up, ``None`` told when it drops or comes
         back (notifications sent meanwhile are lost)."""
         listener = self._db.listener
