@@ -127,7 +127,7 @@ def _decode_event(data: str) -> dict[str, Any] | None:
         return None
     try:
         event = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the decoder's depth: garbage too
         event = None
     if (
         isinstance(event, dict)
