@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from forgeline.adapters.queue.postgres import PostgresWorkQueue
@@ -29,6 +28,7 @@ from forgeline.ports.store import Store
 from forgeline.services.events import EventHub, HubConfig
 from tests.conftest import ROOT
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.pg_backends import terminate_backends
 from tests.support.serve_process import forgeline_env
 from tests.support.tcp_proxy import TcpProxy
 
@@ -216,20 +216,6 @@ async def test_cli_follow_resumes_after_a_drop(tmp_path: Path, claude_bin: Path)
 # --- PostgreSQL outages ----------------------------------------------------------------------
 
 
-def kill_listener(url: str) -> int:
-    """Kill the server process of the API's listening connection (its last statement was a
-    LISTEN: the test is shorter than its health check)."""
-    name = url.rsplit("/", 1)[1]
-    base = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(base, autocommit=True) as conn:
-        rows = conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where datname = %s and pid <> pg_backend_pid() and query ilike 'listen%%'",
-            (name,),
-        ).fetchall()
-    return len(rows)
-
-
 @asynccontextmanager
 async def elsewhere(pg_url: str) -> AsyncIterator[Store]:
     """The store of another process (its own connections, straight to the server)."""
@@ -283,7 +269,7 @@ async def test_listener_lost_loses_and_doubles_nothing(
         task = await new_task(running)
         async with watching(client, task, 20) as everyone:
             await asyncio.sleep(0.5)
-            outage = lambda: killed.append(kill_listener(pg_url))  # noqa: E731
+            outage = lambda: killed.append(terminate_backends(pg_url, listeners_only=True))  # noqa: E731
             await asyncio.wait_for(produce_with_outage(store, task, outage), 60)
             for followed in await everyone:
                 followed.exact(61)

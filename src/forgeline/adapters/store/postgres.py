@@ -31,7 +31,8 @@ from forgeline.ports.store import ApiToken, AppendWatch, OnAppend, StoredEvent
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Row = tuple[Any, ...]
 
-#: Every event append notifies this channel with its position (``"<seq> <task id>"``).
+#: Every event append notifies this channel; its payload is
+#: :func:`~forgeline.adapters.store.notify.notification`.
 EVENTS_CHANNEL = "forgeline_events"
 
 
