@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -28,12 +30,9 @@ from forgeline.entrypoints.api.fields import JsonObject, Name, Prompt, SecretVal
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.builds import BuildRequest
+from forgeline.services.events import Dropped, KeepAlive, StreamItem
 from forgeline.services.registry import describe_agents
 from forgeline.services.sessions import SESSION_COOKIE
-
-#: How long a stream waits for a final task's ``result`` event: a worker writes it just
-#: after making the task final.
-FINAL_RESULT_GRACE_S = 2.0
 
 
 def container_of(request: Request) -> Container:
@@ -296,7 +295,7 @@ async def task_events(
         body = "[" + ",".join(e.body for e in events) + "]"
         return Response(content=body, media_type="application/json")
     return StreamingResponse(
-        _sse(container, task_id, start),
+        _sse(container.events.stream(task_id, start)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -330,33 +329,21 @@ async def _all_events(container: Container, task_id: str, after: int) -> list[An
         after = page[-1].seq
 
 
-async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[bytes]:
-    store = container.store
-    keepalive_s = container.settings.sse_keepalive_s
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    final_since: float | None = None
-    while True:
-        page = await store.list_events(task_id, after_seq=after, limit=500)
-        for event in page:
-            after = event.seq
-            yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.body}\n\n".encode()
-            if event.type == "result":
-                return
-        if page:
-            quiet_since = loop.time()
-            continue
-        if final_since is None:
-            if (await container.queue.get(task_id)).status.is_final:
-                final_since = loop.time()
-        elif loop.time() - final_since > FINAL_RESULT_GRACE_S:
-            # Final for a while and still no result after the client's position (it saw
-            # it already, or the task never ran): nothing more will come.
-            return
-        if loop.time() - quiet_since >= keepalive_s:
-            quiet_since = loop.time()
-            yield b": keep-alive\n\n"
-        await store.wait_for_events(task_id, after, keepalive_s)
+async def _sse(stream: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
+    """The event hub's stream as SSE: ``id:`` = seq, ``data:`` = the event; a comment as
+    keep-alive; a ``dropped`` message (no ``id``: the position stays the last event's)
+    before the end when the client reads too slowly, which it resumes by reconnecting."""
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if isinstance(item, KeepAlive):
+                yield b": keep-alive\n\n"
+            elif isinstance(item, Dropped):
+                data = json.dumps({"reason": "too slow", "position": item.position})
+                yield f"event: dropped\ndata: {data}\n\n".encode()
+            else:
+                yield "".join(
+                    f"id: {e.seq}\nevent: {e.type}\ndata: {e.body}\n\n" for e in item
+                ).encode()
 
 
 # --- agents and templates --------------------------------------------------------------------

@@ -76,8 +76,9 @@ class Api:
 
     def events(self, task_id: str) -> Iterator[dict[str, Any]]:
         """The task's events until its ``result``. A broken stream is resumed where it
-        stopped (``Last-Event-ID``); the command gives up after :data:`SSE_RECONNECTS`
-        breaks in a row with no event in between."""
+        stopped (``Last-Event-ID``), at once if the server dropped it for reading too
+        slowly; the command gives up after :data:`SSE_RECONNECTS` breaks in a row with no
+        event in between."""
         import httpx
         from httpx_sse import connect_sse
 
@@ -99,11 +100,14 @@ class Api:
                         source.response.read()
                         _die(_error_message(source.response))
                     for sse in source.iter_sse():
+                        if sse.event == "dropped":
+                            break
                         event = _decode_event(sse.data)
                         if event is not None:
                             after, failures = event["seq"], 0
                             yield event
-                return
+                    else:
+                        return
             except httpx.HTTPError as exc:
                 if failures == SSE_RECONNECTS:
                     _die(f"event stream broke: {exc}")
