@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pydantic
-import structlog
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -30,8 +29,6 @@ from forgeline.entrypoints.api.routes import container_of
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
 from forgeline.services.sessions import SESSION_COOKIE
-
-log = structlog.get_logger("forgeline.ui")
 
 #: Where the dashboard lives.
 PREFIX = "/ui"
@@ -154,7 +151,6 @@ def render(
         # A first visit: bind its forms to a fresh random cookie (set below).
         binding = new_binding = secrets.token_urlsafe(32)
     html = templates.get_template(name).render(
-        request=request,
         viewer=viewer,
         is_admin=viewer is not None and viewer.role == Role.ADMIN,
         csrf_token=container.sessions.csrf_token(binding),
