@@ -43,7 +43,8 @@ async def browser() -> AsyncIterator[Browser]:
     shutdown."""
     async with chromium() as launched:
         yield launched
-    assert live_processes("--disable-background-networking") == []
+    assert live_processes("--disable-background-networking") == []  # Chromium's
+    assert live_processes("run-driver") == []  # Playwright's
 
 
 @pytest.fixture
