@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.anthropic_server import AnthropicServer, hello_script
-from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.callback_receiver import CallbackReceiver
+from tests.support.forgeline_server import (
+    CALLBACK_SECRET,
+    Running,
+    running_forgeline,
+    server_settings,
+)
 
 
 @pytest.fixture
@@ -30,3 +36,10 @@ async def forgeline(
     talking to the scripted model."""
     async with running_forgeline(server_settings(tmp_path / "data", claude_bin)) as running:
         yield running
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    """A webhook receiver on 127.0.0.1 that checks signatures with the test servers' key."""
+    with CallbackReceiver(CALLBACK_SECRET) as recv:
+        yield recv

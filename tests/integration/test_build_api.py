@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ from tests.support.forgeline_server import (
 )
 
 pytestmark = pytest.mark.claude
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    """A webhook receiver that checks signatures."""
-    recv = CallbackReceiver(CALLBACK_SECRET).start()
-    try:
-        yield recv
-    finally:
-        recv.stop()
 
 
 def bare(running: Running, project: str) -> Path:

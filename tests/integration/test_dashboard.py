@@ -26,7 +26,12 @@ from tests.support.anthropic_server import (
 )
 from tests.support.big_build import write_events
 from tests.support.browser import chromium, new_page, screenshot, sign_in
-from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.callback_receiver import CallbackReceiver
+from tests.support.forgeline_server import (
+    Running,
+    running_forgeline,
+    server_settings,
+)
 from tests.support.serve_process import live_processes
 from tests.support.tcp_proxy import TcpProxy
 
@@ -176,12 +181,17 @@ def _sleeping(req: ApiRequest) -> Reply:
 
 
 async def test_cancel_a_running_build(
-    forgeline: Running, browser: Browser, model: AnthropicServer, screens: Path
+    forgeline: Running,
+    browser: Browser,
+    model: AnthropicServer,
+    receiver: CallbackReceiver,
+    screens: Path,
 ) -> None:
-    """The cancel button of a running build stops it; its page shows ``cancelled``."""
+    """The cancel button of a running build stops it; its page shows ``cancelled``, then
+    the delivery of its callback."""
     model.script = _sleeping
     await forgeline.create_project("sleepy")
-    task_id = await forgeline.build("sleepy", prompt="take a nap")
+    task_id = await forgeline.build("sleepy", prompt="take a nap", callback_url=receiver.url())
     page = await _page(browser, forgeline)
     await sign_in(page, forgeline.token)
     await page.goto(f"/ui/tasks/{task_id}")
@@ -193,6 +203,10 @@ async def test_cancel_a_running_build(
     await expect(page.locator("#conversation .event.result")).to_contain_text("cancelled")
     await expect(page.locator("#cancel")).to_have_count(0)
     assert (await forgeline.task(task_id))["status"] == "cancelled"
+    callbacks = page.locator("table.callbacks")
+    await expect(callbacks).to_contain_text("build.completed")
+    await expect(callbacks).to_contain_text("delivered")
+    await expect(callbacks).to_contain_text("200")
     await screenshot(page, screens, "build-cancelled")
 
 

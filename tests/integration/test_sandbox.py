@@ -77,16 +77,6 @@ def env(claude_bin: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    """A webhook receiver (the signatures are not what these tests check)."""
-    recv = CallbackReceiver(CALLBACK_SECRET).start()
-    try:
-        yield recv
-    finally:
-        recv.stop()
-
-
 def wait_task(http: httpx.Client, task_id: str, statuses: set[str], limit_s: float = 90) -> Any:
     """Poll ``GET /tasks/{id}`` until its status is one of ``statuses`` (bounded)."""
     deadline = time.monotonic() + limit_s
