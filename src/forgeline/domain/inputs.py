@@ -49,12 +49,33 @@ TOO_DEEP: Final = "[nested too deep: not shown]"
 _NAMES: Final = {"\t": "tab", "\n": "newline", "\r": "carriage return"}
 
 
+def _forbidden_set(allow: str) -> str:
+    """The inside of a regex character class of what :func:`check_text` refuses: control
+    characters but ``allow``, and unpaired surrogates. Written with ``\\uXXXX`` escapes,
+    which Python's ``re`` and JSON Schema's ECMA-262 patterns read alike."""
+    codes = [c for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in allow]
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    parts = [f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in runs]
+    return "".join(parts) + "\\ud800-\\udfff"
+
+
 @functools.cache
 def _forbidden(allow: str) -> re.Pattern[str]:
-    controls = "".join(
-        re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in allow
-    )
-    return re.compile(f"[{controls}\ud800-\udfff]")
+    return re.compile(f"[{_forbidden_set(allow)}]")
+
+
+def text_pattern(allow: str = TEXT, *, blank: bool = True) -> str:
+    """The JSON Schema ``pattern`` of what :func:`check_text` accepts with ``allow``; with
+    ``blank=False``, only text with something besides whitespace (a prompt)."""
+    inside = _forbidden_set(allow)
+    if blank:
+        return f"^[^{inside}]*$"
+    return f"^[^{inside}]*[^\\s{inside}][^{inside}]*$"
 
 
 def _allowed(allow: str) -> str:
