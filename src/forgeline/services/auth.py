@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from forgeline.domain.errors import AuthError, InvalidProjectNameError, ValidationError
+from forgeline.domain.errors import (
+    AuthError,
+    ConflictError,
+    InvalidProjectNameError,
+    ValidationError,
+)
 from forgeline.domain.project import validate_project_name
 from forgeline.ports.store import ApiToken, Store
 
@@ -76,8 +81,14 @@ class AuthService:
         """Every token's record (never a token itself), oldest first."""
         return await self._store.list_tokens()
 
-    async def revoke(self, token_id: str) -> None:
-        """Revoke a token at once: its next request is a 401. ``TokenNotFoundError``."""
+    async def revoke(self, token_id: str, *, by: ApiToken) -> None:
+        """Revoke a token at once: its next request is a 401. ``TokenNotFoundError``; a
+        ``ConflictError`` (409) for the caller's own token, so that no one locks forgeline's
+        API away with its last admin token by mistake."""
+        if token_id == by.id:
+            raise ConflictError(
+                f"token {by.name!r} cannot revoke itself: revoke it with another admin token"
+            )
         await self._store.delete_token(token_id)
 
     async def authenticate(self, authorization: str | None) -> ApiToken:

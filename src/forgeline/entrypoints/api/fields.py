@@ -75,7 +75,7 @@ def _pattern(pattern: str) -> dict[str, Any]:
 #: A name or identifier: no control character at all.
 Name = Annotated[
     str,
-    Field(max_length=MAX_NAME_CHARS, json_schema_extra=_pattern(text_pattern(LINE))),
+    Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=_pattern(text_pattern(LINE))),
     _rule(check_text, allow=LINE),
 ]
 #: A prompt: something besides whitespace; tab, newline and carriage return are its only
@@ -148,8 +148,8 @@ _JSON_OBJECT_SCHEMA: dict[str, Any] = {
             {"type": "number"},
             {"type": "boolean"},
             {"type": "null"},
-            {"type": "array"},
-            {"type": "object"},
+            {"type": "array", "items": {}},
+            {"type": "object", "additionalProperties": True},
         ]
     },
 }

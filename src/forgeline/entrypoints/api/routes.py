@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from forgeline.bootstrap import Container
@@ -26,6 +25,7 @@ from forgeline.domain.errors import (
     TaskNotFoundError,
     ValidationError,
 )
+from forgeline.domain.inputs import check_timestamp, decimal_pattern
 from forgeline.domain.project import MAX_PROJECT_NAME, PROJECT_NAME_PATTERN, validate_project_name
 from forgeline.domain.secrets import CREDENTIAL_NAME_PATTERN, Secret
 from forgeline.domain.task import TaskStatus
@@ -64,6 +64,23 @@ from forgeline.services.registry import describe_agents
 #: How long a stream waits for a final task's ``result`` event: a worker writes it just
 #: after making the task final.
 FINAL_RESULT_GRACE_S = 2.0
+#: What ``Last-Event-ID`` may hold: an event position, or nothing (from the start).
+_POSITION_HEADER = rf"^\s*(?:{decimal_pattern(MAX_SEQ)})?\s*$"
+#: One message of an event stream (OpenAPI 3.2's ``itemSchema`` of ``text/event-stream``):
+#: ``id:`` the seq, ``event:`` the type, ``data:`` the event as JSON.
+_SSE_MESSAGE = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/EventOut"},
+        },
+    },
+}
 #: Page sizes of the list routes.
 DEFAULT_PAGE, MAX_PAGE = 50, 200
 
@@ -157,7 +174,7 @@ ScopeQuery = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="the page size")]
 IdempotencyKey = Annotated[
-    str | None,
+    str,
     Header(
         max_length=200,
         description="the same key (and body) again returns the first request's task (200)",
@@ -313,7 +330,7 @@ async def build(
     container: ContainerDep,
     token: TokenDep,
     response: Response,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey = "",
 ) -> Accepted:
     """Queue a build. A retry with the same ``Idempotency-Key`` (same token, same project)
     and the same body returns the task of the first request (200); the key with another
@@ -345,8 +362,11 @@ async def list_tasks(
     ] = None,
     status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
     since: Annotated[
-        datetime | None,
-        Query(description="only tasks created at or after this time (RFC 3339 with offset)"),
+        str | None,
+        Query(
+            json_schema_extra={"format": "date-time"},
+            description="only tasks created at or after this time (RFC 3339)",
+        ),
     ] = None,
     limit: Limit = DEFAULT_PAGE,
     cursor: Annotated[
@@ -358,14 +378,13 @@ async def list_tasks(
     only)."""
     projects = token.projects
     if project is not None:
+        validate_project_name(project)
         AuthService.require_project(token, project)
         projects = (project,)
-    if since is not None and since.tzinfo is None:
-        raise ValidationError("give a time zone (Z or an offset)", field="since")
     tasks, after = await container.builds.list(
         projects=projects,
         status=status,
-        since=since,
+        since=None if since is None else check_timestamp(since, field="since"),
         limit=limit,
         cursor=None if cursor is None else int(cursor),
     )
@@ -416,7 +435,7 @@ async def retry_task(
     container: ContainerDep,
     token: TokenDep,
     response: Response,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey = "",
 ) -> Accepted:
     """Queue a new build with the spec of a finished one (its ``retry_of``); 409 while the
     build is queued or running. Checked as a new build request is (422, 424, 429)."""
@@ -430,7 +449,7 @@ async def retry_task(
     "/tasks/{task_id}/diff",
     tags=["tasks"],
     operation_id="getTaskDiff",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={
         200: {
             "description": "the patch of the commit the build pushed, read from the"
@@ -455,7 +474,7 @@ async def task_diff(task_id: TaskId, container: ContainerDep, token: TokenDep) -
     "/tasks/{task_id}/log",
     tags=["tasks"],
     operation_id="getTaskLog",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={
         200: {
             "description": "the task's events so far as plain text, one line each",
@@ -486,10 +505,7 @@ async def task_log(task_id: TaskId, container: ContainerDep, token: TokenDep) ->
             " event) ending after the `result`, with `: keep-alive` comments while quiet; or,"
             " with `?format=json`, the events so far",
             "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "itemSchema": {"$ref": "#/components/schemas/EventOut"},
-                },
+                "text/event-stream": {"itemSchema": _SSE_MESSAGE},
             },
         },
         **errors(401, 404, 422, 500, 503),
@@ -502,7 +518,7 @@ async def task_events(
     token: TokenDep,
     format: Annotated[Literal["sse", "json"], Query()] = "sse",  # noqa: A002 - the public name
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str, Header(json_schema_extra={"pattern": _POSITION_HEADER})] = "",
 ) -> Response:
     """The task's normalized events: an SSE stream (``id:`` = seq, resumable with
     ``Last-Event-ID``) that ends after the ``result``; or, with ``?format=json``, the
@@ -676,15 +692,15 @@ async def list_tokens(container: ContainerDep, _token: AdminDep) -> list[TokenOu
     status_code=204,
     tags=["tokens"],
     operation_id="revokeToken",
-    responses=errors(401, 403, 404, 500, 503),
+    responses=errors(401, 403, 404, 409, 500, 503),
 )
 async def revoke_token(
     token_id: Annotated[str, Path(json_schema_extra={"pattern": TOKEN_ID_PATTERN})],
     container: ContainerDep,
-    _token: AdminDep,
+    token: AdminDep,
 ) -> Response:
-    """Revoke a token: from now on it is refused (401)."""
-    await container.auth.revoke(token_id)
+    """Revoke a token: from now on it is refused (401). A token cannot revoke itself (409)."""
+    await container.auth.revoke(token_id, by=token)
     return Response(status_code=204)
 
 
@@ -721,7 +737,7 @@ async def readyz(container: ContainerDep) -> JSONResponse | Readiness:
 @health.get(
     "/metrics",
     operation_id="getMetrics",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={
         200: {
             "description": "Prometheus text exposition format 0.0.4",
