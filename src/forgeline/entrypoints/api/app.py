@@ -90,7 +90,7 @@ def create_app(
         description=API_DESCRIPTION,
         lifespan=lifespan,
     )
-    errors.install(app)
+    errors.install(app, [*health.routes, *router.routes])
     app.include_router(health)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

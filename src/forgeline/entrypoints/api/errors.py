@@ -4,6 +4,7 @@ of them they can answer with (:func:`errors`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -11,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Route
 
 from forgeline.domain.errors import (
     AgentUnavailableError,
@@ -116,8 +117,9 @@ def _fields(exc: ForgelineError, shown: Any) -> list[dict[str, str]] | None:
     return None
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Register the handlers on ``app``, whose routes are ``routes``."""
+    methods_at = _allowed_methods(routes)
 
     @app.exception_handler(ForgelineError)
     async def domain_error(request: Request, exc: ForgelineError) -> JSONResponse:
@@ -201,17 +203,19 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             # Starlette names the methods of the first route that matched the path; a path
             # served by several routes (GET and POST /projects) takes all of theirs.
-            headers["Allow"] = ", ".join(sorted(_methods_of(request)))
+            headers["Allow"] = ", ".join(sorted(methods_at(request.url.path)))
         return JSONResponse(
             status_code=exc.status_code, content=error_body(code, str(exc.detail)), headers=headers
         )
 
 
-def _methods_of(request: Request) -> set[str]:
-    """Every method some route of the app takes at the request's path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+def _allowed_methods(routes: Sequence[BaseRoute]) -> Callable[[str], set[str]]:
+    """For a path: every method some of ``routes`` takes there."""
+    compiled = [
+        (route.path_regex, set(route.methods or ())) for route in routes if isinstance(route, Route)
+    ]
+
+    def methods(path: str) -> set[str]:
+        return {m for regex, taken in compiled if regex.match(path) for m in taken}
+
     return methods
