@@ -136,29 +136,6 @@ class CallbackDelivery:
     lease_expires_at: datetime | None = None
     history: tuple[DeliveryAttempt, ...] = field(default=())
 
-    def as_public(self) -> dict[str, Any]:
-        """A JSON-ready view for the API (``GET /tasks/{id}``): no body, no URL secrets."""
-        return {
-            "id": self.id,
-            "event": self.event,
-            "url": self.display_url,
-            "status": self.status.value,
-            "created_at": self.created_at.isoformat(),
-            "next_attempt_at": (None if self.status.is_final else self.next_attempt_at.isoformat()),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "attempts": [
-                {
-                    "number": attempt.number,
-                    "at": attempt.started_at.isoformat(),
-                    "duration_ms": attempt.duration_ms,
-                    "outcome": attempt.outcome.value,
-                    "status_code": attempt.status_code,
-                    "error": attempt.error,
-                }
-                for attempt in self.history
-            ],
-        }
-
     @property
     def payload(self) -> Any:
         """The JSON payload (decoded from :attr:`body`)."""
