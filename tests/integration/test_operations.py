@@ -6,11 +6,7 @@ limited to projects; and the conventions every answer follows."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.support.anthropic_server import AnthropicServer, ApiError, always
 from tests.support.forgeline_server import Running, git, running_forgeline, server_settings
+from tests.support.forgeline_server import run_cli as cli
 
 pytestmark = pytest.mark.claude
 
@@ -41,26 +38,6 @@ async def idle(tmp_path: Path, claude_bin: Path) -> AsyncIterator[Running]:
     async with running_forgeline(settings) as running:
         await running.create_project("app")
         yield running
-
-
-async def cli(running: Running, *args: str, token: str | None = None) -> Any:
-    """``forgeline ARGS`` in a child process against ``running``; its CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
-    env.update(
-        FORGELINE_URL=running.url,
-        FORGELINE_TOKEN=token or running.token,
-        FORGELINE_DATA_DIR=str(running.settings.data_dir),
-        COLUMNS="200",
-    )
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "forgeline", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 async def finished(running: Running, project: str, **spec: Any) -> dict[str, Any]:

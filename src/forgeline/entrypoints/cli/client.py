@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from forgeline.domain.agent import format_time
@@ -33,7 +33,7 @@ from forgeline.settings import Settings
 
 if TYPE_CHECKING:
     from forgeline.client import Client
-    from forgeline.entrypoints.api.schemas import EventOut, TaskOut
+    from forgeline.entrypoints.api.schemas import Accepted, EventOut, TaskOut
 
 task_app = typer.Typer(help="List, show, follow, cancel and retry tasks.", no_args_is_help=True)
 project_app = typer.Typer(help="Create, list, change and delete projects.", no_args_is_help=True)
@@ -163,6 +163,20 @@ def _follow(api: Client, task_id: str, *, as_json: bool) -> int:
     return EXIT.get(task.status.value, 1)
 
 
+def _submitted(api: Client, accepted: Accepted, *, wait: bool, as_json: bool) -> int:
+    """Print a queued build (its id, or its answer as JSON); with ``wait``, follow it to its
+    end. The command's exit code."""
+    if not wait:
+        if as_json:
+            _print_json(accepted)
+        else:
+            typer.echo(clean(accepted.task_id))
+        return 0
+    if not as_json:
+        typer.echo(clean(f"queued {accepted.task_id}"), err=True)
+    return _follow(api, accepted.task_id, as_json=as_json)
+
+
 def _show_task(task: TaskOut) -> None:
     out = console()
     out.print(text(task.task_id, "bold"), text(f"{task.status.value} (attempts {task.attempts})"))
@@ -218,15 +232,7 @@ def build(
     )
     with connected() as api:
         accepted = api.build(project, spec, idempotency_key=idempotency_key)
-        if not wait:
-            if json_out:
-                _print_json(accepted)
-            else:
-                typer.echo(clean(accepted.task_id))
-            return
-        if not json_out:
-            typer.echo(clean(f"queued {accepted.task_id}"), err=True)
-        code = _follow(api, accepted.task_id, as_json=json_out)
+        code = _submitted(api, accepted, wait=wait, as_json=json_out)
     raise typer.Exit(code)
 
 
@@ -252,14 +258,21 @@ def task_list(
     if json_out:
         _print_json(page)
         return
-    table = Table("task", "project", "status", "created", "prompt")
+    # Ids never wrap (they are copied into the next command); the prompt gives way.
+    table = Table(
+        Column("task", no_wrap=True),
+        "project",
+        "status",
+        Column("created (UTC)", no_wrap=True),
+        Column("prompt", no_wrap=True, overflow="ellipsis"),
+    )
     for task in page.items:
         prompt = task.spec.prompt if task.spec else ""
         cells = (
             task.task_id,
             task.project_id or "",
             task.status.value,
-            format_time(task.created_at),
+            task.created_at.strftime("%Y-%m-%d %H:%M"),
             " ".join(prompt.split())[:60],
         )
         table.add_row(*map(text, cells))
@@ -335,16 +348,7 @@ def task_retry(
 ) -> None:
     """Run a finished build again (same spec): a new task, linked to this one."""
     with connected() as api:
-        accepted = api.retry_task(task_id)
-        if not wait:
-            if json_out:
-                _print_json(accepted)
-            else:
-                typer.echo(clean(accepted.task_id))
-            return
-        if not json_out:
-            typer.echo(clean(f"queued {accepted.task_id}"), err=True)
-        code = _follow(api, accepted.task_id, as_json=json_out)
+        code = _submitted(api, api.retry_task(task_id), wait=wait, as_json=json_out)
     raise typer.Exit(code)
 
 
@@ -480,7 +484,7 @@ def token_list(json_out: JsonOption = False) -> None:
     if json_out:
         _print_json(tokens)
         return
-    table = Table("id", "name", "role", "projects", "created", "last used")
+    table = Table(Column("id", no_wrap=True), "name", "role", "projects", "created", "last used")
     for token in tokens:
         cells = (
             token.id,
