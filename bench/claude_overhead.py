@@ -13,7 +13,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/claude_overhead.py [--runs 8] [--parser-mb 200]
+    .venv/bin/python -m bench.claude_overhead [--runs 8] [--parser-mb 200]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/credentials.py [--quick] [--pg postgresql://…]
+    .venv/bin/python -m bench.credentials [--quick] [--pg postgresql://…]
 
 Figures:
 

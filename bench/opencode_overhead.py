@@ -11,7 +11,7 @@ once, so what is measured is opencode's and forgeline's own cost):
 2. **Memory.** Resident memory (the server and its descendants, peak while running) of one
    shared server running 1, 4 and 8 concurrent sessions, against one server per run.
 
-Run: ``.venv/bin/python bench/opencode_overhead.py [--runs 15] [--sizes 1,4,8]``.
+Run: ``.venv/bin/python -m bench.opencode_overhead [--runs 15] [--sizes 1,4,8]``.
 """
 
 from __future__ import annotations

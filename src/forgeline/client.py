@@ -334,5 +334,6 @@ def _decode_event(data: str) -> EventOut | None:
         return None
     try:
         return EventOut.model_validate(json.loads(data))
-    except (ValueError, PydanticValidationError):
+    # RecursionError: nested past the decoder's depth, garbage too.
+    except (ValueError, RecursionError, PydanticValidationError):
         return None

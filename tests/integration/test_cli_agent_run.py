@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,27 @@ def test_signal_mid_run_leaves_no_opencode(
             proc.communicate()
         assert_none_left(tmp_path / "data")
     assert (code, result["status"]) == (130, "cancelled")
+
+
+def test_sigkill_of_agent_run_leaves_no_opencode(
+    oc_binary: str, scripted_openai: ScriptedOpenAI, tmp_path: Path
+) -> None:
+    """SIGKILL of the command itself (no chance to clean up): its sandboxed opencode server
+    dies with it, within a second."""
+    proc = start("HANG", tmp_path, oc_binary, scripted_openai)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["type"] == "status":
+                break
+        assert opencode_processes(tmp_path / "data"), "the server should be running now"
+        proc.kill()
+        proc.communicate()
+        deadline = time.monotonic() + 1.0
+        while opencode_processes(tmp_path / "data") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        assert_none_left(tmp_path / "data")

@@ -166,6 +166,7 @@ class _Garbage(BaseHTTPRequestHandler):
                 (
                     f"id: 1\ndata: {json.dumps(event)}\n\n: keep-alive\n\n"
                     "data: {not json\n\ndata: [1, 2]\n\ndata: \x1b]0;pwned\x07\n\n"
+                    f"data: {'[' * 100_000}\n\n"
                     f"id: 2\ndata: {json.dumps(result)}\n\n"
                 ),
             ),
@@ -208,6 +209,7 @@ def test_garbage_from_the_server_is_a_clear_message(garbage_server: str) -> None
         "warning: skipped a message that is not an event: {not json",
         "warning: skipped a message that is not an event: [1, 2]",
         "warning: skipped a message that is not an event: \\x1b]0;pwned\\x07",
+        f"warning: skipped a message that is not an event: {'[' * 200}",
     ]
 
     listed = run_cli("project", "list", env=env)

@@ -47,7 +47,13 @@ from tests.support.forgeline_server import (
 )
 from tests.support.openai_server import RecordedRequest, ScriptedOpenAI, scripted_openai
 from tests.support.openai_server import Reply as OpenAIReply
-from tests.support.serve_process import admin_client, fleet, live_processes, wait_until_gone
+from tests.support.serve_process import (
+    Fleet,
+    admin_client,
+    fleet,
+    live_processes,
+    wait_until_gone,
+)
 
 __all__ = ["scripted_openai"]  # the module-scoped fixture, re-exported for pytest
 
@@ -99,6 +105,18 @@ def wait_event(http: httpx.Client, task_id: str, kind: str, limit_s: float = 60)
             return
         assert time.monotonic() < deadline, events
         time.sleep(0.1)
+
+
+def kill_and_restart(f: Fleet, data: Path, sleep_arg: str) -> str:
+    """SIGKILL serve ``first`` (its agent's tool runs ``sleep <sleep_arg>``): within a second
+    no process of the run is left, neither the tool's command nor anything of the data
+    directory (the sandbox's command lines name it). Then serve ``second`` on the same data
+    directory; its base URL."""
+    f.procs["first"].send_signal(signal.SIGKILL)
+    f.procs["first"].wait(timeout=10)
+    assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
+    assert wait_until_gone(str(data), within_s=1.0) == []
+    return f.serve("second", data_dir=data)
 
 
 def hostile_script(data: Path, forgeline_pid: int, source: Path) -> str:
@@ -219,12 +237,7 @@ def test_sigkill_of_serve_ends_its_agent_at_once(tmp_path: Path, env: dict[str, 
             time.sleep(0.05)
         attempt_dirs = list((data / "checkouts" / "drill").iterdir())
         assert len(attempt_dirs) == 1
-        f.procs["first"].send_signal(signal.SIGKILL)
-        f.procs["first"].wait(timeout=10)
-        assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
-        assert wait_until_gone(str(data), within_s=1.0) == []
-
-        base = f.serve("second", data_dir=data)
+        base = kill_and_restart(f, data, sleep_arg)
         with admin_client(base, data) as http:
             task = wait_task(http, task_id, {"completed", "failed"})
             assert task["status"] == "completed", task
@@ -287,12 +300,7 @@ def test_sigkill_of_serve_ends_its_opencode_server(
                     assert time.monotonic() < deadline, "the bash tool never started"
                     time.sleep(0.1)
             assert live_processes(f"{data}/agents/opencode/")
-            f.procs["first"].send_signal(signal.SIGKILL)
-            f.procs["first"].wait(timeout=10)
-            assert wait_until_gone(f"sleep {sleep_arg}", within_s=1.0) == []
-            assert wait_until_gone(str(data), within_s=1.0) == []
-
-            base = f.serve("second", data_dir=data)
+            base = kill_and_restart(f, data, sleep_arg)
             with admin_client(base, data) as http:
                 task = wait_task(http, task_id, {"completed", "failed"})
                 assert task["status"] == "completed", task

@@ -196,6 +196,7 @@ def test_unknown_and_bad_lines_are_counted_not_fatal() -> None:
         '{"type": "assistant", "message": {"content": [',
         "[1, 2]",
         b"\xff\xfe",
+        "[" * 100_000,  # deeper than the JSON decoder recurses
         "",
         '{"type": "stream_event", "event": {}}',
         '{"type": "system", "subtype": "task_started"}',
@@ -203,7 +204,7 @@ def test_unknown_and_bad_lines_are_counted_not_fatal() -> None:
     ]
     for line in lines:
         assert feed(parser, line) == []
-    assert parser.bad_lines == 4
+    assert parser.bad_lines == 5
     assert parser.unknown == {"stream_event": 1, "system/task_started": 1, "rate_limit_event": 1}
     assert feed(parser, TEXT)  # still parsing afterwards
 

@@ -141,6 +141,7 @@ def test_parses_the_event_kinds() -> None:
     assert parse_event(ev("plugin.added", id="core/x")) == UnknownEvent("plugin.added", SID)
     assert isinstance(parse_event(ev("message.updated", info={"role": "user"})), MalformedEvent)
     assert isinstance(parse_frame("not json"), MalformedEvent)
+    assert isinstance(parse_frame("[" * 100_000), MalformedEvent)  # past the decoder's depth
     assert isinstance(parse_event([1, 2]), MalformedEvent)
 
 

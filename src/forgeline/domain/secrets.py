@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 from forgeline.domain.errors import ValidationError
@@ -87,3 +88,9 @@ def validate_env_var(name: str) -> str:
             "not starting with a digit"
         )
     return name
+
+
+def validate_credential_mapping(mapping: Mapping[str, str]) -> dict[str, str]:
+    """``{ENV_VAR: credential name}`` if every variable and credential name can be used,
+    else ``ValidationError`` naming the first that cannot."""
+    return {validate_env_var(var): validate_credential_name(name) for var, name in mapping.items()}

@@ -35,7 +35,7 @@ from forgeline.domain.errors import (
 )
 from forgeline.domain.git import GitAuthor, GitRemote, RemoteKind, classify_remote
 from forgeline.domain.project import Project, validate_project_name
-from forgeline.domain.secrets import Secret, validate_credential_name, validate_env_var
+from forgeline.domain.secrets import Secret, validate_credential_mapping
 from forgeline.domain.task import TaskStatus
 from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
@@ -379,7 +379,7 @@ def _check_credentials(mapping: Mapping[str, str]) -> dict[str, str]:
     exist is checked when a build is submitted: a project's own credentials can only be
     stored once the project exists."""
     try:
-        return {validate_env_var(var): validate_credential_name(n) for var, n in mapping.items()}
+        return validate_credential_mapping(mapping)
     except ValidationError as exc:
         raise ValidationError(exc.message, field="credentials") from exc
 

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -37,7 +37,7 @@ from forgeline.adapters.credentials.crypto import SealedValue, scope_label, seal
 from forgeline.adapters.credentials.keys import KeyRing, MasterKey, read_key_file, write_key_file
 from forgeline.domain.errors import CredentialError, ValidationError
 from forgeline.domain.project import validate_project_name
-from forgeline.domain.secrets import Secret, validate_credential_name, validate_env_var
+from forgeline.domain.secrets import Secret
 from forgeline.ports.credentials import RotationReport
 
 #: The largest value accepted (PEM bundles and service-account JSON fit comfortably).
@@ -86,11 +86,6 @@ def check_value(value: Secret) -> str:
     if len(plaintext.encode("utf-8")) > MAX_VALUE_BYTES:
         raise ValidationError(f"a credential value must be at most {MAX_VALUE_BYTES} bytes")
     return plaintext
-
-
-def check_mapping(mapping: Mapping[str, str]) -> dict[str, str]:
-    """Validate ``{ENV_VAR: credential name}``."""
-    return {validate_env_var(var): validate_credential_name(name) for var, name in mapping.items()}
 
 
 def check_limit(limit: int) -> int:

@@ -21,7 +21,6 @@ from forgeline.adapters.credentials.base import (
     CredentialStoreBase,
     StoredRow,
     check_limit,
-    check_mapping,
     check_scope,
     check_value,
     db_scope,
@@ -32,7 +31,11 @@ from forgeline.adapters.credentials.keys import KeyRing
 from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.domain.agent import utcnow
 from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
-from forgeline.domain.secrets import Secret, validate_credential_name
+from forgeline.domain.secrets import (
+    Secret,
+    validate_credential_mapping,
+    validate_credential_name,
+)
 from forgeline.ports.credentials import CredentialInfo, CredentialUse
 
 Conn = psycopg.AsyncConnection[Any]
@@ -164,7 +167,7 @@ class PostgresCredentialStore(CredentialStoreBase):
         self, mapping: Mapping[str, str], *, project: str | None, task_id: str | None
     ) -> dict[str, Secret]:
         """``{ENV_VAR: name}`` → ``{ENV_VAR: Secret}`` in one transaction (see the port)."""
-        wanted = check_mapping(mapping)
+        wanted = validate_credential_mapping(mapping)
         project = check_scope(project)
 
         async def read(conn: Conn) -> dict[str, Secret]:

@@ -17,7 +17,6 @@ from forgeline.adapters.credentials.base import (
     CredentialStoreBase,
     StoredRow,
     check_limit,
-    check_mapping,
     check_scope,
     check_value,
     db_scope,
@@ -28,7 +27,11 @@ from forgeline.adapters.credentials.keys import KeyRing
 from forgeline.adapters.sql.database import SqliteDatabase, storage_error
 from forgeline.domain.agent import utcnow
 from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
-from forgeline.domain.secrets import Secret, validate_credential_name
+from forgeline.domain.secrets import (
+    Secret,
+    validate_credential_mapping,
+    validate_credential_name,
+)
 from forgeline.ports.credentials import CredentialInfo, CredentialUse
 
 T = TypeVar("T")
@@ -165,7 +168,7 @@ class SqliteCredentialStore(CredentialStoreBase):
         self, mapping: Mapping[str, str], *, project: str | None, task_id: str | None
     ) -> dict[str, Secret]:
         """``{ENV_VAR: name}`` → ``{ENV_VAR: Secret}`` in one transaction (see the port)."""
-        wanted = check_mapping(mapping)
+        wanted = validate_credential_mapping(mapping)
         project = check_scope(project)
 
         def run(conn: sqlite3.Connection) -> dict[str, Secret]:

@@ -460,29 +460,22 @@ class KubernetesWorkspace:
 
     async def kill_processes_in(self, path: str) -> int:
         """SIGKILL, in the pod, the processes whose cwd is ``path`` or below it."""
-        result = await self.run(
-            ["sh", "-c", _KILL_IN_SCRIPT, "forgeline-kill-in", path],
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin"},
-            timeout_s=30,
-        )
-        if not result.ok:
-            raise WorkspaceError(
-                f"cannot end the processes in {path!r} in pod {self._pod!r}: "
-                f"{result.stderr_tail(3)}"
-            )
-        return len(result.stdout.split())
+        out = await self._script(_KILL_IN_SCRIPT, path, doing=f"end the processes in {path!r}")
+        return len(out.split())
 
     async def list_dir(self, path: str) -> list[str]:
         """The entries of ``path`` in the pod (a POSIX sh glob; hidden names too)."""
+        out = await self._script(_LIST_SCRIPT, path, doing=f"list {path!r}")
+        return sorted(name for name in out.decode(errors="replace").split("\0") if name)
+
+    async def _script(self, script: str, *args: str, doing: str) -> bytes:
+        """Run one of this module's sh scripts in the pod; its stdout, or ``WorkspaceError``."""
         result = await self.run(
-            ["sh", "-c", _LIST_SCRIPT, "forgeline-list", path],
+            ["sh", "-c", script, "forgeline", *args],
             cwd="/",
             env={"PATH": "/usr/bin:/bin"},
             timeout_s=30,
         )
         if not result.ok:
-            raise WorkspaceError(
-                f"cannot list {path!r} in pod {self._pod!r}: {result.stderr_tail(3)}"
-            )
-        return sorted(name for name in result.stdout.decode(errors="replace").split("\0") if name)
+            raise WorkspaceError(f"cannot {doing} in pod {self._pod!r}: {result.stderr_tail(3)}")
+        return result.stdout

@@ -122,6 +122,8 @@ class SandboxView:
         self.args: list[str] = []
         #: Host paths bound so far: what lies below them is visible already.
         self._covered: list[str] = []
+        #: Directories made on the way to a bind (two binds often share their parents).
+        self._made: set[str] = set()
 
     def system(self) -> SandboxView:
         """The read-only system, ``/proc``, ``/dev`` and a private ``/tmp``."""
@@ -162,8 +164,10 @@ class SandboxView:
             return self
         for parent in reversed(PurePosixPath(path).parents):
             text = str(parent)
-            if text not in _MOUNT_POINTS and not _within(text, self._covered):
-                self.args += ["--perms", "0755", "--dir", text]
+            if text in _MOUNT_POINTS or text in self._made or _within(text, self._covered):
+                continue
+            self.args += ["--perms", "0755", "--dir", text]
+            self._made.add(text)
         self.args += [flag, path, path]
         self._covered.append(path)
         return self

@@ -177,7 +177,9 @@ class StreamJsonParser:
         self.lines += 1
         try:
             obj = _decode(line.decode() if isinstance(line, bytes) else line)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        # JSONDecodeError and UnicodeDecodeError alike; RecursionError for a line nested
+        # deeper than the decoder goes (it is garbage as well, not a reason to crash).
+        except (ValueError, RecursionError):
             if line.strip():
                 self.bad_lines += 1
             return []

@@ -438,7 +438,7 @@ def parse_frame(data: str) -> OpenCodeEvent:
     """The text of one SSE ``data`` field (possibly several joined lines)."""
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return MalformedEvent("event data is not JSON", excerpt=data[:200])
     return parse_event(obj)
 
