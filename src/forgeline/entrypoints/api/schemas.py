@@ -5,7 +5,8 @@ reads answers into the very same models, so the server, its document and its cli
 cannot disagree. Timestamps are RFC 3339 in UTC with milliseconds and ``Z``
 (:data:`Timestamp`) everywhere; errors have one shape (:class:`ErrorEnvelope`).
 
-This module imports pydantic and the domain only (no FastAPI): the client loads it.
+This module imports pydantic, the domain and the build request's shape (no FastAPI): the
+client loads it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pydantic import (
     model_serializer,
 )
 
-from forgeline.domain.agent import MAX_TIMEOUT_S, AgentCapabilities, format_time
+from forgeline.domain.agent import MAX_TIMEOUT_S, EventType, format_time
 from forgeline.domain.callbacks import CallbackDelivery, display_url
 from forgeline.domain.inputs import MAX_JSON_DEPTH, map_json
 from forgeline.domain.project import Project
@@ -42,6 +43,7 @@ from forgeline.entrypoints.api.fields import (
 from forgeline.ports.credentials import CredentialInfo
 from forgeline.ports.store import ApiToken
 from forgeline.ports.templates import TemplateInfo
+from forgeline.services.builds import BUILD_KIND, BuildRequest
 
 #: A point in time as every answer shows it: ``2026-11-24T07:08:52.328Z``.
 Timestamp = Annotated[
@@ -389,8 +391,6 @@ class TaskOut(BaseModel):
     ) -> Self:
         """The answer for ``task``; every text in it passes ``redact`` (what an agent
         wrote may quote a secret)."""
-        from forgeline.services.builds import BUILD_KIND, BuildRequest
-
         view: dict[str, Any] = {
             "task_id": task.id,
             "kind": task.kind,
@@ -424,9 +424,6 @@ class TaskPage(BaseModel):
 
     items: list[TaskOut]
     next_cursor: str | None
-
-
-EventType = Literal["init", "message", "tool_use", "tool_result", "status", "error", "result"]
 
 
 class EventOut(BaseModel):
@@ -464,16 +461,6 @@ class AgentOut(BaseModel):
     default: bool
     available: bool
     capabilities: Capabilities
-
-    @classmethod
-    def of(cls, name: str, default: bool, capabilities: AgentCapabilities) -> Self:
-        """The answer for one provider of the registry."""
-        return cls(
-            name=name,
-            default=default,
-            available=capabilities.available,
-            capabilities=Capabilities.model_validate(capabilities.to_dict()),
-        )
 
 
 class TemplateVariableOut(BaseModel):
