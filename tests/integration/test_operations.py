@@ -6,6 +6,7 @@ limited to projects; and the conventions every answer follows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,7 +117,11 @@ async def test_diff_and_log_of_a_build(forgeline: Running) -> None:
     await forgeline.create_project("site")
     task = await finished(forgeline, "site", prompt="create hello.txt")
     sha = task["result"]["artifacts"]["commit_sha"]
-    assert not list((forgeline.settings.data_dir / "checkouts" / "site").iterdir())
+    checkouts = forgeline.settings.data_dir / "checkouts" / "site"
+    deadline = asyncio.get_running_loop().time() + 10
+    while list(checkouts.iterdir()):  # the attempt removes its checkout just after it ends
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
 
     diff = await forgeline.client.get(f"/tasks/{task['task_id']}/diff")
     assert diff.status_code == 200, diff.text
