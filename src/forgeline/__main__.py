@@ -1,5 +1,5 @@
 """``python -m forgeline`` runs the CLI."""
 
-from forgeline.entrypoints.cli.main import main
+from forgeline.entrypoints.cli import main
 
 main()

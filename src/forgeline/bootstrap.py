@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from forgeline.services.callback_policy import CallbackUrlPolicy
     from forgeline.services.callbacks import CallbackDispatcher, Observer
     from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.events import EventHub
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectService
     from forgeline.services.worker import Worker
@@ -264,6 +265,8 @@ class Container:
     builds: BuildService
     projects: ProjectService
     metrics: Metrics
+    #: The task event streams of this process.
+    events: EventHub
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def ping_database(self) -> None:
@@ -394,6 +397,7 @@ async def _assemble(
     from forgeline.services.auth import AuthService
     from forgeline.services.builds import BuildService
     from forgeline.services.credentials import CredentialInjector
+    from forgeline.services.events import EventHub, HubConfig
     from forgeline.services.metrics import Metrics
     from forgeline.services.projects import ProjectConfig, ProjectService
 
@@ -412,6 +416,16 @@ async def _assemble(
     store = build_store(database)
     queue = build_queue(database)
     closers.append(queue.aclose)
+    events = EventHub(
+        store,
+        queue,
+        HubConfig(
+            keepalive_s=settings.sse_keepalive_s,
+            poll_s=settings.events_poll_s,
+            buffer=settings.sse_buffer_events,
+        ),
+    )
+    closers.append(events.aclose)
     git = build_git(settings, workspace, redactor)
     templates = build_templates(settings)
     ci_token = None
@@ -476,5 +490,6 @@ async def _assemble(
             registry=registry,
         ),
         metrics=metrics,
+        events=events,
         _closers=closers,
     )

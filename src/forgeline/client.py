@@ -217,9 +217,10 @@ class Client:
         self, task_id: str, *, on_garbage: Callable[[str], None] | None = None
     ) -> Iterator[EventOut]:
         """The task's events until its ``result``, as they happen. A broken stream is
-        resumed where it stopped (``Last-Event-ID``); after :data:`SSE_RECONNECTS` breaks
-        in a row with no event in between, :class:`UnreachableError`. A message that is
-        not an event (a proxy's garbage) is skipped and handed to ``on_garbage``."""
+        resumed where it stopped (``Last-Event-ID``), at once if the server dropped it for
+        reading too slowly; after :data:`SSE_RECONNECTS` breaks in a row with no event in
+        between, :class:`UnreachableError`. A message that is not an event (a proxy's
+        garbage) is skipped and handed to ``on_garbage``."""
         after = 0
         failures = 0
         # Reads wait for more than one keep-alive period of the server.
@@ -234,13 +235,16 @@ class Client:
                         source.response.read()
                         raise ApiError(source.response)
                     for sse in source.iter_sse():
+                        if sse.event == "dropped":
+                            break  # too slow for the server: resume where it stopped, at once
                         event = _decode_event(sse.data)
                         if event is not None:
                             after, failures = event.seq, 0
                             yield event
                         elif sse.data and on_garbage is not None:
                             on_garbage(sse.data)
-                return
+                    else:
+                        return
             except httpx.HTTPError as exc:
                 if failures == SSE_RECONNECTS:
                     raise UnreachableError(f"event stream broke: {exc}") from exc

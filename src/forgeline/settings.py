@@ -57,6 +57,20 @@ class Settings(BaseSettings):
         description="idle event streams get a keep-alive comment this often (below the"
         " CLI's 45 s read timeout), so proxies do not cut them",
     )
+    sse_buffer_events: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="events an event stream may fall behind before it is dropped (its"
+        " client resumes with Last-Event-ID)",
+    )
+    events_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="how often a watched task's events are read while other processes'"
+        " appends are not notified (SQLite; PostgreSQL while its listener is down)",
+    )
     db_request_timeout_s: float = Field(
         2.0,
         gt=0,

@@ -13,7 +13,7 @@ from forgeline.adapters.sql.migrate import migrate
 from forgeline.adapters.store import build_store
 from forgeline.domain import AgentEvent, MessageData, Project
 from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
-from forgeline.ports.store import Store
+from forgeline.ports.store import Appended, Store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -129,12 +129,21 @@ async def test_events_are_dense_per_task(store: Store) -> None:
     assert [e.seq for e in await store.list_events("t1", after_seq=2, limit=3)] == [3, 4, 5]
 
 
-async def test_wait_for_events_wakes_on_append(store: Store) -> None:
-    """A watcher is woken by an append instead of sleeping out its timeout."""
-    waiter = asyncio.create_task(store.wait_for_events("t9", 0, timeout_s=30))
-    await asyncio.sleep(0)
-    await store.append_event("t9", _msg("hello"))
-    await asyncio.wait_for(waiter, 5)
+async def test_watch_appends_tells_of_each_append_with_its_event(store: Store) -> None:
+    """This process's appends are told at once, once committed, the event itself along;
+    nothing more once the watch is closed."""
+    told: list[Appended | None] = []
+    watch = await store.watch_appends(told.append)
+    numbered = await store.append_event("t9", _msg("hello"))
+    mine = [w for w in told if w is not None and w.event is not None]
+    assert [(w.task_id, w.seq) for w in mine] == [("t9", 1)]
+    assert mine[0].event == (await store.list_events("t9"))[0]
+    assert mine[0].event is not None
+    assert mine[0].event.event().data == numbered.data
+    watch.close()
+    watch.close()
+    await store.append_event("t9", _msg("again"))
+    assert len([w for w in told if w is not None and w.event is not None]) == 1
 
 
 async def test_tokens(store: Store) -> None:

@@ -13,21 +13,9 @@ from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.errors import StorageError
 from forgeline.domain.task import TaskStatus
+from tests.support.pg_backends import terminate_backends
 
 pytestmark = pytest.mark.postgres
-
-
-def _terminate_backends(url: str) -> int:
-    """Kill every server process connected to ``url``'s database (as a restart would)."""
-    name = url.rsplit("/", 1)[1]
-    base = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(base, autocommit=True) as conn:
-        rows = conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where datname = %s and pid <> pg_backend_pid()",
-            (name,),
-        ).fetchall()
-    return len(rows)
 
 
 async def test_operations_and_listener_survive_killed_connections(pg_url: str) -> None:
@@ -41,7 +29,7 @@ async def test_operations_and_listener_survive_killed_connections(pg_url: str) -
         done = await api.enqueue("build", {})
         (lease,) = await worker.claim("w", lease_s=30)
         assert not await worker.wait_for_cancel(done.task.id, 0.1)  # the listener is up
-        assert await asyncio.to_thread(_terminate_backends, pg_url) >= 3
+        assert await asyncio.to_thread(terminate_backends, pg_url) >= 3
         # Pool connections are dead: the next calls retry on fresh ones.
         assert (await worker.heartbeat(lease, lease_s=30)).status is TaskStatus.RUNNING
         waiting = asyncio.create_task(worker.wait_for_cancel(done.task.id, 5.0), name="wait")

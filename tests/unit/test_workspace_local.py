@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from forgeline.adapters.workspace import local
 from forgeline.adapters.workspace.local import LocalWorkspace
 from forgeline.adapters.workspace.proctree import find_run_processes
 from forgeline.domain.errors import LineTooLongError, WorkspaceError
@@ -110,6 +111,57 @@ async def test_stdout_lines_frame_and_stderr_tail_is_kept(tmp_path: Path) -> Non
     assert await proc.wait() == 4
     assert proc.stderr_tail() == "err1\nerr2"
     assert await proc.kill() == 4
+
+
+async def test_follower_wakes_on_each_write_and_on_exit_not_on_a_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the follower's safety look pushed out of reach, lines written after quiet
+    spells are read while the command runs, and the stream ends when it exits: the
+    kernel's word of each write (inotify) and the exit woke the follower."""
+    monkeypatch.setattr(local, "_FOLLOW_SAFETY_S", 3600.0)
+    proc = await LocalWorkspace().spawn(
+        ["sh", "-c", "sleep 0.2; echo one; sleep 0.2; echo two; sleep 0.2; printf three"],
+        cwd=str(tmp_path),
+        env=ENV,
+        line_limit=1024,
+    )
+    lines = proc.stdout_lines()
+    assert await asyncio.wait_for(anext(lines), 10) == b"one"
+    assert await asyncio.wait_for(anext(lines), 10) == b"two"
+    assert [line async for line in lines] == [b"three"]
+    assert await proc.kill() == 0
+
+
+async def test_killing_a_quiet_command_ends_its_follower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower waiting on a silent command ends when the command is killed (its handle
+    closed), without waiting for a timer."""
+    monkeypatch.setattr(local, "_FOLLOW_SAFETY_S", 3600.0)
+    proc = await LocalWorkspace().spawn(
+        ["sh", "-c", "echo up; exec sleep 60"], cwd=str(tmp_path), env=ENV, line_limit=1024
+    )
+    lines = proc.stdout_lines()
+    assert await asyncio.wait_for(anext(lines), 10) == b"up"
+    rest = asyncio.ensure_future(anext(lines, b"ended"))
+    await asyncio.sleep(0.1)
+    await proc.kill(grace_s=0.2)
+    assert await asyncio.wait_for(rest, 10) == b"ended"
+
+
+async def test_a_slow_reader_loses_nothing(tmp_path: Path) -> None:
+    """A command that writes much and exits at once, read slowly: every line, in order."""
+    proc = await LocalWorkspace().spawn(
+        ["sh", "-c", "seq 1 50000"], cwd=str(tmp_path), env=ENV, line_limit=1024
+    )
+    seen = []
+    async for line in proc.stdout_lines():
+        seen.append(int(line))
+        if len(seen) % 10000 == 0:
+            await asyncio.sleep(0.2)
+    assert seen == list(range(1, 50001))
+    assert await proc.kill() == 0
 
 
 async def test_a_line_over_the_cap_raises_instead_of_blocking(tmp_path: Path) -> None:

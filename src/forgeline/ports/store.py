@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -32,6 +32,35 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """Word that task ``task_id`` has an event at ``seq``; the event itself comes along
+    when this process appended it (no need to read it back)."""
+
+    task_id: str
+    seq: int
+    event: StoredEvent | None = None
+
+
+#: What :meth:`Store.watch_appends` calls: with an :class:`Appended`, or with None when
+#: word may have been lost (a notification connection dropped): any task may have new events.
+OnAppend = Callable[[Appended | None], None]
+
+
+class AppendWatch(Protocol):
+    """A subscription of :meth:`Store.watch_appends`."""
+
+    @property
+    def live(self) -> bool:
+        """True while appends by *other* processes are told too; while False, whoever
+        needs them must look for them (poll)."""
+        ...
+
+    def close(self) -> None:
+        """Stop telling; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class ApiToken:
     """An API token's record; the token itself is never stored, only its hash.
 
@@ -54,7 +83,7 @@ class Store(Protocol):
     """Durable state beside the queue (same database, SQLite or PostgreSQL).
 
     - ``append_event`` assigns the next ``seq`` of the task (dense, from 1) atomically, so
-      concurrent writers never produce a gap or a duplicate, and wakes ``wait_for_events``.
+      concurrent writers never produce a gap or a duplicate, and tells ``watch_appends``.
     - Every wait is bounded by its ``timeout_s``; database errors surface as ``StorageError``.
     """
 
@@ -109,8 +138,11 @@ class Store(Protocol):
         """The task's newest event, or None when it has none."""
         ...
 
-    async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
-        """Return when the task may have events after ``after_seq``, or after ``timeout_s``."""
+    async def watch_appends(self, on_append: OnAppend) -> AppendWatch:
+        """Tell ``on_append`` of events appended from now on: this process's own at once,
+        once committed (callbacks run on the event loop and must be quick); other
+        processes' as the database tells of them (PostgreSQL notifications), while the
+        watch is ``live``; and ``None`` when word may have been lost."""
         ...
 
     async def add_token(

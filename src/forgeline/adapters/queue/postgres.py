@@ -3,10 +3,11 @@
 - Claims lease up to ``limit`` tasks in one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP
   LOCKED)`` statement, like procrastinate's ``fetch_job`` but batched like pgqueuer: one
   round trip hands a worker all the tasks its free slots can take.
-- Wake-ups come by LISTEN/NOTIFY on a dedicated connection (``forgeline_work`` from an
-  insert trigger and from writes that make work eligible; ``forgeline_cancel`` carrying
-  the task id). The listener reconnects on its own; while it is down, and after it comes
-  back (notifications may have been missed), waits fall back to polling.
+- Wake-ups come by LISTEN/NOTIFY on the process's one listening connection
+  (:class:`~forgeline.adapters.sql.listen.Listener`: ``forgeline_work`` from an insert
+  trigger and from writes that make work eligible; ``forgeline_cancel`` carrying the task
+  id). The listener reconnects on its own; while it is down, and after it comes back
+  (notifications may have been missed), waits fall back to polling.
 - A database restart breaks the pool's connections: every operation is retried on
   connection-level errors (:meth:`PostgresDatabase.run`), and every write is safe to
   retry (client-chosen task ids; fenced writes recognise their own earlier success).
@@ -24,7 +25,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-import structlog
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
@@ -43,7 +43,7 @@ from forgeline.adapters.queue._common import (
     kinds_list,
     new_task_id,
 )
-from forgeline.adapters.sql.database import PostgresDatabase, safe_message
+from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.domain.errors import (
     ForgelineError,
     LeaseLostError,
@@ -71,7 +71,6 @@ _COMPLETED = frozenset({TaskStatus.COMPLETED})
 _CANCELLED = frozenset({TaskStatus.CANCELLED})
 _REQUEUED_OR_FAILED = frozenset({TaskStatus.QUEUED, TaskStatus.FAILED})
 _REQUEUED_OR_CANCELLED = frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED})
-_log = structlog.get_logger(__name__)
 
 
 def _task(row: DictRow) -> WorkTask:
@@ -119,79 +118,6 @@ def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
         idempotency_key=new.idempotency_key,
         request_hash=new.request_hash,
     )
-
-
-class _Listener:
-    """One LISTEN connection per queue object, kept open by a named background task.
-
-    ``connected`` is False while it is (re)connecting; each (re)connect wakes every waiter,
-    because notifications sent while it was away are lost.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        on_work: Callable[[], None],
-        on_cancel: Callable[[str], None],
-        on_reconnect: Callable[[], None],
-        *,
-        health_s: float = 10.0,
-    ) -> None:
-        self._url = url
-        self._on_work = on_work
-        self._on_cancel = on_cancel
-        self._on_reconnect = on_reconnect
-        self._health_s = health_s
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self.connected = False
-
-    async def start(self, *, wait_s: float) -> None:
-        """Start listening (once); wait up to ``wait_s`` for the first connection."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="forgeline-queue-listener")
-        if wait_s > 0 and not self._ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), wait_s)
-
-    async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=5
-                )
-                async with conn:
-                    await conn.execute(f"listen {WORK_CHANNEL}")
-                    await conn.execute(f"listen {CANCEL_CHANNEL}")
-                    self.connected = True
-                    self._ready.set()
-                    self._on_reconnect()
-                    delay = 0.1
-                    while True:
-                        async for note in conn.notifies(timeout=self._health_s):
-                            if note.channel == CANCEL_CHANNEL:
-                                self._on_cancel(note.payload)
-                            else:
-                                self._on_work()
-                        # Quiet for a while: make sure the connection is still alive.
-                        await conn.execute("select 1")
-            except Exception as exc:  # noqa: BLE001  # whatever broke, listen again; waits poll meanwhile
-                if self.connected:
-                    _log.warning("queue listener lost its connection", error=safe_message(exc))
-                self.connected = False
-                self._on_reconnect()  # waiters fall back to polling right away
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
-                delay = min(delay * 2, 2.0)
-
-    async def aclose(self) -> None:
-        """Stop listening and wait until the connection is closed."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # wait() rather than `await task`: our own cancellation must still propagate.
-            await asyncio.wait({task})
-        self.connected = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +201,10 @@ class PostgresWorkQueue:
         self._poll_s = poll_interval_s
         self._listen_poll_s = listen_poll_interval_s
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
-        self._listener = _Listener(db.url, self._notify_work, self._notify_cancel, self._wake_all)
+        self._listener = db.listener
+        self._unsubscribe = db.listener.subscribe(
+            {WORK_CHANNEL: self._notify_work, CANCEL_CHANNEL: self._notify_cancel}, self._wake_all
+        )
         # Work notifications: a counter and an event replaced at each notification, so a
         # waiter sees every notification after the last claim that came back short.
         self._work_seq = 0
@@ -287,7 +216,7 @@ class PostgresWorkQueue:
 
     # -- notifications --------------------------------------------------------------------
 
-    def _notify_work(self) -> None:
+    def _notify_work(self, _payload: str = "") -> None:
         self._work_seq += 1
         self._work_event.set()
         self._work_event = asyncio.Event()
@@ -732,10 +661,11 @@ class PostgresWorkQueue:
                     del self._cancel_waiters[task_id]
 
     async def aclose(self) -> None:
-        """Stop listening; the pool belongs to the composition root. Idempotent."""
+        """Stop following notifications; the pool and its listener belong to the
+        composition root. Idempotent."""
         await self._completions.aclose()
         self._closed = True
-        await self._listener.aclose()
+        self._unsubscribe()
 
 
 def _filters(

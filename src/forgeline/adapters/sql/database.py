@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from forgeline.adapters.sql.listen import Listener
 from forgeline.domain.errors import ConfigurationError, ForgelineError, StorageError
 
 if TYPE_CHECKING:
@@ -233,7 +234,8 @@ class SqliteDatabase:
 
 
 class PostgresDatabase:
-    """A psycopg 3 async connection pool (autocommit; use ``conn.transaction()``)."""
+    """A psycopg 3 async connection pool (autocommit; use ``conn.transaction()``), and the
+    process's one LISTEN connection (:attr:`listener`, started by its first user)."""
 
     dialect = "postgres"
 
@@ -252,6 +254,8 @@ class PostgresDatabase:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
         # Operations given up by time_limit(), still cancelling: kept until they end.
         self._abandoned: set[asyncio.Task[Any]] = set()
+        #: Wake-ups from other processes, for every adapter on this database.
+        self.listener = Listener(url)
 
     async def open(self) -> None:
         """Open the pool and wait until it has its first connection."""
@@ -375,7 +379,8 @@ class PostgresDatabase:
             await self.run(select_one, "database ping")
 
     async def aclose(self) -> None:
-        """Close the pool once abandoned operations have ended; idempotent."""
+        """Stop listening; close the pool once abandoned operations have ended; idempotent."""
+        await self.listener.aclose()
         if self._abandoned:
             await asyncio.wait(set(self._abandoned))
         pool, self._pool = self._pool, None

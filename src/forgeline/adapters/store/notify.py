@@ -1,40 +1,67 @@
-"""In-process wake-ups for event watchers, with a polling fallback for other processes."""
+"""Telling watchers of appended events: at once in-process, by notification across processes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
+from collections.abc import Callable
 
-#: How often a watcher re-reads the database when no in-process append woke it: events
-#: written by a worker in another process show up within this delay.
-POLL_INTERVAL_S = 0.2
+from forgeline.ports.store import Appended, OnAppend, StoredEvent
 
 
-class EventSignals:
-    """One :class:`asyncio.Event` per task that watchers wait on and appends set."""
+class AppendNotifier:
+    """The callbacks of one store told of this process's own appends."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self._waiting: defaultdict[str, int] = defaultdict(int)
+        self._callbacks: list[OnAppend] = []
 
-    def notify(self, task_id: str) -> None:
-        """Wake every watcher of ``task_id``."""
-        event = self._events.pop(task_id, None)
-        if event is not None:
-            event.set()
+    def add(self, on_append: OnAppend) -> Callable[[], None]:
+        """Tell ``on_append`` of every later append; returns the function that stops it."""
+        self._callbacks.append(on_append)
 
-    async def wait(self, task_id: str, timeout_s: float) -> None:
-        """Return on the next notify of ``task_id``, or after ``min(timeout_s, poll)``."""
-        event = self._events.setdefault(task_id, asyncio.Event())
-        self._waiting[task_id] += 1
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(timeout_s, POLL_INTERVAL_S))
-        finally:
-            # The last watcher to leave takes the entry with it: no table growing forever.
-            self._waiting[task_id] -= 1
-            if self._waiting[task_id] == 0:
-                del self._waiting[task_id]
-                if self._events.get(task_id) is event:
-                    del self._events[task_id]
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(on_append)
+
+        return remove
+
+    def appended(self, task_id: str, event: StoredEvent) -> None:
+        """``event`` of ``task_id`` was just committed."""
+        if self._callbacks:
+            word = Appended(task_id, event.seq, event)
+            for on_append in list(self._callbacks):
+                on_append(word)
+
+
+class Watch:
+    """An :class:`~forgeline.ports.store.AppendWatch`: live while ``is_live()`` says so."""
+
+    def __init__(self, is_live: Callable[[], bool], *closers: Callable[[], None]) -> None:
+        self._is_live = is_live
+        self._closers = list(closers)
+
+    @property
+    def live(self) -> bool:
+        """True while other processes' appends are told too."""
+        return self._is_live()
+
+    def close(self) -> None:
+        """Stop telling; idempotent."""
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
+
+
+def notification(origin: str, seq: int, task_id: str) -> str:
+    """The payload of an append's notification: who appended (so a store can skip word of
+    its own appends, told in-process already), the position and the task (PostgreSQL caps
+    payloads near 8 kB; task ids are short)."""
+    return f"{origin} {seq} {task_id}"
+
+
+def parse_notification(payload: str) -> tuple[str, Appended] | None:
+    """The origin and the word of a :func:`notification`; None for any other payload."""
+    origin, _, rest = payload.partition(" ")
+    seq, _, task_id = rest.partition(" ")
+    if not task_id or not seq.isascii() or not seq.isdigit():
+        return None
+    return origin, Appended(task_id, int(seq))

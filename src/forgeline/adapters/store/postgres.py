@@ -8,6 +8,7 @@ and a repeated event append recognises the event its first try committed.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -15,7 +16,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from forgeline.adapters.sql.database import PostgresDatabase
-from forgeline.adapters.store.notify import EventSignals
+from forgeline.adapters.store.notify import (
+    AppendNotifier,
+    Watch,
+    notification,
+    parse_notification,
+)
 from forgeline.adapters.store.rows import (
     SELECT_PROJECTS,
     SELECT_TOKENS,
@@ -26,10 +32,14 @@ from forgeline.adapters.store.rows import (
 from forgeline.domain.agent import AgentEvent
 from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
 from forgeline.domain.project import Project
-from forgeline.ports.store import ApiToken, StoredEvent
+from forgeline.ports.store import ApiToken, AppendWatch, OnAppend, StoredEvent
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Row = tuple[Any, ...]
+
+#: Every event append notifies this channel; its payload is
+#: :func:`~forgeline.adapters.store.notify.notification`.
+EVENTS_CHANNEL = "forgeline_events"
 
 
 async def _one(conn: Conn, query: str, params: Sequence[Any] = ()) -> Row | None:
@@ -47,7 +57,10 @@ class PostgresStore:
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
-        self._signals = EventSignals()
+        self._appended = AppendNotifier()
+        #: Names this store's appends in their notifications: it tells them in-process,
+        #: at once and with the event, and skips their notifications.
+        self._origin = uuid.uuid4().hex[:16]
 
     async def create_project(self, project: Project) -> Project:
         """Insert a project; ``ProjectExistsError`` if the name is taken."""
@@ -178,11 +191,13 @@ class PostgresStore:
         """Store ``event`` as the task's next event.
 
         A transaction-scoped advisory lock on the task serializes its writers, so the
-        newest-event read and the insert cannot interleave (dense, no duplicate).
+        newest-event read and the insert cannot interleave (dense, no duplicate). The insert
+        notifies :data:`EVENTS_CHANNEL`, delivered when it commits: watchers in other
+        processes learn of it without polling.
         """
         tries = 0
 
-        async def insert(conn: Conn) -> AgentEvent:
+        async def insert(conn: Conn) -> tuple[AgentEvent, str]:
             nonlocal tries
             tries += 1
             async with conn.transaction():
@@ -202,16 +217,25 @@ class PostgresStore:
                     # A retry: the first try may have committed before its answer was lost.
                     earlier = event.numbered(last, task_id)
                     if event_body(earlier.to_dict()) == newest[1]:
-                        return earlier
+                        return earlier, newest[1]
                 numbered = event.numbered(last + 1, task_id)
+                body = event_body(numbered.to_dict())
                 await conn.execute(
-                    "insert into task_events (task_id, seq, type, body) values (%s,%s,%s,%s)",
-                    (task_id, numbered.seq, numbered.type, event_body(numbered.to_dict())),
+                    "insert into task_events (task_id, seq, type, body) values (%s,%s,%s,%s)"
+                    " returning pg_notify(%s, %s)",
+                    (
+                        task_id,
+                        numbered.seq,
+                        numbered.type,
+                        body,
+                        EVENTS_CHANNEL,
+                        notification(self._origin, numbered.seq, task_id),
+                    ),
                 )
-                return numbered
+                return numbered, body
 
-        numbered = await self._db.run(insert, "store append")
-        self._signals.notify(task_id)
+        numbered, body = await self._db.run(insert, "store append")
+        self._appended.appended(task_id, StoredEvent(numbered.seq, numbered.type, body))
         return numbered
 
     async def list_events(
@@ -242,9 +266,27 @@ class PostgresStore:
         )
         return None if row is None else StoredEvent(seq=row[0], type=row[1], body=row[2])
 
-    async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
-        """Return on an in-process append to the task, or after a short poll interval."""
-        await self._signals.wait(task_id, timeout_s)
+    async def watch_appends(self, on_append: OnAppend) -> AppendWatch:
+        """Tell ``on_append`` of this process's appends at once, and of other processes'
+        by the notifications of :data:`EVENTS_CHANNEL` on the process's one listening
+        connection; live while that connection is up, ``None`` told when it drops or comes
+        back (notifications sent meanwhile are lost)."""
+        listener = self._db.listener
+
+        def notified(payload: str) -> None:
+            parsed = parse_notification(payload)
+            if parsed is None:
+                on_append(None)
+            elif parsed[0] != self._origin:
+                on_append(parsed[1])
+
+        watch = Watch(
+            lambda: listener.connected,
+            self._appended.add(on_append),
+            listener.subscribe({EVENTS_CHANNEL: notified}, lambda: on_append(None)),
+        )
+        await listener.start(wait_s=0)
+        return watch
 
     async def add_token(
         self,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 from forgeline.adapters.sql.database import SqliteDatabase
-from forgeline.adapters.store.notify import EventSignals
+from forgeline.adapters.store.notify import AppendNotifier, Watch
 from forgeline.adapters.store.rows import (
     SELECT_PROJECTS,
     SELECT_TOKENS,
@@ -26,7 +26,7 @@ from forgeline.domain.errors import (
     TokenNotFoundError,
 )
 from forgeline.domain.project import Project
-from forgeline.ports.store import ApiToken, StoredEvent
+from forgeline.ports.store import ApiToken, AppendWatch, OnAppend, StoredEvent
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class SqliteStore:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
-        self._signals = EventSignals()
+        self._appended = AppendNotifier()
 
     async def create_project(self, project: Project) -> Project:
         """Insert a project; ``ProjectExistsError`` if the name is taken."""
@@ -167,19 +167,20 @@ class SqliteStore:
     async def append_event(self, task_id: str, event: AgentEvent) -> AgentEvent:
         """Store ``event`` as the task's next event (BEGIN IMMEDIATE keeps seq dense)."""
 
-        def insert(conn: sqlite3.Connection) -> AgentEvent:
+        def insert(conn: sqlite3.Connection) -> tuple[AgentEvent, str]:
             (last,) = conn.execute(
                 "select coalesce(max(seq), 0) from task_events where task_id = ?", (task_id,)
             ).fetchone()
             numbered = event.numbered(last + 1, task_id)
+            body = event_body(numbered.to_dict())
             conn.execute(
                 "insert into task_events (task_id, seq, type, body) values (?,?,?,?)",
-                (task_id, numbered.seq, numbered.type, event_body(numbered.to_dict())),
+                (task_id, numbered.seq, numbered.type, body),
             )
-            return numbered
+            return numbered, body
 
-        numbered = await self._write(insert)
-        self._signals.notify(task_id)
+        numbered, body = await self._write(insert)
+        self._appended.appended(task_id, StoredEvent(numbered.seq, numbered.type, body))
         return numbered
 
     async def list_events(
@@ -206,9 +207,10 @@ class SqliteStore:
         )
         return None if row is None else StoredEvent(seq=row[0], type=row[1], body=row[2])
 
-    async def wait_for_events(self, task_id: str, after_seq: int, timeout_s: float) -> None:
-        """Return on an in-process append to the task, or after a short poll interval."""
-        await self._signals.wait(task_id, timeout_s)
+    async def watch_appends(self, on_append: OnAppend) -> AppendWatch:
+        """Tell ``on_append`` of this process's appends; never ``live``: SQLite cannot tell
+        of another process's writes, a watcher polls for those."""
+        return Watch(lambda: False, self._appended.add(on_append))
 
     async def add_token(
         self,

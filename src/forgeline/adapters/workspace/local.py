@@ -19,6 +19,9 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from asyncinotify import Inotify, Mask
 
 from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.workspace.proctree import find_run_processes, processes_in, signal_all
@@ -82,11 +85,54 @@ async def read_lines(stream: asyncio.StreamReader, limit: int) -> AsyncIterator[
         yield line[:-1]
 
 
-#: Polling of a file-backed stdout: the first retry after an empty read, and the longest
-#: pause once the command has been quiet for a while.
-_FOLLOW_MIN_S = 0.002
-_FOLLOW_MAX_S = 0.05
+#: Reads of a file-backed stdout take up to this much at once.
 _FOLLOW_CHUNK = 256 * 1024
+#: A follower without inotify (none left: ``fs.inotify.max_user_instances``) reads this often.
+_FOLLOW_POLL_S = 0.05
+#: With inotify, a follower looks anyway after this long without word (a safety net: a
+#: change the kernel does not report, such as a write through a shared mapping).
+_FOLLOW_SAFETY_S = 1.0
+
+
+class _Changes:
+    """Waits until a file another process writes to may have grown: inotify on the file's
+    inode (found through ``/proc/self/fd``, so an unlinked file works too), which reports
+    each write at once. Without inotify, a short poll."""
+
+    _MASK = Mask.MODIFY | Mask.CLOSE_WRITE | Mask.CLOSE_NOWRITE
+
+    def __init__(self, out: io.FileIO) -> None:
+        self._inotify: Inotify | None = None
+        try:
+            inotify = Inotify()
+        except OSError:
+            return
+        try:
+            inotify.add_watch(f"/proc/self/fd/{out.fileno()}", self._MASK)
+        except OSError:
+            inotify.close()
+            return
+        self._inotify = inotify
+
+    async def wait(self, exited: asyncio.Future[int]) -> None:
+        """Return on a change of the file (our own close of it included), when ``exited``
+        is done, or after a safety delay."""
+        if self._inotify is None:
+            await asyncio.wait({exited}, timeout=_FOLLOW_POLL_S)
+            return
+        change = asyncio.ensure_future(self._inotify.get())
+        either: set[asyncio.Future[Any]] = {change, exited}
+        try:
+            await asyncio.wait(
+                either, timeout=_FOLLOW_SAFETY_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            change.cancel()
+
+    def close(self) -> None:
+        """Release the inotify descriptor."""
+        if self._inotify is not None:
+            self._inotify.close()
 
 
 async def follow_lines(
@@ -95,35 +141,39 @@ async def follow_lines(
     """Lines of a regular file a running ``proc`` writes to, until ``proc`` exited and all
     it wrote was read; ``LineTooLongError`` past ``limit`` bytes.
 
-    The file is polled (from ``_FOLLOW_MIN_S``, backing off to ``_FOLLOW_MAX_S`` while
-    nothing comes): regular files have no readiness to wait for, and reads from the page
+    Regular files have no readiness to wait for: the follower reads until it has all that
+    is there, then waits for inotify's word of the next write (see :class:`_Changes`) or
+    the process's exit, so a line is read as soon as it is written. Reads from the page
     cache are quick enough for the event loop. Ends quietly if ``out`` is closed meanwhile
     (the process was killed and its handle released).
     """
     buf = bytearray()
     scan = 0  # where to look for the next newline: what was scanned has none
-    pause = _FOLLOW_MIN_S
-    while not out.closed:
-        exited = proc.returncode is not None  # checked *before* the read: no lost tail
-        chunk = out.read(_FOLLOW_CHUNK)
-        if chunk:
-            pause = _FOLLOW_MIN_S
-            buf += chunk
-            start = 0
-            while (newline := buf.find(b"\n", scan)) != -1:
-                yield bytes(buf[start:newline])
-                start = scan = newline + 1
-            del buf[:start]
-            scan = len(buf)
-            if len(buf) > limit:
-                raise LineTooLongError(limit)
-            continue
-        if exited:
-            if buf:
-                yield bytes(buf)  # the last line had no newline
-            return
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, _FOLLOW_MAX_S)
+    changes = _Changes(out)
+    exited = asyncio.ensure_future(proc.wait())
+    try:
+        while not out.closed:
+            ended = proc.returncode is not None  # checked *before* the read: no lost tail
+            chunk = out.read(_FOLLOW_CHUNK)
+            if chunk:
+                buf += chunk
+                start = 0
+                while (newline := buf.find(b"\n", scan)) != -1:
+                    yield bytes(buf[start:newline])
+                    start = scan = newline + 1
+                del buf[:start]
+                scan = len(buf)
+                if len(buf) > limit:
+                    raise LineTooLongError(limit)
+                continue
+            if ended:
+                if buf:
+                    yield bytes(buf)  # the last line had no newline
+                return
+            await changes.wait(exited)
+    finally:
+        exited.cancel()
+        changes.close()
 
 
 class LocalProcess:

@@ -8,8 +8,10 @@ Every route documents each status it can answer with (errors with the one envelo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -58,28 +60,50 @@ from forgeline.entrypoints.api.schemas import (
 from forgeline.ports.queue import Enqueued
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
+from forgeline.services.events import Dropped, KeepAlive, StreamItem
 from forgeline.services.projects import UNSET, ProjectChanges
 from forgeline.services.registry import describe_agents
 
-#: How long a stream waits for a final task's ``result`` event: a worker writes it just
-#: after making the task final.
-FINAL_RESULT_GRACE_S = 2.0
 #: What ``Last-Event-ID`` may hold: an event position, or nothing (from the start).
 _POSITION_HEADER = rf"^\s*(?:{decimal_pattern(MAX_SEQ)})?\s*$"
 #: One message of an event stream (OpenAPI 3.2's ``itemSchema`` of ``text/event-stream``):
-#: ``id:`` the seq, ``event:`` the type, ``data:`` the event as JSON.
+#: an event (``id:`` the seq, ``event:`` its type, ``data:`` the event as JSON), or the
+#: ``dropped`` message that ends the stream of a client reading too slowly (see _sse).
 _SSE_MESSAGE = {
-    "type": "object",
-    "required": ["id", "event", "data"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "event": {"type": "string"},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/EventOut"},
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "event": {"type": "string", "not": {"const": "dropped"}},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/EventOut"},
+                },
+            },
         },
-    },
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "dropped"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["reason", "position"],
+                        "properties": {
+                            "reason": {"type": "string"},
+                            "position": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
+            },
+        },
+    ]
 }
 #: Page sizes of the list routes.
 DEFAULT_PAGE, MAX_PAGE = 50, 200
@@ -502,8 +526,9 @@ async def task_log(task_id: TaskId, container: ContainerDep, token: TokenDep) ->
         200: {
             "model": list[EventOut],
             "description": "an SSE stream of events (`id:` seq, `event:` type, `data:` the"
-            " event) ending after the `result`, with `: keep-alive` comments while quiet; or,"
-            " with `?format=json`, the events so far",
+            " event) ending after the `result`, with `: keep-alive` comments while quiet and a"
+            " `dropped` message ending it early for a client that reads too slowly (resume"
+            " with `Last-Event-ID`); or, with `?format=json`, the events so far",
             "content": {
                 "text/event-stream": {"itemSchema": _SSE_MESSAGE},
             },
@@ -531,7 +556,7 @@ async def task_events(
         body = "[" + ",".join(e.body for e in events) + "]"
         return Response(content=body, media_type="application/json")
     return StreamingResponse(
-        _sse(container, task_id, start),
+        _sse(container.events.stream(task_id, start)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -565,33 +590,21 @@ async def _all_events(container: Container, task_id: str, after: int) -> list[An
         after = page[-1].seq
 
 
-async def _sse(container: Container, task_id: str, after: int) -> AsyncIterator[bytes]:
-    store = container.store
-    keepalive_s = container.settings.sse_keepalive_s
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    final_since: float | None = None
-    while True:
-        page = await store.list_events(task_id, after_seq=after, limit=500)
-        for event in page:
-            after = event.seq
-            yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.body}\n\n".encode()
-            if event.type == "result":
-                return
-        if page:
-            quiet_since = loop.time()
-            continue
-        if final_since is None:
-            if (await container.queue.get(task_id)).status.is_final:
-                final_since = loop.time()
-        elif loop.time() - final_since > FINAL_RESULT_GRACE_S:
-            # Final for a while and still no result after the client's position (it saw
-            # it already, or the task never ran): nothing more will come.
-            return
-        if loop.time() - quiet_since >= keepalive_s:
-            quiet_since = loop.time()
-            yield b": keep-alive\n\n"
-        await store.wait_for_events(task_id, after, keepalive_s)
+async def _sse(stream: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
+    """The event hub's stream as SSE: ``id:`` = seq, ``data:`` = the event; a comment as
+    keep-alive; a ``dropped`` message (no ``id``: the position stays the last event's)
+    before the end when the client reads too slowly, which it resumes by reconnecting."""
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if isinstance(item, KeepAlive):
+                yield b": keep-alive\n\n"
+            elif isinstance(item, Dropped):
+                data = json.dumps({"reason": "too slow", "position": item.position})
+                yield f"event: dropped\ndata: {data}\n\n".encode()
+            else:
+                yield "".join(
+                    f"id: {e.seq}\nevent: {e.type}\ndata: {e.body}\n\n" for e in item
+                ).encode()
 
 
 # --- agents and templates --------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from forgeline.entrypoints.cli import client, server
+from forgeline.entrypoints.cli import client, server, version_line
 from forgeline.entrypoints.cli import credentials as credentials_cli
 from forgeline.entrypoints.cli import db as db_cli
 from forgeline.entrypoints.cli.agent_run import agent_app
@@ -40,9 +40,7 @@ app.add_typer(db_cli.app, name="db")
 
 def _version(value: bool) -> None:
     if value:
-        from forgeline import __version__
-
-        typer.echo(f"forgeline {__version__}")
+        typer.echo(version_line())
         raise typer.Exit
 
 
@@ -83,8 +81,3 @@ def agents(json_out: JsonOption = False) -> None:
         )
         table.add_row(*map(text, cells))
     console().print(table)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
