@@ -8,6 +8,7 @@ build task of another project is not found.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -33,7 +34,7 @@ from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
-from forgeline.ports.store import Store
+from forgeline.ports.store import Store, StoredEvent
 from forgeline.ports.templates import TemplateProvider
 from forgeline.services.registry import AvailabilityCache, ProviderRegistry
 from forgeline.services.transcript import transcript
@@ -277,16 +278,19 @@ class BuildService:
             raise NoCommitError(task_id, f"it ended {task.status.value} without pushing")
         return BuildRequest.from_task(task).project, sha
 
+    async def events(self, task_id: str, *, after: int = 0) -> builtins.list[StoredEvent]:
+        """The task's events after position ``after`` so far, in order."""
+        events: builtins.list[StoredEvent] = []
+        while page := await self._store.list_events(task_id, after_seq=after, limit=1000):
+            events.extend(page)
+            after = page[-1].seq
+        return events
+
     async def transcript(self, task_id: str, *, projects: Collection[str] | None = None) -> str:
         """The task's events so far as plain text, one line each (see
         :func:`~forgeline.services.transcript.transcript`)."""
         await self.get(task_id, projects=projects)
-        events: list[AgentEvent] = []
-        after = 0
-        while page := await self._store.list_events(task_id, after_seq=after, limit=1000):
-            events.extend(stored.event() for stored in page)
-            after = page[-1].seq
-        return transcript(events)
+        return transcript(stored.event() for stored in await self.events(task_id))
 
     async def cancel(self, task_id: str, *, projects: Collection[str] | None = None) -> WorkTask:
         """Cancel a queued build now, or ask its worker to stop a running one.

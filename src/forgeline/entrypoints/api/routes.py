@@ -552,7 +552,7 @@ async def task_events(
     start = max(after, _resume_position(last_event_id))
     await container.builds.get(task_id, projects=token.projects)  # 404 for an unknown task
     if format == "json":
-        events = await _all_events(container, task_id, start)
+        events = await container.builds.events(task_id, after=start)
         body = "[" + ",".join(e.body for e in events) + "]"
         return Response(content=body, media_type="application/json")
     return StreamingResponse(
@@ -578,16 +578,6 @@ def _resume_position(last_event_id: str | None) -> int:
             field="Last-Event-ID",
         )
     return int(text)
-
-
-async def _all_events(container: Container, task_id: str, after: int) -> list[Any]:
-    events: list[Any] = []
-    while True:
-        page = await container.store.list_events(task_id, after_seq=after, limit=1000)
-        events.extend(page)
-        if len(page) < 1000:
-            return events
-        after = page[-1].seq
 
 
 async def _sse(stream: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
