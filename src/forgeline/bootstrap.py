@@ -353,10 +353,18 @@ async def _optional_credential(
 
 @asynccontextmanager
 async def open_migrated_database(
-    settings: Settings, *, migrate_schema: bool | None = None
+    settings: Settings, *, migrate_schema: bool | None = None, create: bool = True
 ) -> AsyncIterator[Database]:
-    """The database of ``settings``, opened (its data directory made) and migrated when
+    """The database of ``settings``, opened (its data directory made, unless ``create`` is
+    false: then a missing one is a ``ConfigurationError``) and migrated when
     ``migrate_schema`` (default: ``FORGELINE_AUTO_MIGRATE``) says so; closed on exit."""
+    if not create and not settings.data_dir.is_dir():
+        from forgeline.domain.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"the data dir {settings.data_dir} does not exist: run this where `forgeline"
+            " serve` runs, or point FORGELINE_DATA_DIR at its data dir"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Whatever the umask made of it, or an older version left: keys, tokens, the database
     # and every checkout are in there.
@@ -499,6 +507,8 @@ async def _assemble(
             templates=templates,
             ci=ci,
             credentials=credentials,
+            queue=queue,
+            registry=registry,
         ),
         metrics=metrics,
         events=events,

@@ -584,6 +584,26 @@ async def test_list_and_count(q: Queue) -> None:
     assert await q.count(status=TaskStatus.CANCELLED, concurrency_key="b") == 0
 
 
+async def test_list_pages_by_cursor_keys_and_time(q: Queue) -> None:
+    """list pages newest first from a position (the last task's seq), matches any of several
+    keys, and keeps tasks created at or after ``since``."""
+    ids = [(await q.enqueue("build", {}, concurrency_key=k)).task.id for k in "abcab"]
+    newest_first = ids[::-1]
+    first = await q.list(limit=2)
+    assert [t.id for t in first] == newest_first[:2]
+    second = await q.list(limit=2, before=first[-1].seq)
+    assert [t.id for t in second] == newest_first[2:4]
+    assert [t.id for t in await q.list(limit=2, before=second[-1].seq)] == newest_first[4:]
+    assert await q.list(before=1) == []
+    assert [t.id for t in await q.list(concurrency_keys=["a", "c"])] == [ids[3], ids[2], ids[0]]
+    assert await q.list(concurrency_keys=[]) == []
+    oldest = (await q.get(ids[0])).created_at
+    assert len(await q.list(since=oldest)) == 5
+    assert await q.list(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    with pytest.raises(ValidationError):
+        await q.list(since=datetime(2030, 1, 1))  # noqa: DTZ001  # naive on purpose
+
+
 async def test_invalid_input(q: Queue) -> None:
     """Arguments that can never work raise ValidationError before touching the database."""
     with pytest.raises(ValidationError):

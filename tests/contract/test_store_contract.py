@@ -12,7 +12,7 @@ from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDa
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.adapters.store import build_store
 from forgeline.domain import AgentEvent, MessageData, Project
-from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError
+from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
 from forgeline.ports.store import Appended, Store
 
 
@@ -69,8 +69,48 @@ async def test_update_project(store: Store) -> None:
     )
     assert updated.state == "ready"
     assert updated.settings == {"k": "v"}
+    assert updated.default_provider is None
+    defaults = await store.update_project(
+        replace(updated, default_provider="opencode", default_model="gpt-x")
+    )
+    assert (defaults.default_provider, defaults.default_model) == ("opencode", "gpt-x")
     with pytest.raises(ProjectNotFoundError):
         await store.update_project(Project(name="ghost", repo_url="/g"))
+
+
+async def test_projects_page_by_name(store: Store) -> None:
+    """list_projects pages by name after a cursor and keeps only the names asked for."""
+    for name in ("d", "a", "c", "b"):
+        await store.create_project(Project(name=name, repo_url=f"/{name}"))
+    assert [p.name for p in await store.list_projects(limit=2)] == ["a", "b"]
+    assert [p.name for p in await store.list_projects(after="b", limit=2)] == ["c", "d"]
+    assert await store.list_projects(after="d") == []
+    assert [p.name for p in await store.list_projects(names=["d", "b", "x"])] == ["b", "d"]
+    assert await store.list_projects(names=[]) == []
+
+
+async def test_delete_project_forgets_its_sessions(store: Store) -> None:
+    """A deleted project is gone with the sessions recorded for it; others stay."""
+    for name in ("gone", "kept"):
+        await store.create_project(Project(name=name, repo_url=f"/{name}"))
+        await store.record_session(name, "claude-code", f"s-{name}", "t1")
+    await store.delete_project("gone")
+    with pytest.raises(ProjectNotFoundError):
+        await store.get_project("gone")
+    with pytest.raises(ProjectNotFoundError):
+        await store.delete_project("gone")
+    assert await store.last_session("gone", "claude-code") is None
+    assert await store.last_session("kept", "claude-code") == "s-kept"
+
+
+async def test_last_session_is_the_newest_per_provider(store: Store) -> None:
+    """record_session keeps one session per project and provider: the newest recorded."""
+    assert await store.last_session("p", "claude-code") is None
+    await store.record_session("p", "claude-code", "s1", "t1")
+    await store.record_session("p", "opencode", "o1", "t2")
+    await store.record_session("p", "claude-code", "s2", "t3")
+    assert await store.last_session("p", "claude-code") == "s2"
+    assert await store.last_session("p", "opencode") == "o1"
 
 
 async def test_events_are_dense_per_task(store: Store) -> None:
@@ -116,3 +156,25 @@ async def test_tokens(store: Store) -> None:
     assert (found.name, found.role) == ("admin", "admin")
     assert found.last_used_at is not None
     assert await store.find_token("hash-2") is None
+
+
+async def test_tokens_listed_scoped_and_revoked(store: Store) -> None:
+    """Tokens list oldest first with their project scope; a revoked one is never found."""
+    made = await store.add_token("id1", "admin", "hash-1", "admin")
+    assert made.projects is None
+    scoped = await store.add_token("id2", "bot", "hash-2", "builder", ["a", "b"])
+    assert scoped.projects == ("a", "b")
+    assert [(t.id, t.projects) for t in await store.list_tokens()] == [
+        ("id1", None),
+        ("id2", ("a", "b")),
+    ]
+    found = await store.find_token("hash-2")
+    assert found is not None
+    assert found.projects == ("a", "b")
+    assert found.sees("a")
+    assert not found.sees("c")
+    await store.delete_token("id2")
+    assert await store.find_token("hash-2") is None
+    with pytest.raises(TokenNotFoundError):
+        await store.delete_token("id2")
+    assert [t.id for t in await store.list_tokens()] == ["id1"]

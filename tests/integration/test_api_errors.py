@@ -91,7 +91,7 @@ async def test_invalid_project_names_are_422(api: Running, name: str) -> None:
     response = await api.client.post("/projects", json={"name": name})
     assert response.status_code == 422
     error_of(response)
-    names = [p["name"] for p in (await api.client.get("/projects")).json()]
+    names = [p["name"] for p in (await api.client.get("/projects")).json()["items"]]
     assert names == ["app"]
 
 
@@ -271,7 +271,7 @@ async def assert_nothing_stored(running: Running) -> None:
     """Only the fixture's project exists and no task was queued; every list still answers."""
     projects = await running.client.get("/projects")
     assert projects.status_code == 200, projects.text
-    assert [p["name"] for p in projects.json()] == ["app"]
+    assert [p["name"] for p in projects.json()["items"]] == ["app"]
     assert await running.container.queue.count(status=TaskStatus.QUEUED) == 0
 
 

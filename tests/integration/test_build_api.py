@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from forgeline.domain.callbacks import verify
+from forgeline.domain.callbacks import verify, verify_webhook
 from tests.support.anthropic_server import (
     AnthropicServer,
     ApiError,
@@ -80,6 +81,10 @@ async def test_build_commits_pushes_and_calls_back(
     assert verify(delivery.body, CALLBACK_SECRET, delivery.header("X-Forgeline-Signature"))
     assert delivery.header("X-Forgeline-Event") == "build.completed"
     assert delivery.header("X-Forgeline-Delivery")
+    # The Standard Webhooks signature covers the delivery id and the attempt's time too.
+    standard = {name.lower(): value for name, value in delivery.headers.items()}
+    assert standard["webhook-id"] == delivery.header("X-Forgeline-Delivery")
+    assert verify_webhook(delivery.body, CALLBACK_SECRET, standard, now=time.time())
     payload = json.loads(delivery.body)
     assert payload["task_id"] == task_id
     assert payload["project_id"] == "myapp"

@@ -3,12 +3,8 @@ builds followed live, tasks shown and cancelled."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +20,7 @@ from tests.support.anthropic_server import (
     text,
 )
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
+from tests.support.forgeline_server import run_cli as cli
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.claude
@@ -38,27 +35,6 @@ async def forgeline(
     settings = server_settings(tmp_path / "data", claude_bin, sse_keepalive_s=0.2)
     async with running_forgeline(settings) as running:
         yield running
-
-
-async def cli(
-    forgeline: Running, *args: str, token: str | None = None, url: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``forgeline`` in a child process pointed at the running server (or at ``url``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
-    env.update(
-        FORGELINE_URL=url or forgeline.url,
-        FORGELINE_TOKEN=token or forgeline.token,
-        FORGELINE_DATA_DIR=str(forgeline.settings.data_dir),
-    )
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "forgeline", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_admin_token_file_is_owner_only(forgeline: Running) -> None:

@@ -129,6 +129,25 @@ def test_a_clean_shutdown_exits_0(tmp_path: Path, command: str, sig: signal.Sign
     assert b"worker.stopped" in log.read_bytes()
 
 
+_TIME = "2026-11-24T07:08:52.328Z"
+#: A finished task as forgeline shows it.
+_TASK = {
+    "task_id": "t1",
+    "kind": "build",
+    "status": "completed",
+    "attempts": 1,
+    "max_attempts": 3,
+    "cancel_requested": False,
+    "worker": "w",
+    "created_at": _TIME,
+    "started_at": _TIME,
+    "finished_at": _TIME,
+    "updated_at": _TIME,
+    "last_error": None,
+    "result": None,
+}
+
+
 class _Garbage(BaseHTTPRequestHandler):
     """Not quite forgeline: an event stream with garbage between two real events, and a
     project list that is an HTML page."""
@@ -138,8 +157,9 @@ class _Garbage(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Answer the three routes the CLI asks for."""
-        event = {"seq": 1, "task_id": "t1", "type": "message", "data": {"text": "hi"}}
-        result = {"seq": 2, "task_id": "t1", "type": "result", "data": {"status": "succeeded"}}
+        envelope = {"task_id": "t1", "provider": "x", "session_id": None, "time": _TIME}
+        event = {**envelope, "seq": 1, "type": "message", "data": {"text": "hi"}}
+        result = {**envelope, "seq": 2, "type": "result", "data": {"status": "succeeded"}}
         routes = {
             "/tasks/t1/events": (
                 "text/event-stream",
@@ -150,13 +170,10 @@ class _Garbage(BaseHTTPRequestHandler):
                     f"id: 2\ndata: {json.dumps(result)}\n\n"
                 ),
             ),
-            "/tasks/t1": (
-                "application/json",
-                json.dumps({"task_id": "t1", "status": "completed", "attempts": 1}),
-            ),
+            "/tasks/t1": ("application/json", json.dumps(_TASK)),
             "/projects": ("text/html", "<html>a proxy's login page</html>"),
         }
-        content_type, body = routes[self.path]
+        content_type, body = routes[self.path.split("?")[0]]
         data = body.encode()
         self.send_response(200)
         self.send_header("Content-Type", content_type)

@@ -33,6 +33,7 @@ def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProc
 def test_set_list_delete_rotate(tmp_path: Path) -> None:
     """set (stdin), list --json, rotate-key, delete: values never in any output nor the db file."""
     data = tmp_path / "data"
+    data.mkdir()
     global_value = f"glob-{secrets.token_urlsafe(20)}"
     project_value = f"proj-{secrets.token_urlsafe(20)}"
     outputs: list[str] = []
@@ -116,8 +117,32 @@ def test_wrong_master_key_is_a_clear_error(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1
-    assert done.stderr.startswith("error: cannot store credentials")
+    assert done.stderr.splitlines()[-1].startswith("error: cannot store credentials")
     assert "Traceback" not in done.stderr
+
+
+def test_commands_name_the_data_dir_and_refuse_a_missing_one(tmp_path: Path) -> None:
+    """Run from the wrong place, a command that works on the database says which data dir
+    it means and refuses one that does not exist, instead of making an empty one there."""
+    missing = tmp_path / "nowhere"
+    for args in (("credential", "list"), ("token", "create", "bot"), ("db", "migrate")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "forgeline", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "FORGELINE_DATA_DIR": str(missing)},
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        refusal = (
+            f"error: the data dir {missing} does not exist: run this where `forgeline serve`"
+            " runs, or point FORGELINE_DATA_DIR at its data dir"
+        )
+        assert done.stderr.splitlines() == [f"data dir: {missing}", refusal]
+        assert done.stdout == ""
+        assert not missing.exists()
 
 
 def _read_until(fd: int, marker: bytes, seen: bytearray, deadline: float) -> None:

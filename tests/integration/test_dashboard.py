@@ -157,10 +157,23 @@ async def test_build_from_the_form_arrives_live(
     await expect(page.locator("#steps li[data-step=checkout]")).to_contain_text("ok")
     await expect(page.locator("#steps li[data-step=push]")).to_contain_text("ok")
     await expect(page.locator("#stats")).to_contain_text("1 tool calls")
+    # The diff of the pushed commit: the file the agent wrote, its line added.
+    diff = page.locator("#diff")
+    await expect(diff.locator(".diff-file summary")).to_contain_text("hello.txt")
+    await expect(diff.locator(".diff-file summary")).to_contain_text("added")
+    await expect(diff.locator("tr.line-added")).to_have_text(re.compile("hello from the fake API"))
     await screenshot(page, screens, "build-completed")
+    first_build = page.url
 
-    await page.click("text=site")
-    await expect(page.locator("#builds")).to_contain_text("completed")
+    await page.click("#retry")
+    await expect(page).not_to_have_url(first_build)
+    await expect(page.locator("#summary")).to_contain_text("Re-run of")
+    await expect(page.locator("#conversation .event.result")).to_contain_text("succeeded")
+    await expect(page.locator("#task-status")).to_have_text("completed")
+    await screenshot(page, screens, "build-rerun")
+
+    await page.click("#summary >> text=site")
+    await expect(page.locator("#builds tbody tr")).to_have_count(2)
     await screenshot(page, screens, "project")
     await page.click("text=Overview")
     await expect(page.locator("table.projects")).to_contain_text("completed")
@@ -170,7 +183,7 @@ async def test_build_from_the_form_arrives_live(
     await expect(page.locator("table.builds")).to_have_count(0)
     await page.select_option("select[name=status]", "completed")
     await page.click("text=Filter")
-    await expect(page.locator("table.builds tbody tr")).to_have_count(1)
+    await expect(page.locator("table.builds tbody tr")).to_have_count(2)
     await screenshot(page, screens, "overview")
 
 
@@ -267,30 +280,51 @@ async def test_forms_refuse_requests_without_their_csrf_token(
     assert (await forgeline.client.get("/projects/evil")).status_code == 404
 
 
-async def test_builder_token_is_kept_out_of_admin_pages(
+async def test_builder_token_sees_its_projects_only(
     forgeline: Running, browser: Browser, screens: Path
 ) -> None:
-    """A builder token signs in and sees builds, but no admin link, and the admin pages
+    """A builder token limited to one project sees that project and its builds only: not
+    another project, its builds or their event stream; no admin link, and the admin pages
     and forms refuse it."""
-    bot = await forgeline.container.auth.create("bot", Role.BUILDER)
+    await forgeline.create_project("mine")
+    await forgeline.create_project("theirs")
+    theirs = await forgeline.build("theirs", prompt="Create hello.txt please")
+    await forgeline.wait_status(theirs, {"completed"})
+    bot = await forgeline.container.auth.create("bot", Role.BUILDER, ["mine"])
     page = await _page(browser, forgeline)
     await sign_in(page, bot.value)
+    await expect(page.locator("table.projects")).to_contain_text("mine")
+    await expect(page.locator("table.projects")).not_to_contain_text("theirs")
+    await expect(page.locator("text=No builds yet.")).to_have_count(1)
     await expect(page.locator("header nav")).not_to_contain_text("Credentials")
     await expect(page.locator("header nav")).not_to_contain_text("Tokens")
     await expect(page.locator("text=New project")).to_have_count(0)
     await screenshot(page, screens, "overview-builder")
-    for path in ("/ui/admin/credentials", "/ui/admin/tokens"):
+    for path, status in (
+        ("/ui/projects/theirs", 403),
+        (f"/ui/tasks/{theirs}", 404),
+        (f"/tasks/{theirs}/events?format=json", 404),
+        ("/ui/admin/credentials", 403),
+        ("/ui/admin/tokens", 403),
+    ):
         answer = await page.goto(path)
         assert answer is not None
-        assert answer.status == 403
-        await expect(page.locator(".error")).to_contain_text("'builder'")
-    await page.goto("/ui/")
-    csrf = await page.locator("input[name=csrf_token]").first.get_attribute("value")
-    answer = await page.request.post(
-        "/ui/admin/tokens", form={"name": "mine", "role": "admin", "csrf_token": csrf or ""}
-    )
-    assert answer.status == 403
+        assert answer.status == status, path
+    await expect(page.locator(".error")).to_contain_text("'builder'")
     await screenshot(page, screens, "admin-refused")
+    await page.goto("/ui/projects/mine")
+    csrf = await page.locator("input[name=csrf_token]").first.get_attribute("value")
+    for path, form in (
+        ("/ui/admin/tokens", {"name": "mine", "role": "admin"}),
+        ("/ui/projects/theirs/builds", {"prompt": "Create hello.txt please"}),
+        (f"/ui/tasks/{theirs}/retry", {}),
+    ):
+        answer = await page.request.post(path, form={**form, "csrf_token": csrf or ""})
+        assert answer.status in {403, 404}, path
+    assert (
+        len((await forgeline.client.get("/tasks", params={"project": "theirs"})).json()["items"])
+        == 1
+    )
 
 
 async def test_admin_pages(forgeline: Running, browser: Browser, screens: Path) -> None:
@@ -318,6 +352,16 @@ async def test_admin_pages(forgeline: Running, browser: Browser, screens: Path) 
     assert (await forgeline.container.auth.verify(value)).role == "builder"
     await page.goto("/ui/admin/tokens")
     assert value not in await page.content()
+    bot = await _page(browser, forgeline)
+    await sign_in(bot, value)
+    row = page.locator("table.tokens tr", has_text="release-bot")
+    await expect(row).to_contain_text("builder")
+    await screenshot(page, screens, "tokens")
+    await row.locator("text=Revoke").click()
+    await expect(page.locator("table.tokens")).not_to_contain_text("release-bot")
+    # A revoked token's session ends with it.
+    await bot.goto("/ui/")
+    await expect(bot).to_have_url(re.compile(r"/ui/login$"))
 
     await page.click("text=Agents")
     await expect(page.locator("table.agents")).to_contain_text("claude-code")

@@ -504,6 +504,30 @@ async def test_find_task_commit_recognizes_an_earlier_attempt(
     assert await git.find_task_commit(workdir, "t-2") is None
 
 
+async def test_commit_patch_reads_the_commit_from_the_remote(
+    git: GitCli, bare: Path, tmp_path: Path
+) -> None:
+    """The patch of a pushed commit comes from the bare repository, against its parent (a
+    root commit against nothing); an unknown or malformed commit id is refused."""
+    root = seed(bare, tmp_path / "dev", {"a.txt": "one\n"}, "first")
+    second = seed(bare, tmp_path / "dev", {"a.txt": "two\n", "b.txt": "new\n"}, "second")
+    remote = GitRemote(str(bare))
+    scratch = str(tmp_path / "scratch" / "diff")
+    patch = await git.commit_patch(remote, second, scratch)
+    assert "diff --git a/a.txt b/a.txt" in patch
+    assert "-one\n+two" in patch
+    assert "new file mode" in patch
+    assert second not in patch  # the patch alone, no commit header
+    whole = await git.commit_patch(remote, root, scratch)
+    assert "+one" in whole
+    assert "b.txt" not in whole
+    assert not Path(scratch).exists()  # a path remote is read in place
+    with pytest.raises(GitError, match="no commit"):
+        await git.commit_patch(remote, "0" * 40, scratch)
+    with pytest.raises(ValidationError):
+        await git.commit_patch(remote, "HEAD", scratch)
+
+
 async def test_bad_paths_and_branches_are_refused_before_running_git(
     git: GitCli, run: LocalRun, bare: Path
 ) -> None:
@@ -589,6 +613,23 @@ async def test_https_token_push_works_and_the_token_shows_nowhere(
     assert TOKEN not in repr(logs)
     assert TOKEN not in sh("config", "--local", "--list", cwd=Path(workdir))
     assert TOKEN not in Path(workdir, ".git", "config").read_text()
+
+
+async def test_commit_patch_fetches_only_that_commit_over_https(
+    git: GitCli, server: GitHttpServer, http_root: Path, tmp_path: Path
+) -> None:
+    """From a forge remote the commit is fetched (with the token) into a scratch repository
+    that is gone afterwards; older history is not needed."""
+    bare = http_root / "site.git"
+    await git.init_bare(str(bare))
+    seed(bare, tmp_path / "dev", {"a.txt": "one\n"}, "first")
+    seed(bare, tmp_path / "dev", {"a.txt": "two\n"}, "second")
+    third = seed(bare, tmp_path / "dev", {"a.txt": "three\n"}, "third")
+    remote = GitRemote(server.url("site.git"), token=Secret(TOKEN, "git-token"), username="bot")
+    scratch = tmp_path / "scratch" / "diff"
+    patch = await git.commit_patch(remote, third, str(scratch))
+    assert "-two\n+three" in patch
+    assert not scratch.exists()
 
 
 async def test_https_wrong_token_fails_clearly_without_the_token(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -156,6 +158,28 @@ async def running_forgeline(settings: Settings) -> AsyncIterator[Running]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 60)
+
+
+async def run_cli(
+    running: Running, *args: str, token: str | None = None, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``forgeline ARGS`` in a child process pointed at ``running`` (or at ``url``), with
+    its token (or ``token``) and data dir; output captured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_")}
+    env.update(
+        FORGELINE_URL=url or running.url,
+        FORGELINE_TOKEN=token or running.token,
+        FORGELINE_DATA_DIR=str(running.settings.data_dir),
+    )
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "forgeline", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def git(*args: str, cwd: Path | str) -> str:

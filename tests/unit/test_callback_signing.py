@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import re
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +18,9 @@ from forgeline.domain.callbacks import (
     build_payload,
     canonical_body,
     sign,
+    sign_webhook,
     verify,
+    verify_webhook,
 )
 from forgeline.domain.errors import ConfigurationError
 from forgeline.domain.secrets import Secret
@@ -45,6 +51,50 @@ def test_verify_accepts_only_the_exact_signature() -> None:
     assert not verify(body, "k" * 16, "sha1=" + signature[7:])
     assert not verify(body, "k" * 16, None)
     assert not verify(body, "k" * 16, "")
+
+
+def test_webhook_signature_covers_id_timestamp_and_body() -> None:
+    """``webhook-signature`` is ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body``; it
+    verifies within the tolerance only, and any one of several signatures may match."""
+    body, key = b'{"a":1}', "k" * 16
+    content = b"d1.1700000000." + body
+    digest = hmac.new(key.encode(), content, hashlib.sha256).digest()
+    signature = sign_webhook("d1", 1_700_000_000, body, key)
+    assert signature == "v1," + base64.b64encode(digest).decode()
+    headers = {
+        "webhook-id": "d1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": f"v1,bm9wZQ== {signature}",
+    }
+    assert verify_webhook(body, key, headers, now=1_700_000_100)
+    assert not verify_webhook(body, key, headers, now=1_700_000_301)  # a replay, later
+    assert not verify_webhook(body, key, headers, now=1_699_999_000)  # from the future
+    assert not verify_webhook(body + b" ", key, headers, now=1_700_000_000)
+    assert not verify_webhook(body, key, {**headers, "webhook-id": "d2"}, now=1_700_000_000)
+    assert not verify_webhook(body, "j" * 16, headers, now=1_700_000_000)
+    assert not verify_webhook(body, key, {**headers, "webhook-timestamp": "\u0661\u0667"}, now=0)
+
+
+def test_the_receiver_in_the_docs_verifies_and_refuses_replays() -> None:
+    """The verifying receiver docs/callbacks.md shows accepts a fresh delivery, and refuses
+    an old timestamp, another body and another key."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "callbacks.md").read_text()
+    section = doc.split("## Verifying a request", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    scope: dict[str, Any] = {}
+    exec(compile(code.group(1), "docs/callbacks.md", "exec"), scope)  # noqa: S102 - our docs
+    verify_doc = scope["verify"]
+    body, key, now = canonical_body({"task_id": "t"}), "callback-secret-1234", int(time.time())
+
+    def headers(stamp: int) -> dict[str, str]:
+        signature = sign_webhook("d1", stamp, body, key)
+        return {"webhook-id": "d1", "webhook-timestamp": str(stamp), "webhook-signature": signature}
+
+    assert verify_doc(body, key, headers(now))
+    assert not verify_doc(body, key, headers(now - 3600))
+    assert not verify_doc(body + b" ", key, headers(now))
+    assert not verify_doc(body, "another-secret-5678", headers(now))
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:

@@ -6,11 +6,15 @@ hosts and applies :func:`address_refusal` to every address.
 
 The wire format is fixed by DESIGN.md: the body is the canonical JSON of the payload
 (:func:`canonical_body`), signed ``X-Forgeline-Signature: sha256=<hex HMAC-SHA256 of the
-raw body>`` (:func:`sign`, checked by receivers with :func:`verify`).
+raw body>`` (:func:`sign`, checked by receivers with :func:`verify`), and signed again the
+Standard Webhooks way (https://www.standardwebhooks.com/): ``webhook-signature`` covers
+``webhook-id``, ``webhook-timestamp`` and the body, so a receiver can refuse a replayed
+or delayed request (:func:`sign_webhook`, :func:`verify_webhook`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +41,14 @@ DELIVERY_HEADER: Final = "X-Forgeline-Delivery"
 EVENT_HEADER: Final = "X-Forgeline-Event"
 
 _SIGNATURE_PREFIX: Final = "sha256="
+
+#: The Standard Webhooks headers: the delivery's id, the Unix time of the attempt, and
+#: ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``.
+WEBHOOK_ID_HEADER: Final = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER: Final = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER: Final = "webhook-signature"
+#: How far (seconds) a receiver should let ``webhook-timestamp`` be from its own clock.
+WEBHOOK_TOLERANCE_S: Final = 300
 
 #: Longest accepted callback URL: far beyond any real webhook, small enough to store and log.
 MAX_URL_LENGTH: Final = 2048
@@ -124,29 +136,6 @@ class CallbackDelivery:
     lease_expires_at: datetime | None = None
     history: tuple[DeliveryAttempt, ...] = field(default=())
 
-    def as_public(self) -> dict[str, Any]:
-        """A JSON-ready view for the API (``GET /tasks/{id}``): no body, no URL secrets."""
-        return {
-            "id": self.id,
-            "event": self.event,
-            "url": self.display_url,
-            "status": self.status.value,
-            "created_at": self.created_at.isoformat(),
-            "next_attempt_at": (None if self.status.is_final else self.next_attempt_at.isoformat()),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "attempts": [
-                {
-                    "number": attempt.number,
-                    "at": attempt.started_at.isoformat(),
-                    "duration_ms": attempt.duration_ms,
-                    "outcome": attempt.outcome.value,
-                    "status_code": attempt.status_code,
-                    "error": attempt.error,
-                }
-                for attempt in self.history
-            ],
-        }
-
     @property
     def payload(self) -> Any:
         """The JSON payload (decoded from :attr:`body`)."""
@@ -208,6 +197,38 @@ def verify(body: bytes, secret: Secret | str | bytes, signature: str | None) -> 
     if not signature or not signature.startswith(_SIGNATURE_PREFIX):
         return False
     return hmac.compare_digest(sign(body, secret).encode(), signature.strip().encode())
+
+
+def sign_webhook(
+    delivery_id: str, timestamp: int, body: bytes, secret: Secret | str | bytes
+) -> str:
+    """The ``webhook-signature`` of an attempt: ``v1,`` and the base64 HMAC-SHA256, keyed
+    with the callback secret's bytes, of ``<delivery id>.<timestamp>.<body>``."""
+    content = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def verify_webhook(
+    body: bytes,
+    secret: Secret | str | bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float,
+    tolerance_s: float = WEBHOOK_TOLERANCE_S,
+) -> bool:
+    """True when the Standard Webhooks headers (names in lower case) sign ``body`` with
+    ``secret`` and the timestamp is within ``tolerance_s`` of ``now`` (Unix seconds).
+    Any one ``v1`` signature of the space-separated list may match (constant time)."""
+    delivery_id = headers.get(WEBHOOK_ID_HEADER, "")
+    stamp = headers.get(WEBHOOK_TIMESTAMP_HEADER, "")
+    if not delivery_id or not stamp.isascii() or not stamp.isdigit():
+        return False
+    if abs(now - int(stamp)) > tolerance_s:
+        return False
+    expected = sign_webhook(delivery_id, int(stamp), body, secret).encode()
+    sent = headers.get(WEBHOOK_SIGNATURE_HEADER, "").split()
+    return any(hmac.compare_digest(expected, candidate.encode()) for candidate in sent)
 
 
 def backoff_delay(attempt: int, *, base_s: float, cap_s: float, draw: float) -> float:

@@ -19,6 +19,8 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     │   ├── ProjectNotFoundError
     │   ├── TaskNotFoundError
     │   ├── TemplateNotFoundError
+    │   ├── TokenNotFoundError
+    │   ├── NoCommitError               a task that pushed no commit has no diff
     │   └── CredentialNotFoundError
     │       └── MissingCredentialsError  a project names credentials no scope holds (424)
     ├── ConflictError                   (409)
@@ -199,6 +201,26 @@ class TemplateNotFoundError(NotFoundError):
         super().__init__(f"no template named {name!r}; known templates: {listing}")
         self.name = name
         self.known = tuple(known)
+
+
+class TokenNotFoundError(NotFoundError):
+    """No API token with that id (never created, or revoked)."""
+
+    code = "token_not_found"
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"no API token with id {token_id!r}")
+        self.token_id = token_id
+
+
+class NoCommitError(NotFoundError):
+    """A task that pushed no commit (yet, or ever): it has no diff."""
+
+    code = "no_commit"
+
+    def __init__(self, task_id: str, why: str) -> None:
+        super().__init__(f"task {task_id!r} has no pushed commit: {why}")
+        self.task_id = task_id
 
 
 class CredentialNotFoundError(NotFoundError):

@@ -25,6 +25,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 from forgeline.domain.errors import ValidationError
@@ -49,12 +50,37 @@ TOO_DEEP: Final = "[nested too deep: not shown]"
 _NAMES: Final = {"\t": "tab", "\n": "newline", "\r": "carriage return"}
 
 
+_SURROGATES: Final = "\\ud800-\\udfff"
+
+
+def _forbidden_set(allow: str) -> str:
+    """The inside of a regex character class of what :func:`check_text` refuses: control
+    characters but ``allow``, and unpaired surrogates. Written with ``\\uXXXX`` escapes,
+    which Python's ``re`` and JSON Schema's ECMA-262 patterns read alike."""
+    codes = [c for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in allow]
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    parts = [f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in runs]
+    return "".join(parts) + _SURROGATES
+
+
 @functools.cache
 def _forbidden(allow: str) -> re.Pattern[str]:
-    controls = "".join(
-        re.escape(chr(c)) for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in allow
-    )
-    return re.compile(f"[{controls}\ud800-\udfff]")
+    return re.compile(f"[{_forbidden_set(allow)}]")
+
+
+def text_pattern(allow: str = TEXT, *, blank: bool = True) -> str:
+    """The JSON Schema ``pattern`` of what :func:`check_text` accepts with ``allow``; with
+    ``blank=False``, only text with something besides whitespace (a prompt). Unpaired
+    surrogates are left out: no JSON a client encodes as UTF-8 can carry them."""
+    inside = _forbidden_set(allow).removesuffix(_SURROGATES)
+    if blank:
+        return f"^[^{inside}]*$"
+    return f"^[^{inside}]*[^\\s{inside}][^{inside}]*$"
 
 
 def _allowed(allow: str) -> str:
@@ -77,6 +103,41 @@ def check_text(value: str, *, field: str, allow: str = TEXT) -> str:
             field=field,
         )
     return value
+
+
+def decimal_pattern(maximum: int) -> str:
+    """A regex of the ASCII decimal numbers from 0 to ``maximum``, leading zeros allowed
+    up to ``maximum``'s own number of digits (what ``int()`` of such text accepts)."""
+    digits = str(maximum)
+    shorter = f"[0-9]{{1,{len(digits) - 1}}}" if len(digits) > 1 else None
+    # As long as ``maximum``: equal to it up to some digit, then smaller, then anything.
+    same_length = []
+    for i, digit in enumerate(digits):
+        rest = len(digits) - i - 1
+        if digit != "0":
+            smaller = "0" if digit == "1" else f"[0-{int(digit) - 1}]"
+            same_length.append(f"{digits[:i]}{smaller}" + (f"[0-9]{{{rest}}}" if rest else ""))
+    same_length.append(digits)
+    return "|".join([*([shorter] if shorter else []), *same_length])
+
+
+#: An RFC 3339 date-time: a full date, a time, and a ``Z`` or an offset.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def check_timestamp(value: str, *, field: str) -> datetime:
+    """``value`` as a time zone aware datetime if it is an RFC 3339 date-time (what JSON
+    Schema's ``date-time`` format means), else ``ValidationError`` naming ``field``."""
+    if _RFC3339.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value.upper())
+        except ValueError:
+            pass
+    raise ValidationError(
+        f"{value[:40]!r} is not an RFC 3339 date-time (e.g. 2026-11-24T07:08:52Z)", field=field
+    )
 
 
 def check_json(

@@ -10,7 +10,9 @@ from typing import Any
 
 from forgeline.domain.errors import InvalidProjectNameError
 
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+#: What a project name looks like (see :func:`validate_project_name`).
+PROJECT_NAME_PATTERN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_NAME = re.compile(PROJECT_NAME_PATTERN)
 #: DNS-label length, so a project name can become a subdomain or a Kubernetes name.
 MAX_PROJECT_NAME = 63
 
@@ -38,6 +40,8 @@ class Project:
 
     ``credentials`` maps environment variable names to credential names
     (``{"ANTHROPIC_API_KEY": "anthropic-key"}``); values never live here.
+    ``default_provider`` and ``default_model`` serve builds that name none (else the
+    registry's default provider and the agent's own default model).
     """
 
     name: str
@@ -48,5 +52,17 @@ class Project:
     credentials: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     state: str = "ready"
+    default_provider: str | None = None
+    default_model: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+    def agent_choice(
+        self, provider: str | None, model: str | None
+    ) -> tuple[str | None, str | None]:
+        """The provider and model of a build that asks for these: what it names, else this
+        project's defaults; the default model goes with the default provider only. ``None``
+        leaves the choice to the registry's default provider and the agent's own model."""
+        if provider is None or provider == self.default_provider:
+            return provider or self.default_provider, model or self.default_model
+        return provider, model

@@ -58,8 +58,12 @@ class Secret:
         return bool(self._value)
 
 
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+#: What a credential name looks like (see :func:`validate_credential_name`).
+CREDENTIAL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+#: What an environment variable name a build receives looks like.
+ENV_VAR_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,254}"
+_CREDENTIAL_NAME = re.compile(CREDENTIAL_NAME_PATTERN)
+_ENV_VAR = re.compile(ENV_VAR_PATTERN)
 
 
 def validate_credential_name(name: str) -> str:

@@ -38,7 +38,8 @@ class WorkTask:
     ``lease_token`` is the fencing token of the current (or last) claim: it grows with
     every claim, so a worker holding an older token can no longer change the task.
     ``request_hash`` is the digest of the request that made the task, kept beside its
-    ``idempotency_key`` (None for tasks stored before it was recorded).
+    ``idempotency_key`` (None for tasks stored before it was recorded). ``seq`` is its
+    place in the order tasks were enqueued in (first in, first out; a paging position).
     """
 
     id: str
@@ -62,6 +63,7 @@ class WorkTask:
     last_error: str | None = None
     result: Mapping[str, Any] | None = None
     request_hash: str | None = None
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,12 @@ MAX_PROMPT_CHARS: int = 100_000
 
 @dataclass(frozen=True, slots=True)
 class BuildSpec:
-    """A build request of DESIGN.md: what to ask the agent, and what to do with the result."""
+    """A build request of DESIGN.md: what to ask the agent, and what to do with the result.
+
+    ``continue_session`` (``"continue"`` in JSON) asks to resume the agent session of the
+    project's newest completed build with the same provider, found when the build starts
+    (so it follows the build queued before it); ``resume_session`` names one instead.
+    """
 
     prompt: str
     template: str | None = None
@@ -97,6 +104,7 @@ class BuildSpec:
     model: str | None = None
     timeout_s: float = 1800.0
     resume_session: str | None = None
+    continue_session: bool = False
 
     def validate(self) -> BuildSpec:
         """Raise a :class:`ValidationError` subclass for a spec that can never build."""
@@ -105,6 +113,12 @@ class BuildSpec:
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValidationError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
         check_timeout("timeout_s", self.timeout_s)
+        if self.continue_session and self.resume_session:
+            raise ValidationError(
+                "continue resumes the project's last session; resume_session names one:"
+                " give one of them",
+                field="continue",
+            )
         return self
 
     def to_payload(self) -> dict[str, Any]:
@@ -119,6 +133,7 @@ class BuildSpec:
             "model": self.model,
             "timeout_s": self.timeout_s,
             "resume_session": self.resume_session,
+            "continue": self.continue_session,
         }
 
     @classmethod
@@ -134,6 +149,7 @@ class BuildSpec:
             model=payload.get("model"),
             timeout_s=float(payload.get("timeout_s") or 1800.0),
             resume_session=payload.get("resume_session"),
+            continue_session=bool(payload.get("continue", False)),
         )
 
 

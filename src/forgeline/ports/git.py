@@ -150,3 +150,16 @@ class Git(Protocol):
         ``task_id``, or ``None`` — so a retried build can tell that an earlier attempt
         already pushed its work."""
         ...
+
+    async def commit_patch(self, remote: GitRemote, sha: str, scratch: str) -> str:
+        """The patch commit ``sha`` of ``remote`` made: a unified diff against its first
+        parent (against nothing for a root commit), renames detected, binary files named
+        only.
+
+        Read from the remote itself, never from a checkout an agent worked in: a
+        repository on this disk (a path remote) is read in place, any other is fetched
+        (that commit and its parent, nothing more) into ``scratch``, an absolute path that
+        must not exist yet and is removed again. ``ValidationError`` for a ``sha`` that is
+        not a full hex commit id; ``GitError`` when the remote has no such commit.
+        """
+        ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -162,9 +162,14 @@ class WorkQueue(Protocol):
         status: TaskStatus | None = None,
         kind: str | None = None,
         concurrency_key: str | None = None,
+        concurrency_keys: Collection[str] | None = None,
+        since: datetime | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[WorkTask]:
-        """Tasks matching every given filter, newest first."""
+        """Tasks matching every given filter, newest first: of ``concurrency_key``, of any
+        of ``concurrency_keys``, created at or after ``since``, enqueued before the
+        position ``before`` (the ``seq`` of the last task of the page before)."""
         ...
 
     async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -62,13 +62,21 @@ class AppendWatch(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ApiToken:
-    """An API token's record; the token itself is never stored, only its hash."""
+    """An API token's record; the token itself is never stored, only its hash.
+
+    ``projects`` limits a builder token to the named projects; ``None``: every project.
+    """
 
     id: str
     name: str
     role: str
     created_at: datetime
     last_used_at: datetime | None = None
+    projects: tuple[str, ...] | None = None
+
+    def sees(self, project: str) -> bool:
+        """True when this token may see and build ``project``."""
+        return self.projects is None or project in self.projects
 
 
 class Store(Protocol):
@@ -87,12 +95,33 @@ class Store(Protocol):
         """The project, or ``ProjectNotFoundError``."""
         ...
 
-    async def list_projects(self) -> list[Project]:
-        """Every project, by name."""
+    async def list_projects(
+        self,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> list[Project]:
+        """Projects by name: those named after ``after``, at most ``limit``, only
+        ``names`` when given."""
         ...
 
     async def update_project(self, project: Project) -> Project:
         """Replace a project's stored fields; ``ProjectNotFoundError`` if it is gone."""
+        ...
+
+    async def delete_project(self, name: str) -> None:
+        """Remove a project and its agent sessions; ``ProjectNotFoundError`` if it is gone."""
+        ...
+
+    async def record_session(
+        self, project: str, provider: str, session_id: str, task_id: str
+    ) -> None:
+        """Remember ``session_id`` as the newest session of ``provider`` in ``project``."""
+        ...
+
+    async def last_session(self, project: str, provider: str) -> str | None:
+        """The session last recorded for ``provider`` in ``project``, or None."""
         ...
 
     async def append_event(self, task_id: str, event: AgentEvent) -> AgentEvent:
@@ -116,8 +145,23 @@ class Store(Protocol):
         watch is ``live``; and ``None`` when word may have been lost."""
         ...
 
-    async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
-        """Record a new API token by its hash."""
+    async def add_token(
+        self,
+        token_id: str,
+        name: str,
+        token_hash: str,
+        role: str,
+        projects: Sequence[str] | None = None,
+    ) -> ApiToken:
+        """Record a new API token by its hash (limited to ``projects`` when given)."""
+        ...
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """Every API token, oldest first."""
+        ...
+
+    async def delete_token(self, token_id: str) -> None:
+        """Revoke a token for good; ``TokenNotFoundError`` if there is none with that id."""
         ...
 
     async def find_token(self, token_hash: str) -> ApiToken | None:

@@ -1,4 +1,8 @@
-"""API tokens: created once, stored as hashes, checked on every request."""
+"""API tokens: created once, stored as hashes, checked on every request, listed and revoked.
+
+A builder token may be limited to named projects: it then sees and builds only those
+(other projects' tasks are not found, other projects' names are forbidden).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,18 @@ import hashlib
 import os
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from forgeline.domain.errors import AuthError, ValidationError
+from forgeline.domain.errors import (
+    AuthError,
+    ConflictError,
+    InvalidProjectNameError,
+    ValidationError,
+)
+from forgeline.domain.project import validate_project_name
 from forgeline.ports.store import ApiToken, Store
 
 #: Tokens start with this, so secret scanners and people recognize them.
@@ -44,15 +55,41 @@ class AuthService:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create(self, name: str, role: Role = Role.ADMIN) -> NewToken:
-        """A new random token for ``name``; only its hash is kept."""
+    async def create(
+        self, name: str, role: Role = Role.ADMIN, projects: Sequence[str] | None = None
+    ) -> NewToken:
+        """A new random token for ``name``, a builder limited to ``projects`` when given;
+        only its hash is kept."""
         if not name.strip():
             raise ValidationError("a token needs a name")
+        if projects is not None:
+            if role is not Role.BUILDER:
+                raise ValidationError("only builder tokens can be limited to projects")
+            if not projects:
+                raise ValidationError("name at least one project the token may use")
+            try:
+                projects = sorted({validate_project_name(p) for p in projects})
+            except InvalidProjectNameError as exc:
+                raise ValidationError(exc.message, field="projects") from exc
         value = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = await self._store.add_token(
-            uuid.uuid4().hex, name.strip(), hash_token(value), role
+            uuid.uuid4().hex, name.strip(), hash_token(value), role, projects
         )
         return NewToken(value=value, record=record)
+
+    async def list(self) -> list[ApiToken]:
+        """Every token's record (never a token itself), oldest first."""
+        return await self._store.list_tokens()
+
+    async def revoke(self, token_id: str, *, by: ApiToken) -> None:
+        """Revoke a token at once: its next request is a 401. ``TokenNotFoundError``; a
+        ``ConflictError`` (409) for the caller's own token, so that no one locks forgeline's
+        API away with its last admin token by mistake."""
+        if token_id == by.id:
+            raise ConflictError(
+                f"token {by.name!r} cannot revoke itself: revoke it with another admin token"
+            )
+        await self._store.delete_token(token_id)
 
     async def authenticate(self, authorization: str | None) -> ApiToken:
         """The token of an ``Authorization: Bearer …`` header, or ``AuthError`` (401)."""
@@ -79,6 +116,15 @@ class AuthService:
             raise AuthError(
                 f"token {record.name!r} has role {record.role!r}; this needs {role.value!r}",
                 forbidden=True,
+            )
+
+    @staticmethod
+    def require_project(record: ApiToken, project: str) -> None:
+        """``AuthError(forbidden=True)`` (403) unless ``record`` may use ``project``."""
+        if not record.sees(project):
+            allowed = ", ".join(record.projects or ())
+            raise AuthError(
+                f"token {record.name!r} is limited to the projects {allowed}", forbidden=True
             )
 
     async def ensure_admin_token(self, data_dir: Path) -> Path | None:

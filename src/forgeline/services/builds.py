@@ -1,12 +1,19 @@
-"""BuildService: accept build requests, show and cancel build tasks."""
+"""BuildService: accept build requests; list, show, cancel and retry build tasks; what a
+build pushed and a transcript of what it did.
+
+Every read takes the projects the caller may see (``projects``; ``None``: every one): a
+build task of another project is not found.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
@@ -16,6 +23,9 @@ from forgeline.domain.errors import (
     ConflictError,
     IdempotencyKeyReusedError,
     MissingCredentialsError,
+    NoCommitError,
+    TaskNotFoundError,
+    TaskStateError,
     TemplateNotFoundError,
     UnknownProviderError,
     ValidationError,
@@ -24,9 +34,10 @@ from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.queue import Enqueued, WorkQueue
-from forgeline.ports.store import Store
+from forgeline.ports.store import Store, StoredEvent
 from forgeline.ports.templates import TemplateProvider
 from forgeline.services.registry import AvailabilityCache, ProviderRegistry
+from forgeline.services.transcript import transcript
 
 #: The queue ``kind`` of build tasks.
 BUILD_KIND = "build"
@@ -53,20 +64,27 @@ class Calls(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BuildRequest:
-    """What the worker needs to run a build: the project and the spec."""
+    """What the worker needs to run a build: the project and the spec; ``retry_of`` is the
+    task this one re-runs."""
 
     project: str
     spec: BuildSpec
+    retry_of: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The queued task's payload."""
-        return {"project": self.project, "spec": self.spec.to_payload()}
+        payload: dict[str, Any] = {"project": self.project, "spec": self.spec.to_payload()}
+        if self.retry_of is not None:
+            payload["retry_of"] = self.retry_of
+        return payload
 
     @classmethod
     def from_task(cls, task: WorkTask) -> BuildRequest:
         """The request a build task carries."""
         return cls(
-            project=task.payload["project"], spec=BuildSpec.from_payload(task.payload["spec"])
+            project=task.payload["project"],
+            spec=BuildSpec.from_payload(task.payload["spec"]),
+            retry_of=task.payload.get("retry_of"),
         )
 
     def digest(self) -> str:
@@ -115,8 +133,9 @@ class BuildService:
         *,
         idempotency_key: str | None = None,
         client: str = "",
+        retry_of: str | None = None,
     ) -> Enqueued:
-        """Queue a build of ``project_name``.
+        """Queue a build of ``project_name`` (a re-run of the task ``retry_of``).
 
         An ``idempotency_key`` is scoped to the ``client`` (the caller's token) and the
         project: sent again with the same request it gives the first task back
@@ -130,7 +149,7 @@ class BuildService:
         ``CapacityError`` (429).
         """
         spec.validate()
-        request = BuildRequest(project_name, spec)
+        request = BuildRequest(project_name, spec, retry_of)
         digest = request.digest()
         key = None
         if idempotency_key:
@@ -167,8 +186,9 @@ class BuildService:
     async def _check_dependencies(self, project: Project, spec: BuildSpec) -> None:
         """Refuse now what the worker could only fail on: an unknown provider or template,
         a provider missing here, credentials the project declares that no scope holds."""
+        provider, _ = project.agent_choice(spec.provider, spec.model)
         try:
-            agent = self._registry.get(spec.provider)
+            agent = self._registry.get(provider)
         except UnknownProviderError as exc:
             raise ValidationError(exc.message, field="provider") from exc
         if spec.template and self._templates is not None:
@@ -189,16 +209,96 @@ class BuildService:
             if missing:
                 raise MissingCredentialsError(project.name, missing)
 
-    async def get(self, task_id: str) -> WorkTask:
-        """The task, or ``TaskNotFoundError``."""
-        return await self._queue.get(task_id)
+    async def list(
+        self,
+        *,
+        projects: Collection[str] | None = None,
+        status: TaskStatus | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[WorkTask], int | None]:
+        """Build tasks of ``projects``, newest first, at most ``limit`` enqueued before the
+        position ``cursor``; and the cursor of the next page (``None`` after the last)."""
+        page = await self._queue.list(
+            kind=BUILD_KIND,
+            concurrency_keys=projects,
+            status=status,
+            since=since,
+            before=cursor,
+            limit=limit + 1,
+        )
+        more = len(page) > limit
+        return page[:limit], page[limit - 1].seq if more else None
 
-    async def cancel(self, task_id: str) -> WorkTask:
+    async def get(self, task_id: str, *, projects: Collection[str] | None = None) -> WorkTask:
+        """The task, or ``TaskNotFoundError`` (also for a build of a project not in
+        ``projects``)."""
+        task = await self._queue.get(task_id)
+        if projects is not None and (
+            task.kind != BUILD_KIND or BuildRequest.from_task(task).project not in projects
+        ):
+            raise TaskNotFoundError(task_id)
+        return task
+
+    async def retry(
+        self,
+        task_id: str,
+        *,
+        projects: Collection[str] | None = None,
+        idempotency_key: str | None = None,
+        client: str = "",
+    ) -> Enqueued:
+        """Queue a new build with the spec of the finished build ``task_id``, linked to it
+        (``retry_of``); refused with ``TaskStateError`` (409) while it is not final. Checked
+        and capped as a new submit is (:meth:`submit`)."""
+        task = await self.get(task_id, projects=projects)
+        if task.kind != BUILD_KIND or not task.status.is_final:
+            raise TaskStateError(task_id, task.status.value, "retry")
+        request = BuildRequest.from_task(task)
+        return await self.submit(
+            request.project,
+            request.spec,
+            idempotency_key=idempotency_key,
+            client=client,
+            retry_of=task.id,
+        )
+
+    async def pushed_commit(
+        self, task_id: str, *, projects: Collection[str] | None = None
+    ) -> tuple[str, str]:
+        """The project and the commit a finished build pushed; ``NoCommitError`` (404) for
+        a build that is not finished or pushed nothing."""
+        task = await self.get(task_id, projects=projects)
+        if not task.status.is_final:
+            raise NoCommitError(task_id, f"it is {task.status.value}")
+        artifacts = (task.result or {}).get("artifacts") or {}
+        sha = artifacts.get("commit_sha")
+        if not isinstance(sha, str):
+            raise NoCommitError(task_id, f"it ended {task.status.value} without pushing")
+        return BuildRequest.from_task(task).project, sha
+
+    async def events(self, task_id: str, *, after: int = 0) -> builtins.list[StoredEvent]:
+        """The task's events after position ``after`` so far, in order."""
+        events: builtins.list[StoredEvent] = []
+        while page := await self._store.list_events(task_id, after_seq=after, limit=1000):
+            events.extend(page)
+            after = page[-1].seq
+        return events
+
+    async def transcript(self, task_id: str, *, projects: Collection[str] | None = None) -> str:
+        """The task's events so far as plain text, one line each (see
+        :func:`~forgeline.services.transcript.transcript`)."""
+        await self.get(task_id, projects=projects)
+        return transcript(stored.event() for stored in await self.events(task_id))
+
+    async def cancel(self, task_id: str, *, projects: Collection[str] | None = None) -> WorkTask:
         """Cancel a queued build now, or ask its worker to stop a running one.
 
         A build cancelled before any worker took it ends here: its stream gets its
         ``result`` event and its requester the callback, as a worker would have sent.
         """
+        await self.get(task_id, projects=projects)
         task = await self._queue.cancel(task_id)
         if task.status is TaskStatus.CANCELLED and task.kind == BUILD_KIND:
             await finish_without_run(

@@ -44,11 +44,15 @@ from forgeline.domain.callbacks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
+    WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
     AttemptOutcome,
     CallbackDelivery,
     DeliveryAttempt,
     backoff_delay,
     sign,
+    sign_webhook,
 )
 from forgeline.domain.errors import (
     ConfigurationError,
@@ -469,6 +473,9 @@ class CallbackDispatcher:
         target = checked.target
         default_port = 443 if target.scheme == "https" else 80
         host = f"[{target.host}]" if ":" in target.host else target.host
+        # Signed anew at every attempt: a receiver refuses old timestamps, and a retry
+        # may come hours after the first try.
+        timestamp = int(time.time())
         return {
             "Host": host if target.port == default_port else f"{host}:{target.port}",
             "Content-Type": "application/json",
@@ -476,6 +483,11 @@ class CallbackDispatcher:
             SIGNATURE_HEADER: sign(claimed.body, self._secret),
             DELIVERY_HEADER: claimed.id,
             EVENT_HEADER: claimed.event,
+            WEBHOOK_ID_HEADER: claimed.id,
+            WEBHOOK_TIMESTAMP_HEADER: str(timestamp),
+            WEBHOOK_SIGNATURE_HEADER: sign_webhook(
+                claimed.id, timestamp, claimed.body, self._secret
+            ),
         }
 
     async def _post(self, claimed: CallbackDelivery, checked: CheckedUrl) -> _Answer:

@@ -1,4 +1,5 @@
-"""ProjectService: create a project (repository, template, CI) in steps a retry can resume.
+"""ProjectService: create a project (repository, template, CI) in steps a retry can resume;
+list, update and delete projects; read the patch of a commit from a project's remote.
 
 A project is stored first in state ``creating``; each later step is idempotent (bare
 repository, initial commit, CI activation, secrets), and only the last one marks it
@@ -12,8 +13,9 @@ import asyncio
 import contextlib
 import posixpath
 import shutil
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,22 +23,27 @@ from urllib.parse import urlsplit
 import structlog
 
 from forgeline.domain.errors import (
+    ConflictError,
     CredentialNotFoundError,
     ForgelineError,
     GitError,
     ProjectExistsError,
     RemoteUnavailableError,
     TemplateNotFoundError,
+    UnknownProviderError,
     ValidationError,
 )
 from forgeline.domain.git import GitAuthor, GitRemote, RemoteKind, classify_remote
 from forgeline.domain.project import Project, validate_project_name
 from forgeline.domain.secrets import Secret, validate_credential_mapping
+from forgeline.domain.task import TaskStatus
 from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.git import Git
+from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
+from forgeline.services.registry import ProviderRegistry
 
 log = structlog.get_logger("forgeline.projects")
 
@@ -54,8 +61,33 @@ class ProjectConfig:
     git_token_credential: str = "git-token"  # noqa: S105 - a credential name
 
 
+#: Unset: a field a project update leaves as it is.
+UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectChanges:
+    """What ``PATCH /projects/{name}`` changes. ``credentials`` and ``settings`` are merged
+    into the stored ones key by key (a ``None`` value removes its key);
+    ``default_provider`` and ``default_model`` replace theirs (``None`` clears them);
+    :data:`UNSET` leaves a field alone."""
+
+    credentials: Mapping[str, str | None] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    default_provider: str | None = UNSET
+    default_model: str | None = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """What deleting a project removed and what it left in place, as sentences."""
+
+    removed: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
 class ProjectService:
-    """Creates, lists and shows projects."""
+    """Creates, lists, shows, updates and deletes projects."""
 
     def __init__(
         self,
@@ -66,6 +98,8 @@ class ProjectService:
         templates: TemplateProvider | None = None,
         ci: CIProvider | None = None,
         credentials: CredentialStore | None = None,
+        queue: WorkQueue | None = None,
+        registry: ProviderRegistry | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -73,6 +107,8 @@ class ProjectService:
         self._templates = templates
         self._ci = ci
         self._credentials = credentials
+        self._queue = queue
+        self._registry = registry
         self._locks: dict[str, asyncio.Lock] = {}
 
     def embedded(self, repo_url: str) -> bool:
@@ -83,9 +119,21 @@ class ProjectService:
         """``<git base>/<name>.git``: a path (embedded) or a URL under a forge."""
         return f"{self.config.git_base_url.rstrip('/')}/{name}.git"
 
-    async def list(self) -> list[Project]:
-        """Every project, by name."""
-        return await self._store.list_projects()
+    async def list(
+        self,
+        *,
+        projects: Collection[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[Project], str | None]:
+        """Projects by name (only ``projects`` when given), at most ``limit`` after the
+        name ``cursor``; and the cursor of the next page (``None`` after the last)."""
+        page = await self._store.list_projects(
+            after=cursor, limit=None if limit is None else limit + 1, names=projects
+        )
+        if limit is None or len(page) <= limit:
+            return page, None
+        return page[:limit], page[limit - 1].name
 
     async def get(self, name: str) -> Project:
         """One project, or ``ProjectNotFoundError``."""
@@ -153,6 +201,68 @@ class ProjectService:
                 await self._store.update_project(failed)
                 raise
             return project, created
+
+    async def update(self, name: str, changes: ProjectChanges) -> Project:
+        """Apply ``changes`` to ``name``. ``ValidationError`` (422) for a credential mapping
+        with unusable names or an unknown provider; ``ProjectNotFoundError``."""
+        _check_credentials({k: v for k, v in changes.credentials.items() if v is not None})
+        if changes.default_provider not in (UNSET, None) and self._registry is not None:
+            try:
+                self._registry.get(changes.default_provider)
+            except UnknownProviderError as exc:
+                raise ValidationError(exc.message, field="default_provider") from exc
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            project = await self._store.get_project(name)
+            updated = replace(
+                project,
+                credentials=_merged(project.credentials, changes.credentials),
+                settings=_merged(project.settings, changes.settings),
+                default_provider=project.default_provider
+                if changes.default_provider is UNSET
+                else changes.default_provider,
+                default_model=project.default_model
+                if changes.default_model is UNSET
+                else changes.default_model,
+            )
+            return await self._store.update_project(updated)
+
+    async def delete(self, name: str) -> Deletion:
+        """Delete ``name``: its record, its project-scoped credentials and its recorded agent
+        sessions. Its repository, tasks and their events stay. ``ConflictError`` (409)
+        while a build of it is queued or running; ``ProjectNotFoundError``."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            project = await self._store.get_project(name)
+            if self._queue is not None:
+                busy = {
+                    status.value: count
+                    for status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+                    if (count := await self._queue.count(status=status, concurrency_key=name))
+                }
+                if busy:
+                    listing = " and ".join(f"{n} {status}" for status, n in busy.items())
+                    raise ConflictError(
+                        f"project {name!r} has builds {listing}: cancel them or let them"
+                        " finish, then delete it"
+                    )
+            removed = [f"project {name!r}", "its recorded agent sessions"]
+            if self._credentials is not None:
+                for info in await self._credentials.list(project=name):
+                    if info.project == name:
+                        await self._credentials.delete(info.name, project=name)
+                        removed.append(f"credential {info.name!r} of the project")
+            await self._store.delete_project(name)
+        log.info("project.deleted", project=name)
+        kept = (f"repository {project.repo_url}", "its tasks and their events")
+        return Deletion(removed=tuple(removed), kept=kept)
+
+    async def commit_patch(self, name: str, sha: str) -> str:
+        """The patch of commit ``sha`` as the project's remote has it (a forge remote that
+        does not answer: ``RemoteUnavailableError``, 424)."""
+        project = await self._store.get_project(name)
+        remote = GitRemote(project.repo_url, token=await self._git_token(project))
+        scratch = str(self.config.scratch_dir / f"diff-{uuid.uuid4().hex}")
+        async with self._remote_step(project):
+            return await self._git.commit_patch(remote, sha, scratch)
 
     def _check_repo_url(self, url: str) -> str:
         """``url`` if a project may use it: a forge URL, or a repository under the
@@ -272,6 +382,12 @@ def _check_credentials(mapping: Mapping[str, str]) -> dict[str, str]:
         return validate_credential_mapping(mapping)
     except ValidationError as exc:
         raise ValidationError(exc.message, field="credentials") from exc
+
+
+def _merged(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored`` with ``patch`` merged in; a ``None`` in ``patch`` removes its key."""
+    merged = {**stored, **patch}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def repo_full_name(repo_url: str) -> str:

@@ -104,6 +104,10 @@ class Observes(Protocol):
         """Count a finished build."""
         ...
 
+    def step_finished(self, step: str, outcome: str, duration_s: float) -> None:
+        """Time one finished step of a build."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -410,13 +414,16 @@ class BuildRun:
             info["outcome"] = "cancelled" if isinstance(exc, BuildCancelledError) else "failed"
             raise
         finally:
+            took = time.monotonic() - started
+            if self.w._metrics is not None:
+                self.w._metrics.step_finished(name, str(info["outcome"]), took)
             with contextlib.suppress(ForgelineError):
                 await asyncio.shield(
                     self.status(
                         "step",
                         step=name,
                         phase="finished",
-                        duration_ms=int((time.monotonic() - started) * 1000),
+                        duration_ms=int(took * 1000),
                         **info,
                     )
                 )
@@ -596,7 +603,7 @@ class BuildRun:
     async def _pipeline(self) -> _Outcome:
         spec = self.request.spec
         project = await self.w._store.get_project(self.request.project)
-        agent = self.w._registry.get(spec.provider)
+        agent = self.w._registry.get(project.agent_choice(spec.provider, spec.model)[0])
         self.provider = agent.name
         env: dict[str, Secret] = {}
         token: Secret | None = None
@@ -757,6 +764,22 @@ class BuildRun:
         except CredentialNotFoundError:
             return None
 
+    async def _session_to_resume(
+        self, agent: CodeAgent, project: Project, spec: BuildSpec
+    ) -> str | None:
+        """The session the agent resumes: the one the spec names, or with ``continue`` the
+        project's last of this provider (none yet: a new session, and the events say so)."""
+        if not spec.continue_session:
+            return spec.resume_session
+        session = await self.w._store.last_session(project.name, agent.name)
+        if session is None:
+            await self.status(
+                "new_session", reason=f"no completed {agent.name} build of this project yet"
+            )
+        else:
+            await self.status("continuing", session_id=session)
+        return session
+
     async def _run_agent(
         self,
         agent: CodeAgent,
@@ -776,9 +799,9 @@ class BuildRun:
             prompt=prompt,
             workdir=workdir,
             provider=agent.name,
-            model=spec.model,
+            model=project.agent_choice(spec.provider, spec.model)[1],
             timeout_s=spec.timeout_s,
-            resume_session=spec.resume_session,
+            resume_session=await self._session_to_resume(agent, project, spec),
             env=reveal_env(env),
             task_id=self.task_id,
             state_key=project.name,
@@ -836,6 +859,13 @@ class BuildRun:
         # worker dies in between, the task runs again and its enqueue (same idempotency
         # key) returns this delivery, so the requester hears exactly once either way.
         await self._callback(outcome.status, output, outcome.artifacts)
+        session = outcome.agent.session_id if outcome.agent is not None else None
+        if outcome.status is TaskStatus.COMPLETED and session:
+            # Before the task is final: the project's next build may start the moment it
+            # is, and one that continues must find this session.
+            await self.w._store.record_session(
+                self.request.project, self.provider, session, self.task_id
+            )
         try:
             if outcome.status is TaskStatus.COMPLETED:
                 await self.w._queue.complete(self.lease, task_result)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Final, TypedDict
@@ -43,6 +44,7 @@ from forgeline.domain.git import (
     TASK_TRAILER,
     GitAuthor,
     GitRemote,
+    RemoteKind,
     validate_branch_name,
     with_trailers,
 )
@@ -64,6 +66,9 @@ DEFAULT_TIMEOUT_S: Final = 120.0
 DEFAULT_NETWORK_TIMEOUT_S: Final = 600.0
 #: The asyncio deadline sits this much after the workspace's own, as a backstop.
 _BACKSTOP_S: Final = 15.0
+
+#: A full commit id (SHA-1 or SHA-256 object format).
+_FULL_SHA: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 #: Where :meth:`GitCli.prepare_checkout` records the commit a build starts from.
 BASE_REF: Final = "refs/forgeline/base"
@@ -471,6 +476,62 @@ class GitCli:
             if task_id in (v.strip() for v in values):
                 return sha
         return None
+
+    # --- what a build pushed ---------------------------------------------------------------
+
+    async def commit_patch(self, remote: GitRemote, sha: str, scratch: str) -> str:
+        """The diff of ``sha`` against its first parent, read from ``remote``."""
+        if not _FULL_SHA.fullmatch(sha):
+            raise ValidationError(f"{sha!r} is not a full commit id")
+        if remote.kind is RemoteKind.PATH:
+            return await self._patch(remote.url.removeprefix("file://"), sha)
+        _require_checkout_dir(scratch)
+        await self.init_bare(scratch)
+        try:
+            # A want of any reachable commit is allowed by protocol v2 servers; two
+            # commits deep brings the parent's tree too, and nothing older.
+            await self._git(
+                [
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    "--depth=2",
+                    "--",
+                    remote.url,
+                    sha,
+                ],
+                cwd=scratch,
+                env={"GIT_DIR": scratch},
+                op="fetch",
+                remote=remote,
+            )
+            return await self._patch(scratch, sha)
+        finally:
+            await self._run_checked(["rm", "-rf", "--", scratch], cwd="/", op="rm -rf scratch")
+
+    async def _patch(self, git_dir: str, sha: str) -> str:
+        env = {"GIT_DIR": git_dir}
+        if await self._resolve(git_dir, sha, env=env) is None:
+            raise GitError(f"no commit {sha} in {git_dir}")
+        result = await self._git(
+            [
+                "diff-tree",
+                "--patch",
+                "--root",
+                "--no-commit-id",
+                "--find-renames",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--end-of-options",
+                sha,
+            ],
+            cwd=git_dir,
+            env=env,
+            op="diff-tree",
+        )
+        return _text(result.stdout)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from forgeline.domain.errors import CapacityError, ValidationError
@@ -93,6 +94,12 @@ def check_limit(limit: int, maximum: int) -> int:
     if not 1 <= limit <= maximum:
         raise ValidationError(f"limit must be in [1, {maximum}], got {limit}")
     return limit
+
+
+def check_since(since: datetime | None) -> None:
+    """Raise ``ValidationError`` for a naive ``since`` (whose time zone is anyone's guess)."""
+    if since is not None and since.tzinfo is None:
+        raise ValidationError("since must be timezone-aware")
 
 
 def dump_json(value: Mapping[str, Any] | None, what: str) -> str | None:

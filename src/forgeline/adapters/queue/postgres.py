@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,7 @@ from forgeline.adapters.queue._common import (
     check_max_queued,
     check_new_task,
     check_room,
+    check_since,
     dump_json,
     kinds_list,
     new_task_id,
@@ -75,6 +76,7 @@ _REQUEUED_OR_CANCELLED = frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED})
 def _task(row: DictRow) -> WorkTask:
     return WorkTask(
         id=row["id"],
+        seq=row["seq"],
         kind=row["kind"],
         payload=row["payload"],
         status=TaskStatus(row["status"]),
@@ -102,6 +104,7 @@ def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
     """A task just inserted, from what was sent and the columns the database chose."""
     return WorkTask(
         id=task_id,
+        seq=row["seq"],
         kind=new.kind,
         payload=dict(new.payload),
         status=TaskStatus.QUEUED,
@@ -551,12 +554,27 @@ class PostgresWorkQueue:
         status: TaskStatus | None = None,
         kind: str | None = None,
         concurrency_key: str | None = None,
+        concurrency_keys: Collection[str] | None = None,
+        since: datetime | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[WorkTask]:
         """Tasks matching every given filter, newest first."""
         check_limit(limit, MAX_LIST)
-        where, params = _filters(status=status, kind=kind, concurrency_key=concurrency_key)
-        query = sql.SQL("select * from tasks{} order by seq desc limit %(limit)s").format(where)
+        check_since(since)
+        clauses, params = _filters(status=status, kind=kind, concurrency_key=concurrency_key)
+        if concurrency_keys is not None:
+            clauses.append(sql.SQL("concurrency_key = any(%(keys)s::text[])"))
+            params["keys"] = list(concurrency_keys)
+        if since is not None:
+            clauses.append(sql.SQL("created_at >= %(since)s"))
+            params["since"] = since
+        if before is not None:
+            clauses.append(sql.SQL("seq < %(before)s"))
+            params["before"] = before
+        query = sql.SQL("select * from tasks{} order by seq desc limit %(limit)s").format(
+            _where(clauses)
+        )
 
         async def op(conn: Conn) -> list[WorkTask]:
             return [_task(r) for r in await self._rows(conn, query, {**params, "limit": limit})]
@@ -565,8 +583,8 @@ class PostgresWorkQueue:
 
     async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:
         """How many tasks are in ``status``."""
-        where, params = _filters(status=status, concurrency_key=concurrency_key)
-        query = sql.SQL("select count(*) as n from tasks{}").format(where)
+        clauses, params = _filters(status=status, concurrency_key=concurrency_key)
+        query = sql.SQL("select count(*) as n from tasks{}").format(_where(clauses))
 
         async def op(conn: Conn) -> int:
             return int((await self._rows(conn, query, params))[0]["n"])
@@ -652,8 +670,8 @@ class PostgresWorkQueue:
 
 def _filters(
     *, status: TaskStatus | None = None, kind: str | None = None, concurrency_key: str | None = None
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """A ``where`` clause of the given filters and its parameters."""
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """The conditions of the given filters and their parameters."""
     clauses: list[sql.Composable] = []
     params: dict[str, Any] = {}
     for column, value in (("status", status), ("kind", kind), ("concurrency_key", concurrency_key)):
@@ -662,6 +680,11 @@ def _filters(
                 sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
             )
             params[column] = value.value if isinstance(value, TaskStatus) else value
+    return clauses, params
+
+
+def _where(clauses: list[sql.Composable]) -> sql.Composable:
+    """A ``where`` clause joining ``clauses`` with ``and`` (nothing for none)."""
     if not clauses:
-        return sql.SQL(""), params
-    return sql.SQL(" where ") + sql.SQL(" and ").join(clauses), params
+        return sql.SQL("")
+    return sql.SQL(" where ") + sql.SQL(" and ").join(clauses)

@@ -18,7 +18,7 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from forgeline.adapters.queue._common import (
     check_max_queued,
     check_new_task,
     check_room,
+    check_since,
     dump_json,
     kinds_list,
     new_task_id,
@@ -64,6 +65,7 @@ def _dt(text: str | None) -> datetime | None:
 def _task(row: sqlite3.Row) -> WorkTask:
     return WorkTask(
         id=row["id"],
+        seq=row["seq"],
         kind=row["kind"],
         payload=json.loads(row["payload"]),
         status=TaskStatus(row["status"]),
@@ -382,12 +384,29 @@ class SqliteWorkQueue:
         status: TaskStatus | None = None,
         kind: str | None = None,
         concurrency_key: str | None = None,
+        concurrency_keys: Collection[str] | None = None,
+        since: datetime | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[WorkTask]:
         """Tasks matching every given filter, newest first."""
         check_limit(limit, MAX_LIST)
+        check_since(since)
         where, params = _filters(status=status, kind=kind, concurrency_key=concurrency_key)
-        sql = f"select * from tasks{where} order by seq desc limit :limit"  # noqa: S608  # fixed fragments
+        clauses = [where] if where else []
+        if concurrency_keys is not None:
+            clauses.append("concurrency_key in (select value from json_each(:keys))")
+            params["keys"] = json.dumps(list(concurrency_keys))
+        if since is not None:
+            clauses.append("created_at >= :since")
+            params["since"] = _ts(since)
+        if before is not None:
+            clauses.append("seq < :before")
+            params["before"] = before
+        sql = "select * from tasks"
+        if clauses:
+            sql += " where " + " and ".join(clauses)
+        sql += " order by seq desc limit :limit"
 
         def run(conn: sqlite3.Connection) -> list[WorkTask]:
             return [_task(row) for row in conn.execute(sql, {**params, "limit": limit})]
@@ -397,7 +416,7 @@ class SqliteWorkQueue:
     async def count(self, *, status: TaskStatus, concurrency_key: str | None = None) -> int:
         """How many tasks are in ``status``."""
         where, params = _filters(status=status, concurrency_key=concurrency_key)
-        sql = f"select count(*) from tasks{where}"  # noqa: S608  # fixed fragments
+        sql = f"select count(*) from tasks where {where}"  # noqa: S608  # fixed fragments
         return await self._read(lambda conn: int(conn.execute(sql, params).fetchone()[0]))
 
     async def recover_expired(self) -> int:
@@ -465,11 +484,11 @@ class SqliteWorkQueue:
 def _filters(
     *, status: TaskStatus | None = None, kind: str | None = None, concurrency_key: str | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """A ``where`` clause of fixed fragments and its parameters."""
+    """The conditions (fixed fragments joined by ``and``) and their parameters."""
     clauses: list[str] = []
     params: dict[str, Any] = {}
     for column, value in (("status", status), ("kind", kind), ("concurrency_key", concurrency_key)):
         if value is not None:
             clauses.append(f"{column} = :{column}")
             params[column] = value.value if isinstance(value, TaskStatus) else value
-    return (" where " + " and ".join(clauses) if clauses else ""), params
+    return " and ".join(clauses), params

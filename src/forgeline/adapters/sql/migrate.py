@@ -1,7 +1,8 @@
 """Versioned schema migrations: named ``.sql`` files applied once, in order.
 
 Files live in ``migrations/<dialect>/NNNN_<name>.sql`` (``NNNN`` a unique version number;
-each concern owns its numbers: 0001 queue, 0002 store, 0003 credentials, 0004 callbacks).
+each concern owns its numbers: 0001 queue, 0002 store, 0003 credentials, 0004 callbacks,
+0005 request hashes, 0006 what the API operations keep).
 Each file runs in its own transaction together with its row in ``schema_migrations``, so
 a failed migration leaves nothing half-applied. Concurrent migrators (several workers
 starting at once) serialize: ``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL.

@@ -9,7 +9,7 @@ and a repeated event append recognises the event its first try committed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -22,9 +22,15 @@ from forgeline.adapters.store.notify import (
     notification,
     parse_notification,
 )
-from forgeline.adapters.store.rows import SELECT_PROJECTS, event_body, parse_time, project_from_row
-from forgeline.domain.agent import AgentEvent, utcnow
-from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError
+from forgeline.adapters.store.rows import (
+    SELECT_PROJECTS,
+    SELECT_TOKENS,
+    event_body,
+    project_from_row,
+    token_from_row,
+)
+from forgeline.domain.agent import AgentEvent
+from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken, AppendWatch, OnAppend, StoredEvent
 
@@ -63,7 +69,8 @@ class PostgresStore:
             try:
                 await conn.execute(
                     "insert into projects (name, repo_url, default_branch, template, variables,"
-                    " credentials, settings, state) values (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    " credentials, settings, state, default_provider, default_model)"
+                    " values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                     (
                         project.name,
                         project.repo_url,
@@ -73,6 +80,8 @@ class PostgresStore:
                         Jsonb(dict(project.credentials)),
                         Jsonb(dict(project.settings)),
                         project.state,
+                        project.default_provider,
+                        project.default_model,
                     ),
                 )
             except psycopg.errors.UniqueViolation as exc:
@@ -90,12 +99,26 @@ class PostgresStore:
             raise ProjectNotFoundError(name)
         return project_from_row(row)
 
-    async def list_projects(self) -> list[Project]:
-        """Every project, by name."""
-        rows = await self._db.run(
-            lambda conn: _all(conn, SELECT_PROJECTS + " order by name"), "store read"
+    async def list_projects(
+        self,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> list[Project]:
+        """Projects by name, after ``after``, at most ``limit``, only ``names`` if given."""
+        params = {"after": after, "names": None if names is None else list(names), "limit": limit}
+        query = (
+            SELECT_PROJECTS + " where (%(after)s::text is null or name > %(after)s)"
+            " and (%(names)s::text[] is null or name = any(%(names)s::text[]))"
+            " order by name limit %(limit)s"
         )
-        return [project_from_row(r) for r in rows]
+
+        async def select(conn: Conn) -> list[Row]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+        return [project_from_row(r) for r in await self._db.run(select, "store read")]
 
     async def update_project(self, project: Project) -> Project:
         """Replace a project's stored fields."""
@@ -103,8 +126,8 @@ class PostgresStore:
             lambda conn: _one(
                 conn,
                 "update projects set repo_url=%s, default_branch=%s, template=%s,"
-                " variables=%s, credentials=%s, settings=%s, state=%s, updated_at=now()"
-                " where name=%s returning name",
+                " variables=%s, credentials=%s, settings=%s, state=%s, default_provider=%s,"
+                " default_model=%s, updated_at=now() where name=%s returning name",
                 (
                     project.repo_url,
                     project.default_branch,
@@ -113,6 +136,8 @@ class PostgresStore:
                     Jsonb(dict(project.credentials)),
                     Jsonb(dict(project.settings)),
                     project.state,
+                    project.default_provider,
+                    project.default_model,
                     project.name,
                 ),
             ),
@@ -121,6 +146,46 @@ class PostgresStore:
         if row is None:
             raise ProjectNotFoundError(project.name)
         return await self.get_project(project.name)
+
+    async def delete_project(self, name: str) -> None:
+        """Remove a project and its agent sessions (one transaction; safe to repeat)."""
+
+        async def delete(conn: Conn) -> Row | None:
+            async with conn.transaction():
+                await conn.execute("delete from agent_sessions where project = %s", (name,))
+                return await _one(
+                    conn, "delete from projects where name = %s returning name", (name,)
+                )
+
+        if await self._db.run(delete, "store delete") is None:
+            raise ProjectNotFoundError(name)
+
+    async def record_session(
+        self, project: str, provider: str, session_id: str, task_id: str
+    ) -> None:
+        """Remember the newest session of ``provider`` in ``project``."""
+        await self._db.run(
+            lambda conn: conn.execute(
+                "insert into agent_sessions (project, provider, session_id, task_id)"
+                " values (%s,%s,%s,%s) on conflict (project, provider) do update set"
+                " session_id = excluded.session_id, task_id = excluded.task_id,"
+                " recorded_at = now()",
+                (project, provider, session_id, task_id),
+            ),
+            "store update",
+        )
+
+    async def last_session(self, project: str, provider: str) -> str | None:
+        """The session last recorded for ``provider`` in ``project``."""
+        row = await self._db.run(
+            lambda conn: _one(
+                conn,
+                "select session_id from agent_sessions where project = %s and provider = %s",
+                (project, provider),
+            ),
+            "store read",
+        )
+        return None if row is None else str(row[0])
 
     async def append_event(self, task_id: str, event: AgentEvent) -> AgentEvent:
         """Store ``event`` as the task's next event.
@@ -223,19 +288,33 @@ class PostgresStore:
         await listener.start(wait_s=0)
         return watch
 
-    async def add_token(self, token_id: str, name: str, token_hash: str, role: str) -> ApiToken:
+    async def add_token(
+        self,
+        token_id: str,
+        name: str,
+        token_hash: str,
+        role: str,
+        projects: Sequence[str] | None = None,
+    ) -> ApiToken:
         """Record a new API token by its hash."""
+        scope = None if projects is None else Jsonb(list(projects))
 
-        async def insert(conn: Conn) -> None:
-            # A repeat of an insert that committed finds its own id: nothing to do.
+        async def insert(conn: Conn) -> Row | None:
+            # A repeat of an insert that committed finds its own id.
             await conn.execute(
-                "insert into api_tokens (id, name, token_hash, role) values (%s,%s,%s,%s)"
-                " on conflict (id) do nothing",
-                (token_id, name, token_hash, role),
+                "insert into api_tokens (id, name, token_hash, role, projects)"
+                " values (%s,%s,%s,%s,%s) on conflict (id) do nothing",
+                (token_id, name, token_hash, role, scope),
+            )
+            return await _one(
+                conn,
+                SELECT_TOKENS + " where id = %s",
+                (token_id,),
             )
 
-        await self._db.run(insert, "store insert")
-        return ApiToken(id=token_id, name=name, role=role, created_at=utcnow())
+        row = await self._db.run(insert, "store insert")
+        assert row is not None  # noqa: S101 - inserted just now
+        return token_from_row(row)
 
     async def find_token(self, token_hash: str) -> ApiToken | None:
         """The token with that hash, marked used now; or None."""
@@ -243,20 +322,34 @@ class PostgresStore:
             lambda conn: _one(
                 conn,
                 "update api_tokens set last_used_at = now() where token_hash = %s"
-                " returning id, name, role, created_at, last_used_at",
+                " returning id, name, role, created_at, last_used_at, projects",
                 (token_hash,),
             ),
             "store read",
         )
-        if row is None:
-            return None
-        return ApiToken(
-            id=row[0],
-            name=row[1],
-            role=row[2],
-            created_at=parse_time(row[3]) or utcnow(),
-            last_used_at=parse_time(row[4]),
+        return None if row is None else token_from_row(row)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """Every API token, oldest first."""
+        rows = await self._db.run(
+            lambda conn: _all(
+                conn,
+                SELECT_TOKENS + " order by created_at, id",
+            ),
+            "store read",
         )
+        return [token_from_row(row) for row in rows]
+
+    async def delete_token(self, token_id: str) -> None:
+        """Revoke a token for good."""
+        row = await self._db.run(
+            lambda conn: _one(
+                conn, "delete from api_tokens where id = %s returning id", (token_id,)
+            ),
+            "store delete",
+        )
+        if row is None:
+            raise TokenNotFoundError(token_id)
 
     async def count_tokens(self) -> int:
         """How many API tokens exist."""

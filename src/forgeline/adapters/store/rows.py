@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from forgeline.domain.agent import utcnow
 from forgeline.domain.project import Project
+from forgeline.ports.store import ApiToken
 
 
 def to_json(value: Mapping[str, Any]) -> str:
@@ -41,7 +43,7 @@ def format_time(value: datetime) -> str:
 #: Every project column, in the order ``project_from_row`` reads them.
 SELECT_PROJECTS = (
     "select name, repo_url, default_branch, template, variables, credentials, settings, state,"
-    " created_at, updated_at from projects"
+    " created_at, updated_at, default_provider, default_model from projects"
 )
 
 
@@ -58,6 +60,28 @@ def project_from_row(row: Any) -> Project:
         state=row[7],
         created_at=parse_time(row[8]),
         updated_at=parse_time(row[9]),
+        default_provider=row[10],
+        default_model=row[11],
+    )
+
+
+#: Every token column, in the order ``token_from_row`` reads them.
+SELECT_TOKENS = "select id, name, role, created_at, last_used_at, projects from api_tokens"
+
+
+def token_from_row(row: Any) -> ApiToken:
+    """An ``api_tokens`` row (in SELECT_TOKENS order) as an ApiToken; its project list is
+    JSON text on SQLite, decoded jsonb on PostgreSQL."""
+    projects = row[5]
+    if isinstance(projects, str):
+        projects = json.loads(projects)
+    return ApiToken(
+        id=row[0],
+        name=row[1],
+        role=row[2],
+        created_at=parse_time(row[3]) or utcnow(),
+        last_used_at=parse_time(row[4]),
+        projects=None if projects is None else tuple(str(name) for name in projects),
     )
 
 

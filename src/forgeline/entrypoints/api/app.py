@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from forgeline import __version__
 from forgeline.bootstrap import Container, open_container
 from forgeline.entrypoints.api import errors
+from forgeline.entrypoints.api.access import AccessLog
 from forgeline.entrypoints.api.limits import BodySizeLimit, DatabaseTimeLimit
 from forgeline.entrypoints.api.routes import health, router
 from forgeline.entrypoints.ui import install as install_ui
@@ -81,11 +85,53 @@ def create_app(
             log.info("api.ready", workers=worker_count, database=built.database.dialect)
             yield
 
-    app = FastAPI(title="forgeline", version=__version__, lifespan=lifespan)
-    errors.install(app)
+    app = FastAPI(
+        title="forgeline",
+        version=__version__,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app, [*health.routes, *router.routes])
     app.include_router(health)
     app.include_router(router)
     install_ui(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DatabaseTimeLimit, seconds=settings.db_request_timeout_s)
+    # Outermost: it times and logs whatever the others answer (a 413 too).
+    app.add_middleware(AccessLog)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, built once. FastAPI adds a 422 in its own error shape to every
+    route with parameters; the routes document the 422 they can answer (in the one error
+    envelope) themselves, so those guesses go."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            separate_input_output_schemas=False,
+        )
+        for path_item in document["paths"].values():
+            for operation in path_item.values():
+                guessed = operation["responses"].get("422", {})
+                if "HTTPValidationError" in json.dumps(guessed):
+                    del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            document["components"]["schemas"].pop(name, None)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+API_DESCRIPTION = """\
+Prompt in, committed and CI-deployed change out.
+
+Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <token>`.
+Errors are `{"error": {"code", "message", "fields"?, "retry_after_s"?}}` with the status
+each route documents. Timestamps are RFC 3339 in UTC with milliseconds and `Z`. Lists are
+paged: pass a page's `next_cursor` as `cursor` for the next one. Every answer carries an
+`X-Request-ID` (the request's own when it sent a sane one), which the server's log names.
+"""

@@ -1,7 +1,10 @@
-"""The one place where errors become HTTP answers: ``{"error": {"code", "message"}}``."""
+"""The one place where errors become HTTP answers: ``{"error": {"code", "message"}}``
+(:class:`~forgeline.entrypoints.api.schemas.ErrorEnvelope`), and where routes say which
+of them they can answer with (:func:`errors`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -9,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Route
 
 from forgeline.domain.errors import (
     AgentUnavailableError,
@@ -22,8 +26,10 @@ from forgeline.domain.errors import (
     NotFoundError,
     RemoteUnavailableError,
     StorageError,
+    TemplateVariablesError,
     ValidationError,
 )
+from forgeline.entrypoints.api.schemas import ErrorEnvelope
 
 #: Domain error → HTTP status, most specific first. 424 (Failed Dependency): the request
 #: is sound but needs something known and unavailable now (an agent's program, a remote,
@@ -44,8 +50,47 @@ _STATUSES: tuple[tuple[type[ForgelineError], int], ...] = (
 
 #: Seconds a client is told to wait (``Retry-After``) when the database is unavailable.
 STORAGE_RETRY_AFTER_S = 2
+#: ... and when a project's queue is full: about the time a short build takes.
+CAPACITY_RETRY_AFTER_S = 30
+
+#: What each error status means, as every route that can answer with it documents it.
+_MEANINGS: dict[int, str] = {
+    400: "the body is not valid JSON",
+    401: "no valid API token (`Authorization: Bearer <token>`)",
+    403: "the token may not do this (a builder token, or one limited to other projects)",
+    404: "no such resource (or none this token may see)",
+    405: "the path does not take this method (`Allow` lists those it takes)",
+    409: "the resource's state does not allow it (a final task, a project that exists"
+    " or has builds running)",
+    413: "the body is larger than FORGELINE_MAX_BODY_BYTES",
+    415: "the body is not sent as `Content-Type: application/json`",
+    422: "the request is refused for its content; `fields` names the fields at fault",
+    424: "something the request needs is unavailable now (an agent's program, a remote, a"
+    " credential the project declares)",
+    429: "the project's queue is full; retry after `Retry-After` seconds",
+    500: "a bug; the server's log has the details",
+    502: "a service forgeline talks to answered badly",
+    503: "the database is unavailable; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
+}
 
 log = structlog.get_logger("forgeline.api")
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of these error statuses, each with the error envelope."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        documented[status] = {"model": ErrorEnvelope, "description": _MEANINGS[status]}
+        if status in (429, 503):
+            documented[status]["headers"] = _RETRY_AFTER
+    return documented
 
 
 def status_for(exc: ForgelineError) -> int:
@@ -60,8 +105,21 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+def _fields(exc: ForgelineError, shown: Any) -> list[dict[str, str]] | None:
+    """The ``fields`` of an error, in the one shape a request validation error has."""
+    if isinstance(exc, TemplateVariablesError):
+        return [
+            {"field": f"variables.{name}", "message": shown(why), "type": exc.code}
+            for name, why in sorted(exc.problems.items())
+        ]
+    if isinstance(exc, ValidationError) and exc.field:
+        return [{"field": exc.field, "message": shown(exc.reason), "type": exc.code}]
+    return None
+
+
+def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Register the handlers on ``app``, whose routes are ``routes``."""
+    methods_at = _allowed_methods(routes)
 
     @app.exception_handler(ForgelineError)
     async def domain_error(request: Request, exc: ForgelineError) -> JSONResponse:
@@ -72,17 +130,21 @@ def install(app: FastAPI) -> None:
 
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         extra: dict[str, Any] = {}
-        problems = getattr(exc, "problems", None)
-        if isinstance(problems, dict):
-            extra["fields"] = problems
-        elif isinstance(exc, ValidationError) and exc.field:
-            # The shape of a request validation error's fields, so clients read one shape.
-            extra["fields"] = [{"field": exc.field, "message": shown(exc.reason), "type": exc.code}]
-        if isinstance(exc, StorageError):
+        fields = _fields(exc, shown)
+        if fields is not None:
+            extra["fields"] = fields
+        retry_after = (
+            STORAGE_RETRY_AFTER_S
+            if isinstance(exc, StorageError)
+            else CAPACITY_RETRY_AFTER_S
+            if isinstance(exc, CapacityError)
+            else None
+        )
+        if retry_after is not None:
             # Nothing is wrong with the request: the same one (a submit with its
-            # Idempotency-Key) may be sent again once the database is back.
-            headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
-            extra["retry_after_s"] = STORAGE_RETRY_AFTER_S
+            # Idempotency-Key) may be sent again later.
+            headers = {"Retry-After": str(retry_after)}
+            extra["retry_after_s"] = retry_after
         return JSONResponse(
             status_code=status_for(exc),
             content=error_body(exc.code, shown(exc.message), **extra),
@@ -90,12 +152,28 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(
                 status_code=400,
                 content=error_body("malformed_json", "the request body is not valid JSON"),
+            )
+        content_type = request.headers.get("content-type", "")
+        # FastAPI hands a body of another type on as bytes, which no model takes: say what
+        # is wrong (curl -d sends a form) instead of "not a valid object".
+        if (
+            content_type
+            and "json" not in content_type.lower()
+            and any(tuple(e.get("loc", ())) == ("body",) for e in errors)
+        ):
+            return JSONResponse(
+                status_code=415,
+                content=error_body(
+                    "unsupported_media_type",
+                    "the body must be JSON sent as Content-Type: application/json, not"
+                    f" {content_type[:100]!r}",
+                ),
             )
         fields = [
             {
@@ -117,12 +195,27 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path; a path
+            # served by several routes (GET and POST /projects) takes all of theirs.
+            headers["Allow"] = ", ".join(sorted(methods_at(request.url.path)))
         return JSONResponse(
-            status_code=exc.status_code,
-            content=error_body(code, str(exc.detail)),
-            headers=getattr(exc, "headers", None),
+            status_code=exc.status_code, content=error_body(code, str(exc.detail)), headers=headers
         )
+
+
+def _allowed_methods(routes: Sequence[BaseRoute]) -> Callable[[str], set[str]]:
+    """For a path: every method some of ``routes`` takes there."""
+    compiled = [
+        (route.path_regex, set(route.methods or ())) for route in routes if isinstance(route, Route)
+    ]
+
+    def methods(path: str) -> set[str]:
+        return {m for regex, taken in compiled if regex.match(path) for m in taken}
+
+    return methods

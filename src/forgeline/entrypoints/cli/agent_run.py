@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 import typer
 from rich.text import Text
@@ -37,6 +37,7 @@ from forgeline.domain.agent import (
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.entrypoints.cli.common import agent_registry, console, echo_error, text
 from forgeline.ports.agent import CodeAgent
+from forgeline.services.transcript import short, tool_summary
 
 EXIT_CODES = {
     RunStatus.SUCCEEDED: 0,
@@ -72,19 +73,6 @@ class JsonPrinter:
         """Nothing to stop."""
 
 
-def _short(value: str, limit: int = 160) -> str:
-    value = " ".join(value.split())
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
-def _tool_summary(name: str, tool_input: Any) -> str:
-    if isinstance(tool_input, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "description"):
-            if isinstance(tool_input.get(key), str):
-                return _short(tool_input[key])
-    return _short(json.dumps(tool_input, default=str))
-
-
 class LivePrinter:
     """A rich view: one line per event, a spinner with the elapsed time meanwhile."""
 
@@ -114,11 +102,11 @@ class LivePrinter:
             case MessageData():
                 self._line(("> ", "yellow"), (data.text, "yellow"))
             case ToolUseData():
-                summary = _tool_summary(data.name, dict(data.input))
+                summary = tool_summary(dict(data.input))
                 self._line(("⚙ ", "cyan"), (data.name, "bold cyan"), (f" {summary}", "cyan"))
             case ToolResultData():
                 style = "red" if data.is_error else "dim"
-                self._line(("  ↳ ", style), (_short(data.output or "(no output)"), style))
+                self._line(("  ↳ ", style), (short(data.output or "(no output)"), style))
             case StatusData():
                 attempt = f" (attempt {data.attempt})" if data.attempt is not None else ""
                 self._line(("… ", "dim"), (f"{data.state}{attempt}", "dim"))
@@ -142,7 +130,7 @@ class LivePrinter:
         self.close()
         self._line((f"{mark} {result.status.value}", style), (facts, "dim"))
         if result.text:
-            self._line(("  ", ""), (_short(result.text, 400), ""))
+            self._line(("  ", ""), (short(result.text, 400), ""))
 
     def close(self) -> None:
         """Stop the spinner (idempotent)."""

@@ -25,6 +25,7 @@ from forgeline.logs import Redactor, configure_logging
 from forgeline.settings import Settings
 
 if TYPE_CHECKING:
+    from forgeline.adapters.sql.database import Database
     from forgeline.services.registry import ProviderRegistry
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -80,6 +81,22 @@ async def agent_registry(settings: Settings) -> AsyncIterator[ProviderRegistry]:
                 structlog.get_logger("forgeline.cli").exception(
                     "agent.close_failed", provider=agent.name
                 )
+
+
+@asynccontextmanager
+async def data_dir_database(
+    settings: Settings, *, migrate_schema: bool | None = None
+) -> AsyncIterator[Database]:
+    """The database of an existing data dir, for a command that works on it directly. The
+    command says on stderr which data dir it uses, and refuses (``ConfigurationError``)
+    one that does not exist rather than make an empty one where it happens to run."""
+    from forgeline.bootstrap import open_migrated_database
+
+    typer.echo(f"data dir: {settings.data_dir}", err=True)
+    async with open_migrated_database(
+        settings, migrate_schema=migrate_schema, create=False
+    ) as database:
+        yield database
 
 
 def echo_error(message: str) -> None:

@@ -21,7 +21,7 @@ from rich.table import Table
 from forgeline.domain.agent import format_time
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.domain.secrets import Secret
-from forgeline.entrypoints.cli.common import console, echo_error, text
+from forgeline.entrypoints.cli.common import console, data_dir_database, echo_error, text
 from forgeline.ports.credentials import CredentialStore
 from forgeline.settings import Settings
 
@@ -41,9 +41,9 @@ ProjectOption = Annotated[
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[CredentialStore]:
     # Imported here: the database and crypto stack load only for credential commands.
-    from forgeline.bootstrap import build_credential_store, open_migrated_database
+    from forgeline.bootstrap import build_credential_store
 
-    async with open_migrated_database(settings) as database:
+    async with data_dir_database(settings) as database:
         yield build_credential_store(settings, database)
 
 

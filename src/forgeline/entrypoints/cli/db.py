@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from forgeline.adapters.sql.migrate import migrate as apply_migrations
-from forgeline.bootstrap import open_migrated_database
+from forgeline.entrypoints.cli.common import data_dir_database, fail_on_errors
 from forgeline.settings import Settings
 
 app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -21,10 +21,11 @@ def migrate(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")
     settings = Settings()
 
     async def run() -> list[str]:
-        async with open_migrated_database(settings, migrate_schema=False) as db:
+        async with data_dir_database(settings, migrate_schema=False) as db:
             return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(db)]
 
-    applied = asyncio.run(run())
+    with fail_on_errors():
+        applied = asyncio.run(run())
     if json_out:
         typer.echo(json.dumps({"applied": applied}))
     elif applied:

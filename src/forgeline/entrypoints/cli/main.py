@@ -32,6 +32,8 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(client.project_app, name="project")
 app.add_typer(client.task_app, name="task")
 app.add_typer(credentials_cli.app, name="credential")
+server.token_app.command("list")(client.token_list)
+server.token_app.command("revoke")(client.token_revoke)
 app.add_typer(server.token_app, name="token")
 app.add_typer(db_cli.app, name="db")
 

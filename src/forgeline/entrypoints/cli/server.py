@@ -11,7 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from forgeline.entrypoints.cli.common import JsonOption, configure, fail_on_errors
+from forgeline.entrypoints.cli.common import (
+    JsonOption,
+    configure,
+    data_dir_database,
+    fail_on_errors,
+)
 from forgeline.settings import Settings
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
@@ -56,6 +61,8 @@ def serve(
             host=settings.host,
             port=settings.port,
             log_config=None,
+            # The app logs every request itself, with its request id (AccessLog).
+            access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         )
@@ -86,11 +93,14 @@ def worker(
 def token_create(
     name: Annotated[str, typer.Argument(help="Who the token is for.")],
     role: Annotated[str, typer.Option(help="admin, or builder (builds and tasks only).")] = "admin",
+    project: Annotated[
+        list[str] | None,
+        typer.Option("--project", help="Limit a builder token to this project (repeatable)."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create an API token and print it once (only its hash is kept)."""
     from forgeline.adapters.store import build_store
-    from forgeline.bootstrap import open_migrated_database
     from forgeline.services.auth import AuthService, Role
 
     try:
@@ -101,14 +111,24 @@ def token_create(
     configure(settings)
 
     async def create() -> Any:
-        async with open_migrated_database(settings, migrate_schema=True) as db:
-            return await AuthService(build_store(db)).create(name, chosen)
+        async with data_dir_database(settings, migrate_schema=True) as db:
+            return await AuthService(build_store(db)).create(name, chosen, project)
 
     with fail_on_errors():
         new = asyncio.run(create())
     if json_out:
+        record = new.record
+        scope = None if record.projects is None else list(record.projects)
         typer.echo(
-            json.dumps({"token": new.value, "name": new.record.name, "role": new.record.role})
+            json.dumps(
+                {
+                    "token": new.value,
+                    "id": record.id,
+                    "name": record.name,
+                    "role": record.role,
+                    "projects": scope,
+                }
+            )
         )
     else:
         typer.echo(new.value)

@@ -5,6 +5,7 @@ shown through the API's own view of them, so both say the same."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,23 +15,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from forgeline.domain.errors import (
-    AuthError,
-    ProjectNotFoundError,
-    TaskNotFoundError,
-    ValidationError,
-)
+from forgeline.domain.errors import AuthError, NoCommitError, ValidationError
 from forgeline.domain.project import Project
 from forgeline.domain.task import TaskStatus, WorkTask
-from forgeline.entrypoints.api.routes import (
-    BuildIn,
-    CredentialIn,
-    ProjectIn,
-    project_name,
-    task_id_of,
-    task_json,
-)
-from forgeline.entrypoints.ui import pending
+from forgeline.entrypoints.api.routes import project_name, pushed_patch, task_id_of, task_view
+from forgeline.entrypoints.api.schemas import BuildIn, CredentialIn, ProjectIn
 from forgeline.entrypoints.ui.diff import parse_patch
 from forgeline.entrypoints.ui.web import (
     CSRF_COOKIE,
@@ -45,13 +34,15 @@ from forgeline.entrypoints.ui.web import (
 )
 from forgeline.logs import Redactor
 from forgeline.ports.store import ApiToken
-from forgeline.services.auth import Role
-from forgeline.services.builds import BUILD_KIND, BuildRequest
+from forgeline.services.auth import AuthService, Role
+from forgeline.services.builds import BuildRequest
 from forgeline.services.registry import describe_agents
 from forgeline.services.sessions import SESSION_COOKIE
 
 #: Builds shown per page (overview and project pages).
 PAGE = 30
+#: Projects the overview shows at most.
+PROJECTS_SHOWN = 200
 
 ui = APIRouter(
     prefix=PREFIX,
@@ -170,24 +161,10 @@ def _web_url(url: str) -> str | None:
     return url if url.lower().startswith(("https://", "http://")) else None
 
 
-def _visible(viewer: ApiToken, project: str) -> bool:
-    allowed = pending.visible_projects(viewer)
-    return allowed is None or project in allowed
-
-
 async def _project(container: ContainerDep, viewer: ApiToken, name: str) -> Project:
-    """A project the viewer may see (not found otherwise, as the API answers)."""
-    if not _visible(viewer, name):
-        raise ProjectNotFoundError(name)
+    """A project the viewer may see (403 for another, as the API answers)."""
+    AuthService.require_project(viewer, name)
     return await container.projects.get(name)
-
-
-async def _task(container: ContainerDep, viewer: ApiToken, task_id: str) -> WorkTask:
-    """A build task of a project the viewer may see (not found otherwise)."""
-    task = await container.builds.get(task_id)
-    if task.kind != BUILD_KIND or not _visible(viewer, BuildRequest.from_task(task).project):
-        raise TaskNotFoundError(task_id)
-    return task
 
 
 @ui.get("/")
@@ -198,10 +175,9 @@ async def overview(
     status: Annotated[TaskStatus | None, Query()] = None,
 ) -> Response:
     """Projects with their last build, and the newest builds of all (by ``status``)."""
-    allowed = pending.visible_projects(viewer)
-    projects = [p for p in await container.projects.list() if allowed is None or p.name in allowed]
+    projects, more = await container.projects.list(projects=viewer.projects, limit=PROJECTS_SHOWN)
     lasts = await asyncio.gather(
-        *(pending.list_builds(container, projects=[p.name], limit=1) for p in projects)
+        *(container.builds.list(projects=[p.name], limit=1) for p in projects)
     )
     redactor = container.redactor
     last = {
@@ -209,7 +185,7 @@ async def overview(
         for project, (tasks, _) in zip(projects, lasts, strict=True)
         if tasks
     }
-    tasks, _ = await pending.list_builds(container, projects=allowed, status=status, limit=PAGE)
+    tasks, _ = await container.builds.list(projects=viewer.projects, status=status, limit=PAGE)
     recent = [BuildRow.of(t, redactor) for t in tasks]
     templates = (
         await asyncio.to_thread(container.templates.list_templates)
@@ -221,6 +197,7 @@ async def overview(
         "overview.html",
         viewer=viewer,
         projects=projects,
+        more_projects=more is not None,
         last=last,
         recent=recent,
         status=status.value if status else "",
@@ -252,12 +229,12 @@ async def project_page(
     name: ProjectName,
     container: ContainerDep,
     viewer: Viewer,
-    cursor: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
 ) -> Response:
     """A project: its details, its builds (newest first, a page at a time), a build form."""
     project = await _project(container, viewer, name)
-    tasks, next_cursor = await pending.list_builds(
-        container, projects=[name], limit=PAGE, cursor=cursor
+    tasks, next_cursor = await container.builds.list(
+        projects=[name], limit=PAGE, cursor=None if cursor is None else int(cursor)
     )
     return render(
         request,
@@ -267,7 +244,7 @@ async def project_page(
         builds=[BuildRow.of(t, container.redactor) for t in tasks],
         next_cursor=next_cursor,
         providers=container.registry.names(),
-        default_provider=container.registry.default_name,
+        default_provider=project.default_provider or container.registry.default_name,
         # A fresh key per form shown: a double click queues one build, not two.
         idempotency_key=secrets.token_urlsafe(16),
         live=any(t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) for t in tasks),
@@ -284,15 +261,19 @@ async def start_build(
     provider: Field = "",
     model: Field = "",
     auto_deploy: Field = "",
+    continue_session: Field = "",
     idempotency_key: Field = "",
 ) -> Response:
     """Queue a build (checked as ``POST /project/{name}/build`` is), then show it."""
-    await _project(container, viewer, name)
-    body = BuildIn(
-        prompt=prompt,
-        provider=provider or None,
-        model=model.strip() or None,
-        auto_deploy=bool(auto_deploy),
+    AuthService.require_project(viewer, name)
+    body = BuildIn.model_validate(
+        {
+            "prompt": prompt,
+            "provider": provider or None,
+            "model": model.strip() or None,
+            "auto_deploy": bool(auto_deploy),
+            "continue": bool(continue_session),
+        }
     )
     enqueued = await container.builds.submit(
         name, body.spec(), idempotency_key=idempotency_key[:200] or None, client=viewer.id
@@ -308,32 +289,36 @@ async def task_page(
     request: Request, task_id: TaskId, container: ContainerDep, viewer: Viewer
 ) -> Response:
     """A build: its summary, steps, live conversation, callbacks and the diff it pushed."""
-    task = await _task(container, viewer, task_id)
-    patch = await pending.build_patch(container, viewer, task) if task.status.is_final else None
+    task = await container.builds.get(task_id, projects=viewer.projects)
+    row = BuildRow.of(task, container.redactor)
+    patch = None
+    if task.status.is_final and row.commit:
+        with contextlib.suppress(NoCommitError):  # nothing it pushed is left to show
+            patch = parse_patch(await pushed_patch(container, task_id, viewer))
+    view = await task_view(container, task)
     return render(
         request,
         "task.html",
         viewer=viewer,
         task=task,
-        view=await task_json(task, container),
-        row=BuildRow.of(task, container.redactor),
-        patch=parse_patch(patch) if patch is not None else None,
+        view=view.model_dump(mode="json", by_alias=True),
+        row=row,
+        patch=patch,
     )
 
 
 @ui.post("/tasks/{task_id}/cancel")
 async def cancel_task(task_id: TaskId, container: ContainerDep, viewer: Viewer) -> Response:
     """Cancel a queued or running build, then show it."""
-    await _task(container, viewer, task_id)
-    await container.builds.cancel(task_id)
+    await container.builds.cancel(task_id, projects=viewer.projects)
     return _see(f"/tasks/{task_id}")
 
 
 @ui.post("/tasks/{task_id}/retry")
 async def retry_task(task_id: TaskId, container: ContainerDep, viewer: Viewer) -> Response:
     """Re-run a finished build, then show the new one."""
-    await _task(container, viewer, task_id)
-    return _see(f"/tasks/{await pending.retry_build(container, viewer, task_id)}")
+    enqueued = await container.builds.retry(task_id, projects=viewer.projects, client=viewer.id)
+    return _see(f"/tasks/{enqueued.task.id}")
 
 
 # --- agents and administration ----------------------------------------------------------------
@@ -354,8 +339,13 @@ async def credentials_page(request: Request, container: ContainerDep, admin: Adm
         "credentials.html",
         viewer=admin,
         credentials=await container.credential_admin.list(),
-        projects=[p.name for p in await container.projects.list()],
+        projects=await _project_names(container),
     )
+
+
+async def _project_names(container: ContainerDep) -> list[str]:
+    projects, _ = await container.projects.list()
+    return [p.name for p in projects]
 
 
 @ui.post("/admin/credentials")
@@ -388,8 +378,9 @@ async def _tokens_page(
         request,
         "tokens.html",
         viewer=admin,
-        tokens=await pending.list_tokens(container),
+        tokens=await container.auth.list(),
         roles=[r.value for r in Role],
+        projects=await _project_names(container),
         created=created,
     )
 
@@ -403,20 +394,23 @@ async def tokens_page(request: Request, container: ContainerDep, admin: Admin) -
 @ui.post("/admin/tokens")
 async def create_token(
     request: Request,
+    *,
     container: ContainerDep,
     admin: Admin,
     name: Field = "",
     role: Field = Role.BUILDER.value,
+    projects: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
-    """Create a token and show its value, this once (the page is not cached)."""
+    """Create a token (a builder one limited to ``projects`` when any are chosen) and show
+    its value, this once (the page is not cached)."""
     if role not in {r.value for r in Role}:
         raise ValidationError(f"{role[:40]!r} is not a role", field="role")
-    new = await container.auth.create(name, Role(role))
+    new = await container.auth.create(name, Role(role), projects or None)
     return await _tokens_page(request, container, admin, created=new)
 
 
 @ui.post("/admin/tokens/{token_id}/revoke")
-async def revoke_token(token_id: str, container: ContainerDep, _admin: Admin) -> Response:
+async def revoke_token(token_id: str, container: ContainerDep, admin: Admin) -> Response:
     """Revoke a token: its sessions and requests are refused from now on."""
-    await pending.revoke_token(container, token_id)
+    await container.auth.revoke(token_id, by=admin)
     return _see("/admin/tokens")

@@ -70,12 +70,6 @@ class CsrfError(AuthError):
         )
 
 
-class NotAvailableError(ForgelineError):
-    """The operation is not offered by this server yet (501)."""
-
-    code = "not_implemented"
-
-
 def _ago(moment: datetime | None) -> str:
     """``3 min ago``: how long before now ``moment`` was."""
     if moment is None:
@@ -225,8 +219,7 @@ class PageRoute(APIRoute):
                 response = RedirectResponse(f"{PREFIX}/login", status_code=303)
                 response.delete_cookie(SESSION_COOKIE, path="/")
             except ForgelineError as exc:
-                status = 501 if isinstance(exc, NotAvailableError) else status_for(exc)
-                response = _error_page(request, status, exc.message)
+                response = _error_page(request, status_for(exc), exc.message)
             except (RequestValidationError, pydantic.ValidationError) as exc:
                 # A form field the API's own request model refused.
                 fields = "; ".join(

@@ -11,7 +11,7 @@ values (%(id)s, %(kind)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
         coalesce(%(run_after)s::timestamptz, now()), %(concurrency_key)s, %(idempotency_key)s,
         %(request_hash)s)
 on conflict do nothing
-returning id, created_at, updated_at, run_after
+returning id, seq, created_at, updated_at, run_after
 
 -- name: insert_tasks
 -- Insert a batch from parallel arrays in their order (so `seq` follows it); clashes insert
@@ -28,7 +28,7 @@ from unnest(%(ids)s::text[], %(kinds)s::text[], %(payloads)s::text[], %(prioriti
                           concurrency_key, idempotency_key, request_hash, ord)
 order by v.ord
 on conflict do nothing
-returning id, created_at, updated_at, run_after
+returning id, seq, created_at, updated_at, run_after
 
 -- name: get_existing
 -- The rows a batch insert did not return: ours under the same id (a retry) or the older
