@@ -6,6 +6,7 @@ Every test writes screenshots of the pages it visits to ``<tmp>/screens`` (not c
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -185,6 +186,14 @@ async def test_build_from_the_form_arrives_live(
     await page.click("text=Filter")
     await expect(page.locator("table.builds tbody tr")).to_have_count(2)
     await screenshot(page, screens, "overview")
+
+    # With its repository gone, a build's page still opens; only its diff says why not.
+    shutil.rmtree(Path(forgeline.settings.git_base_url) / "site.git")
+    answer = await page.goto(first_build)
+    assert answer is not None
+    assert answer.status == 200
+    await expect(page.locator("#diff .error")).not_to_be_empty()
+    await expect(page.locator("#conversation .event.result")).to_contain_text("succeeded")
 
 
 def _sleeping(req: ApiRequest) -> Reply:

@@ -5,7 +5,6 @@ shown through the API's own view of them, so both say the same."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from forgeline.domain.errors import AuthError, NoCommitError, ValidationError
+from forgeline.domain.errors import AuthError, ForgelineError, ValidationError
 from forgeline.domain.project import Project
 from forgeline.domain.task import TaskStatus, WorkTask
 from forgeline.entrypoints.api.routes import project_name, pushed_patch, task_id_of, task_view
@@ -291,10 +290,13 @@ async def task_page(
     """A build: its summary, steps, live conversation, callbacks and the diff it pushed."""
     task = await container.builds.get(task_id, projects=viewer.projects)
     row = BuildRow.of(task, container.redactor)
-    patch = None
+    patch, patch_error = None, None
     if task.status.is_final and row.commit:
-        with contextlib.suppress(NoCommitError):  # nothing it pushed is left to show
+        try:
             patch = parse_patch(await pushed_patch(container, task_id, viewer))
+        except ForgelineError as exc:
+            # A remote that does not answer costs the page its diff, not the page.
+            patch_error = container.redactor.redact(exc.message)
     view = await task_view(container, task)
     return render(
         request,
@@ -304,6 +306,7 @@ async def task_page(
         view=view.model_dump(mode="json", by_alias=True),
         row=row,
         patch=patch,
+        patch_error=patch_error,
     )
 
 
