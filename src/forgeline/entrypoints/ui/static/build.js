@@ -33,7 +33,10 @@
   source.addEventListener("open", () => setState("live", "live"));
   source.addEventListener("error", (e) => {
     if (e instanceof MessageEvent) return; // an agent's "error" event: handled by receive
-    if (root.dataset.state !== "ended") setState("reconnecting", "reconnecting…");
+    if (root.dataset.state === "ended") return;
+    // The browser retries a dropped connection by itself, not a refused one (signed out).
+    if (source.readyState === EventSource.CLOSED) setState("closed", "disconnected: reload the page");
+    else setState("reconnecting", "reconnecting…");
   });
   earlier.addEventListener("click", showEarlier);
 
