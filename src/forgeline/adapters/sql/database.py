@@ -197,17 +197,22 @@ class SqliteDatabase:
             conn.execute("COMMIT")
             return result
 
+        def give_back(done: asyncio.Future[T]) -> None:
+            # Only once the thread has returned: the next user (or aclose) would otherwise
+            # share the connection mid-statement, however often the caller is cancelled.
+            if not done.cancelled():
+                done.exception()  # retrieved here so an abandoned failure is not reported
+            pool.put_nowait(conn)
+
         future = asyncio.ensure_future(asyncio.to_thread(call))
+        future.add_done_callback(give_back)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The thread cannot be interrupted; let it finish before the connection goes
-            # back to the pool, or the next user would share it mid-transaction.
+            # The thread cannot be interrupted; the caller is let go only once it ends.
             with contextlib.suppress(BaseException):
                 await future
             raise
-        finally:
-            pool.put_nowait(conn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` in a thread, outside any transaction."""
@@ -227,9 +232,23 @@ class SqliteDatabase:
             raise StorageError(f"database unreachable: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
-        """Close every connection; idempotent."""
-        conns, self._all, self._pool = self._all, [], None
-        for conn in conns:
+        """Close every connection once no thread uses it any more; idempotent.
+
+        Closing a connection while another thread runs a statement on it crashes the
+        interpreter (a segfault inside sqlite3), so a connection still lent out (to a
+        reader being cancelled, say) is waited for; one not back within
+        ``SQLITE_BUSY_TIMEOUT_S`` is left open rather than pulled from under its user."""
+        pool, conns, self._all, self._pool = self._pool, self._all, [], None
+        if pool is None:
+            return
+        returned: list[sqlite3.Connection] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_S):
+                while len(returned) < len(conns):
+                    returned.append(await pool.get())
+        if len(returned) < len(conns):
+            _log.warning("sqlite.close_in_use", open=len(conns) - len(returned))
+        for conn in returned:
             await asyncio.to_thread(conn.close)
 
 
