@@ -32,10 +32,8 @@ always ``raise … from exc``; the API maps them to HTTP statuses in one functio
     ├── QueueError
     │   └── LeaseLostError              a fenced worker touched a task it no longer owns
     ├── AgentError                      an agent could not be started or talked to
-    │   ├── AgentUnavailableError       binary missing, server unreachable (424)
-    │   └── AgentProtocolError          output that breaks the protocol (e.g. a line over the cap)
+    │   └── AgentUnavailableError       binary missing, server unreachable (424)
     ├── WorkspaceError                  a command could not be run where builds run
-    │   ├── CommandFailedError          ran, exited non-zero
     │   └── LineTooLongError            a command printed a line over the configured cap
     ├── GitError
     │   ├── PushRejectedError
@@ -340,29 +338,10 @@ class AgentUnavailableError(AgentError):
     code = "agent_unavailable"
 
 
-class AgentProtocolError(AgentError):
-    """The agent produced output that breaks its protocol beyond tolerance."""
-
-    code = "agent_protocol"
-
-
 class WorkspaceError(ForgelineError):
     """A command could not be started where builds run."""
 
     code = "workspace"
-
-
-class CommandFailedError(WorkspaceError):
-    """A command ran and exited non-zero; ``stderr_tail`` holds its last lines."""
-
-    code = "command_failed"
-
-    def __init__(self, command: str, exit_code: int, stderr_tail: str) -> None:
-        tail = f": {stderr_tail}" if stderr_tail else ""
-        super().__init__(f"{command} exited with {exit_code}{tail}")
-        self.command = command
-        self.exit_code = exit_code
-        self.stderr_tail = stderr_tail
 
 
 class LineTooLongError(WorkspaceError):
