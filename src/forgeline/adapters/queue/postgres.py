@@ -28,7 +28,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
-from forgeline.adapters.queue import queries
 from forgeline.adapters.queue._common import (
     MAX_CLAIM,
     MAX_LIST,
@@ -43,6 +42,7 @@ from forgeline.adapters.queue._common import (
     kinds_list,
     new_task_id,
 )
+from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import PostgresDatabase
 from forgeline.domain.errors import (
     ForgelineError,
@@ -64,7 +64,7 @@ WORK_CHANNEL = "forgeline_work"
 MAX_BATCH = 500
 CANCEL_CHANNEL = "forgeline_cancel"
 
-_SQL = queries.load("postgres")
+_SQL = queries.load("forgeline.adapters.queue.sql", "postgres")
 
 # What a fenced write leaves its task in (to recognise a retry of a committed write).
 _COMPLETED = frozenset({TaskStatus.COMPLETED})

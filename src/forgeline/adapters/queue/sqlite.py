@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from forgeline.adapters.queue import queries
 from forgeline.adapters.queue._common import (
     MAX_CLAIM,
     MAX_LIST,
@@ -37,6 +36,7 @@ from forgeline.adapters.queue._common import (
     kinds_list,
     new_task_id,
 )
+from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import SqliteDatabase
 from forgeline.domain.errors import (
     ForgelineError,
@@ -50,7 +50,7 @@ from forgeline.ports.queue import Enqueued, NewTask
 
 T = TypeVar("T")
 
-_SQL = queries.load("sqlite")
+_SQL = queries.load("forgeline.adapters.queue.sql", "sqlite")
 
 
 def _ts(moment: datetime) -> str:

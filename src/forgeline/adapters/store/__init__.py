@@ -1,15 +1,10 @@
-"""Store adapters: projects, task events and API tokens on SQLite or PostgreSQL."""
+"""Store adapter: projects, task events and API tokens on SQLite or PostgreSQL."""
 
-from forgeline.adapters.sql.database import Database, PostgresDatabase
+from forgeline.adapters.sql.database import Database
+from forgeline.adapters.store.sql_store import SqlStore
 from forgeline.ports.store import Store
 
 
 def build_store(db: Database) -> Store:
-    """The store for the database's dialect."""
-    if isinstance(db, PostgresDatabase):
-        from forgeline.adapters.store.postgres import PostgresStore
-
-        return PostgresStore(db)
-    from forgeline.adapters.store.sqlite import SqliteStore
-
-    return SqliteStore(db)
+    """The store on ``db`` (either dialect)."""
+    return SqlStore(db)

@@ -1,86 +1,48 @@
-"""Row ↔ domain conversions shared by the SQLite and PostgreSQL stores."""
+"""Row → domain conversions of the store (rows by column name, either dialect)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from forgeline.domain.agent import utcnow
+from forgeline.adapters.sql.executor import parse_optional_time, parse_time
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken
 
 
-def to_json(value: Mapping[str, Any]) -> str:
-    """Compact JSON for a stored object."""
-    return json.dumps(dict(value), separators=(",", ":"), sort_keys=True)
+def from_json(value: Any) -> Any:
+    """A stored JSON value (text on SQLite, already decoded jsonb on PostgreSQL)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
-def from_json(value: Any) -> dict[str, Any]:
-    """A stored JSON object (text on SQLite, already decoded jsonb on PostgreSQL)."""
-    if isinstance(value, str):
-        loaded: dict[str, Any] = json.loads(value)
-        return loaded
-    return dict(value or {})
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A stored timestamp as an aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    """A timestamp as SQLite stores it: ISO 8601 UTC with microseconds (sorts as text)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-#: Every project column, in the order ``project_from_row`` reads them.
-SELECT_PROJECTS = (
-    "select name, repo_url, default_branch, template, variables, credentials, settings, state,"
-    " created_at, updated_at, default_provider, default_model from projects"
-)
-
-
-def project_from_row(row: Any) -> Project:
-    """A ``projects`` row (in SELECT_PROJECTS order) as a Project."""
+def project_from_row(row: Mapping[str, Any]) -> Project:
+    """A ``projects`` row as a Project."""
     return Project(
-        name=row[0],
-        repo_url=row[1],
-        default_branch=row[2],
-        template=row[3],
-        variables=from_json(row[4]),
-        credentials=from_json(row[5]),
-        settings=from_json(row[6]),
-        state=row[7],
-        created_at=parse_time(row[8]),
-        updated_at=parse_time(row[9]),
-        default_provider=row[10],
-        default_model=row[11],
+        name=row["name"],
+        repo_url=row["repo_url"],
+        default_branch=row["default_branch"],
+        template=row["template"],
+        variables=dict(from_json(row["variables"]) or {}),
+        credentials=dict(from_json(row["credentials"]) or {}),
+        settings=dict(from_json(row["settings"]) or {}),
+        state=row["state"],
+        created_at=parse_optional_time(row["created_at"]),
+        updated_at=parse_optional_time(row["updated_at"]),
+        default_provider=row["default_provider"],
+        default_model=row["default_model"],
     )
 
 
-#: Every token column, in the order ``token_from_row`` reads them.
-SELECT_TOKENS = "select id, name, role, created_at, last_used_at, projects from api_tokens"
-
-
-def token_from_row(row: Any) -> ApiToken:
-    """An ``api_tokens`` row (in SELECT_TOKENS order) as an ApiToken; its project list is
-    JSON text on SQLite, decoded jsonb on PostgreSQL."""
-    projects = row[5]
-    if isinstance(projects, str):
-        projects = json.loads(projects)
+def token_from_row(row: Mapping[str, Any]) -> ApiToken:
+    """An ``api_tokens`` row as an ApiToken (``projects`` null: every project)."""
+    projects = from_json(row["projects"])
     return ApiToken(
-        id=row[0],
-        name=row[1],
-        role=row[2],
-        created_at=parse_time(row[3]) or utcnow(),
-        last_used_at=parse_time(row[4]),
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        created_at=parse_time(row["created_at"]),
+        last_used_at=parse_optional_time(row["last_used_at"]),
         projects=None if projects is None else tuple(str(name) for name in projects),
     )
 

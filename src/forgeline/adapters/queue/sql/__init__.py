@@ -1,1 +1,1 @@
-"""Named SQL of the queue adapters, loaded once by :func:`forgeline.adapters.queue.queries.load`."""
+"""Named SQL of the queue adapters, loaded once by :func:`forgeline.adapters.sql.queries.load`."""
