@@ -34,8 +34,7 @@ import psycopg
 import structlog
 from tests.support.callback_receiver import CallbackReceiver
 
-from forgeline.adapters.callbacks.postgres import PostgresCallbackOutbox
-from forgeline.adapters.callbacks.sqlite import SqliteCallbackOutbox
+from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.callbacks import BUILD_COMPLETED, DeliveryStatus, build_payload
@@ -86,10 +85,8 @@ async def postgres_db() -> AsyncIterator[Database]:
 
 
 def outbox_for(db: Database) -> CallbackOutbox:
-    """The outbox adapter of ``db``'s dialect."""
-    if isinstance(db, SqliteDatabase):
-        return SqliteCallbackOutbox(db)
-    return PostgresCallbackOutbox(db)
+    """The outbox on ``db`` (either dialect)."""
+    return SqlCallbackOutbox(db)
 
 
 async def throughput(db: Database, receiver: CallbackReceiver, count: int) -> float:

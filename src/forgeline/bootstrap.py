@@ -141,13 +141,9 @@ async def mask_platform_secrets(
 
 def build_callback_outbox(database: Database) -> CallbackOutbox:
     """The callback outbox on the process's database."""
-    from forgeline.adapters.callbacks.postgres import PostgresCallbackOutbox
-    from forgeline.adapters.callbacks.sqlite import SqliteCallbackOutbox
-    from forgeline.adapters.sql.database import SqliteDatabase
+    from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
 
-    if isinstance(database, SqliteDatabase):
-        return SqliteCallbackOutbox(database)
-    return PostgresCallbackOutbox(database)
+    return SqlCallbackOutbox(database)
 
 
 def build_callback_policy(settings: Settings) -> CallbackUrlPolicy:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forgeline.adapters.callbacks.postgres import PostgresCallbackOutbox
-from forgeline.adapters.callbacks.sqlite import SqliteCallbackOutbox
+from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.callbacks import (
@@ -51,9 +50,7 @@ class Env:
 
 
 def _make(db: Database, clock: FakeClock) -> CallbackOutbox:
-    if isinstance(db, SqliteDatabase):
-        return SqliteCallbackOutbox(db, clock=clock)
-    return PostgresCallbackOutbox(db, clock=clock)
+    return SqlCallbackOutbox(db, clock=clock)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from forgeline import __version__
-from forgeline.adapters.callbacks.postgres import PostgresCallbackOutbox
-from forgeline.adapters.callbacks.sqlite import SqliteCallbackOutbox
+from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.callbacks import (
@@ -96,9 +95,7 @@ async def _sqlite(path: Path) -> SqliteDatabase:
 
 
 def _outbox(db: Database) -> CallbackOutbox:
-    if isinstance(db, SqliteDatabase):
-        return SqliteCallbackOutbox(db)
-    return PostgresCallbackOutbox(db)
+    return SqlCallbackOutbox(db)
 
 
 def _fixed_resolver(

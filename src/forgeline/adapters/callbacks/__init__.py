@@ -1,1 +1,1 @@
-"""Callback outbox adapters: SQLite (embedded) and PostgreSQL (many workers)."""
+"""Callback outbox adapter: one class over the SQL layer, on SQLite or PostgreSQL."""
