@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from forgeline.adapters.credentials import open_credential_store
+from forgeline.adapters.credentials import SqlCredentialStore, open_credential_store
 from forgeline.adapters.credentials.keys import (
     KeyRing,
     MasterKey,
@@ -26,8 +26,6 @@ from forgeline.adapters.credentials.keys import (
     read_key_file,
     write_key_file,
 )
-from forgeline.adapters.credentials.postgres import PostgresCredentialStore
-from forgeline.adapters.credentials.sqlite import SqliteCredentialStore
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus, ToolResultData
@@ -44,7 +42,7 @@ from forgeline.logs import Redactor
 from forgeline.services.credentials import CredentialInjector, reveal_env
 from forgeline.services.redaction import redact_event, redact_message, redact_payload
 
-Store = SqliteCredentialStore | PostgresCredentialStore
+Store = SqlCredentialStore
 
 
 def value(label: str = "v") -> str:

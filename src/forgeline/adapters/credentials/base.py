@@ -1,7 +1,7 @@
-"""What both SQL credential stores share: validation, key choice, decryption, rotation.
+"""The credential store's rules: validation, key choice, decryption, rotation.
 
-The dialect classes (:mod:`.sqlite`, :mod:`.postgres`) only run statements; every rule
-about keys and scopes lives here once.
+The SQL store (:mod:`.store`) only runs statements; every rule about keys and scopes
+lives here once.
 
 Rotation without downtime
     0. Check that this process holds every key some credential is encrypted under; if not,
@@ -113,12 +113,12 @@ def _rotation_lock(key_file: Path) -> Iterator[None]:
 
 
 class CredentialStoreBase:
-    """Shared behaviour of the SQL credential stores (see the module docstring)."""
+    """The rules of the SQL credential store (see the module docstring)."""
 
     def __init__(self, keyring: KeyRing) -> None:
         self.keyring = keyring
 
-    # --- pieces the dialects call inside their transactions ----------------------------------
+    # --- pieces the store calls inside its transactions --------------------------------------
 
     def key_for_writing(self, current_id: str | None) -> MasterKey:
         """The key to seal with, given the database's current key id (``None``: not set yet)."""
@@ -141,7 +141,7 @@ class CredentialStoreBase:
         """Decrypt a row into a :class:`Secret` named after the credential."""
         return Secret(unseal(self.keyring, row.name, row.project, row.sealed), name=row.name)
 
-    # --- what each dialect provides for rotation ---------------------------------------------
+    # --- what the SQL store provides for rotation --------------------------------------------
 
     async def _set_current_key(self, key_id: str) -> None:
         raise NotImplementedError

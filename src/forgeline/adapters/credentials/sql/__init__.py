@@ -1,0 +1,2 @@
+"""Named SQL of the credential store, one file per dialect (see
+:mod:`forgeline.adapters.sql.executor`)."""
