@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
-from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
-from forgeline.adapters.sql.migrate import migrate
+from forgeline.adapters.sql.database import Database
 from forgeline.domain.callbacks import (
     AttemptOutcome,
     CallbackDelivery,
@@ -53,21 +51,11 @@ def _make(db: Database, clock: FakeClock) -> CallbackOutbox:
     return SqlCallbackOutbox(db, clock=clock)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+@pytest.fixture
+def env(migrated_db: Database) -> Env:
     """A migrated database of each dialect with an outbox on a fake clock."""
-    database: Database
-    if request.param == "sqlite":
-        database = SqliteDatabase(tmp_path / "t.db")
-    else:
-        database = PostgresDatabase(request.getfixturevalue("pg_url"))
-    await database.open()
-    await migrate(database)
     clock = FakeClock()
-    try:
-        yield Env(_make(database, clock), clock, lambda: _make(database, clock))
-    finally:
-        await database.aclose()
+    return Env(_make(migrated_db, clock), clock, lambda: _make(migrated_db, clock))
 
 
 def _attempt(outcome: AttemptOutcome, number: int = 1, **kw: object) -> DeliveryAttempt:

@@ -27,7 +27,6 @@ from forgeline.adapters.credentials.keys import (
     write_key_file,
 )
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
-from forgeline.adapters.sql.migrate import migrate
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus, ToolResultData
 from forgeline.domain.errors import (
     CredentialError,
@@ -41,6 +40,7 @@ from forgeline.domain.secrets import Secret
 from forgeline.logs import Redactor
 from forgeline.services.credentials import CredentialInjector, reveal_env
 from forgeline.services.redaction import redact_event, redact_message, redact_payload
+from tests.contract.conftest import Target
 
 Store = SqlCredentialStore
 
@@ -80,38 +80,33 @@ class Env:
 
 
 @asynccontextmanager
-async def _migrated(db: Database) -> AsyncIterator[Env]:
+async def _opened(target: Target) -> AsyncIterator[Env]:
+    db = target.handle(max_size=4)
     await db.open()
     try:
-        await migrate(db)
         yield Env(db=db, key=MasterKey.generate())
     finally:
         await db.aclose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+@pytest.fixture
+async def env(target: Target) -> AsyncIterator[Env]:
     """A fresh, migrated database of each dialect."""
-    db: Database
-    if request.param == "sqlite":
-        db = SqliteDatabase(tmp_path / "forgeline.db")
-    else:
-        db = PostgresDatabase(request.getfixturevalue("pg_url"), max_size=4)
-    async with _migrated(db) as built:
+    async with _opened(target) as built:
         yield built
 
 
 @pytest.fixture
-async def sqlite_env(tmp_path: Path) -> AsyncIterator[Env]:
+async def sqlite_env(sqlite_target: Target) -> AsyncIterator[Env]:
     """A fresh, migrated SQLite database."""
-    async with _migrated(SqliteDatabase(tmp_path / "forgeline.db")) as built:
+    async with _opened(sqlite_target) as built:
         yield built
 
 
 @pytest.fixture
-async def pg_env(pg_url: str) -> AsyncIterator[Env]:
+async def pg_env(pg_target: Target) -> AsyncIterator[Env]:
     """A fresh, migrated PostgreSQL database."""
-    async with _migrated(PostgresDatabase(pg_url, max_size=4)) as built:
+    async with _opened(pg_target) as built:
         yield built
 
 

@@ -7,20 +7,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forgeline.adapters.queue import build_queue
-from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
-from forgeline.adapters.sql.migrate import migrate
+from forgeline.adapters.sql.database import Database
 from forgeline.adapters.store import build_store
 from forgeline.domain import AgentEvent, MessageData
 from forgeline.domain.agent import AgentResult, RunStatus
 from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store, StoredEvent
 from forgeline.services.events import Dropped, EventHub, HubConfig, KeepAlive, StreamItem
+from tests.contract.conftest import Target
 
 #: Fast pacing for tests: a poll, an idle check and a grace of a fraction of a second.
 FAST = HubConfig(keepalive_s=30, poll_s=0.1, idle_check_s=0.2, final_grace_s=0.2)
@@ -65,27 +64,17 @@ class Parts:
         return (await self.queue.enqueue("probe", {})).task.id
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def parts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Parts]:
+@pytest.fixture
+async def parts(target: Target, migrated_db: Database) -> AsyncIterator[Parts]:
     """Migrated parts of each dialect."""
-
-    def make_db() -> Database:
-        if request.param == "sqlite":
-            return SqliteDatabase(tmp_path / "t.db")
-        return PostgresDatabase(request.getfixturevalue("pg_url"))
-
-    db = make_db()
-    await db.open()
-    await migrate(db)
-    queue = build_queue(db)
-    built = Parts(db, CountingStore(build_store(db)), queue, make_db)
+    queue = build_queue(migrated_db)
+    built = Parts(migrated_db, CountingStore(build_store(migrated_db)), queue, target.handle)
     try:
         yield built
     finally:
         for hub in built.hubs:
             await hub.aclose()
         await queue.aclose()
-        await db.aclose()
 
 
 def msg(text: str) -> AgentEvent:

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from forgeline.adapters.sql import migrate as migrate_mod
-from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
+from forgeline.adapters.sql.database import Database, SqliteDatabase
 from forgeline.adapters.sql.migrate import Migration, migrate
 from forgeline.domain.errors import StorageError
+from tests.contract.conftest import Target
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+@pytest.fixture
+async def db(empty_target: Target) -> AsyncIterator[Database]:
     """A fresh database of each dialect."""
-    database: Database
-    if request.param == "sqlite":
-        database = SqliteDatabase(tmp_path / "t.db")
-    else:
-        database = PostgresDatabase(request.getfixturevalue("pg_url"))
+    database = empty_target.handle()
     await database.open()
     try:
         yield database

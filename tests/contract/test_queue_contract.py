@@ -24,6 +24,7 @@ from forgeline.domain.errors import (
 )
 from forgeline.domain.task import Lease, TaskStatus
 from forgeline.ports.queue import Enqueued, NewTask, WorkQueue
+from tests.contract.conftest import Target
 
 Queue = SqliteWorkQueue | PostgresWorkQueue
 #: Fast retries, so tests that re-claim a failed task wait only milliseconds.
@@ -33,17 +34,12 @@ FAST = Backoff(base_s=0.02, max_s=0.05)
 class Opener:
     """Opens queues (and their database handles) on one fresh database; closes them all."""
 
-    def __init__(self, dialect: str, target: str) -> None:
-        self.dialect = dialect
+    def __init__(self, target: Target) -> None:
         self.target = target
         self._open: list[tuple[Queue, Database]] = []
 
     async def __call__(self, backoff: Backoff = FAST) -> Queue:
-        db: Database = (
-            SqliteDatabase(Path(self.target))
-            if self.dialect == "sqlite"
-            else PostgresDatabase(self.target)
-        )
+        db = self.target.handle()
         await db.open()
         await migrate(db)
         queue: Queue = (
@@ -60,13 +56,10 @@ class Opener:
             await db.aclose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+@pytest.fixture
+async def opener(target: Target) -> AsyncIterator[Opener]:
     """Opens queues on a fresh database of each dialect."""
-    if request.param == "sqlite":
-        opener = Opener("sqlite", str(tmp_path / "queue.db"))
-    else:
-        opener = Opener("postgres", request.getfixturevalue("pg_url"))
+    opener = Opener(target)
     try:
         yield opener
     finally:

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
-from forgeline.adapters.sql.migrate import migrate
+from forgeline.adapters.sql.database import Database
 from forgeline.adapters.store import build_store
 from forgeline.domain import AgentEvent, MessageData, Project
 from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
 from forgeline.ports.store import Appended, Store
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+@pytest.fixture
+def store(migrated_db: Database) -> Store:
     """A migrated, empty store of each dialect."""
-    db: Database
-    if request.param == "sqlite":
-        db = SqliteDatabase(tmp_path / "t.db")
-    else:
-        db = PostgresDatabase(request.getfixturevalue("pg_url"))
-    await db.open()
-    await migrate(db)
-    try:
-        yield build_store(db)
-    finally:
-        await db.aclose()
+    return build_store(migrated_db)
 
 
 def _msg(text: str) -> AgentEvent:
