@@ -1,4 +1,4 @@
-"""What both queue adapters share: input checks, JSON, retry back-off, lease sizes."""
+"""What both queue adapters share: input checks, JSON, rows, retry back-off, lease sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from forgeline.adapters.sql.executor import parse_json, parse_optional_time, parse_time
 from forgeline.domain.errors import CapacityError, ValidationError
+from forgeline.domain.task import TaskStatus, WorkTask
 from forgeline.ports.queue import NewTask
 
 #: Longest accepted lease: a lease is renewed by heartbeats, so a long one only delays
@@ -39,6 +41,35 @@ class Backoff:
         """Seconds to wait before retrying after failed attempt number ``attempt``."""
         nominal = min(self.max_s, self.base_s * 2.0 ** max(0, min(attempt - 1, 60)))
         return nominal / 2 + (rng or random).uniform(0, nominal / 2)
+
+
+def task_from_row(row: Mapping[str, Any]) -> WorkTask:
+    """A ``tasks`` row as a WorkTask, from either dialect (JSON as text or decoded, times as
+    text or ``timestamptz``)."""
+    return WorkTask(
+        id=row["id"],
+        seq=row["seq"],
+        kind=row["kind"],
+        payload=parse_json(row["payload"]),
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=parse_time(row["created_at"]),
+        updated_at=parse_time(row["updated_at"]),
+        run_after=parse_time(row["run_after"]),
+        concurrency_key=row["concurrency_key"],
+        idempotency_key=row["idempotency_key"],
+        worker=row["worker"],
+        lease_token=row["lease_token"],
+        lease_expires_at=parse_optional_time(row["lease_expires_at"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        started_at=parse_optional_time(row["started_at"]),
+        finished_at=parse_optional_time(row["finished_at"]),
+        last_error=row["last_error"],
+        result=parse_json(row["result"]),
+        request_hash=row["request_hash"],
+    )
 
 
 def new_task_id() -> str:

@@ -41,6 +41,7 @@ from forgeline.adapters.queue._common import (
     dump_json,
     kinds_list,
     new_task_id,
+    task_from_row,
 )
 from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import PostgresDatabase
@@ -71,33 +72,6 @@ _COMPLETED = frozenset({TaskStatus.COMPLETED})
 _CANCELLED = frozenset({TaskStatus.CANCELLED})
 _REQUEUED_OR_FAILED = frozenset({TaskStatus.QUEUED, TaskStatus.FAILED})
 _REQUEUED_OR_CANCELLED = frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED})
-
-
-def _task(row: DictRow) -> WorkTask:
-    return WorkTask(
-        id=row["id"],
-        seq=row["seq"],
-        kind=row["kind"],
-        payload=row["payload"],
-        status=TaskStatus(row["status"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        run_after=row["run_after"],
-        concurrency_key=row["concurrency_key"],
-        idempotency_key=row["idempotency_key"],
-        worker=row["worker"],
-        lease_token=row["lease_token"],
-        lease_expires_at=row["lease_expires_at"],
-        cancel_requested=row["cancel_requested"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        last_error=row["last_error"],
-        result=row["result"],
-        request_hash=row["request_hash"],
-    )
 
 
 def _new_task(task_id: str, new: NewTask, row: DictRow) -> WorkTask:
@@ -261,7 +235,7 @@ class PostgresWorkQueue:
         rows = await self._rows(conn, _SQL["get_task"], {"id": task_id})
         if not rows:
             raise TaskNotFoundError(task_id)
-        return _task(rows[0])
+        return task_from_row(rows[0])
 
     async def _fenced(
         self,
@@ -283,7 +257,7 @@ class PostgresWorkQueue:
                 conn, _SQL[name], {**params, "id": lease.task_id, "token": lease.token}
             )
             if rows:
-                task = _task(rows[0])
+                task = task_from_row(rows[0])
                 if task.concurrency_key is not None and task.status is not TaskStatus.RUNNING:
                     # The key is free: the next task of the key may run now.
                     await conn.execute(_SQL["notify_work"])
@@ -349,7 +323,7 @@ class PostgresWorkQueue:
             )
             # Our own id means a retried insert whose first try committed: ours, created.
             mine = [r for r in rows if r["id"] == task_id]
-            return Enqueued(_task((mine or rows)[0]), created=bool(mine)) if rows else None
+            return Enqueued(task_from_row((mine or rows)[0]), created=bool(mine)) if rows else None
 
         async def insert(conn: Conn) -> Enqueued:
             rows = await self._rows(conn, _SQL["insert_task"], params)
@@ -411,9 +385,11 @@ class PostgresWorkQueue:
                 if task_id in inserted:
                     out.append(Enqueued(_new_task(task_id, task, inserted[task_id]), created=True))
                 elif task_id in existing:  # a retry whose first try committed: ours
-                    out.append(Enqueued(_task(existing[task_id]), created=True))
+                    out.append(Enqueued(task_from_row(existing[task_id]), created=True))
                 else:  # only an idempotency-key clash leaves a task out
-                    out.append(Enqueued(_task(existing[task.idempotency_key or ""]), created=False))
+                    out.append(
+                        Enqueued(task_from_row(existing[task.idempotency_key or ""]), created=False)
+                    )
             return out
 
         return await self._run(op, "enqueue_many")
@@ -442,7 +418,7 @@ class PostgresWorkQueue:
         rows = await self._run(op, "claim", retry_on=(psycopg.errors.UniqueViolation,))
         if len(rows) < limit:
             self._seen_seq = seq_before
-        tasks = sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
+        tasks = sorted((task_from_row(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
         return [
             Lease(task=t, worker=worker, token=t.lease_token, expires_at=t.lease_expires_at)  # type: ignore[arg-type]  # set by claim
             for t in tasks
@@ -467,7 +443,7 @@ class PostgresWorkQueue:
 
         async def op(conn: Conn) -> dict[str, WorkTask]:
             rows = await self._rows(conn, _SQL["complete_many"], params)
-            done = {r["id"]: _task(r) for r in rows}
+            done = {r["id"]: task_from_row(r) for r in rows}
             if any(t.concurrency_key is not None for t in done.values()):
                 await conn.execute(_SQL["notify_work"])  # their keys are free again
             return done
@@ -525,7 +501,7 @@ class PostgresWorkQueue:
             for name in ("cancel_queued", "cancel_running"):
                 rows = await self._rows(conn, _SQL[name], {"id": task_id})
                 if rows:
-                    return _task(rows[0])
+                    return task_from_row(rows[0])
             task = await self._fetch(conn, task_id)
             if task.status is TaskStatus.RUNNING:  # finished between our two statements
                 return task
@@ -544,7 +520,7 @@ class PostgresWorkQueue:
             rows = await self._rows(
                 conn, _SQL["get_task_by_idempotency_key"], {"idempotency_key": idempotency_key}
             )
-            return _task(rows[0]) if rows else None
+            return task_from_row(rows[0]) if rows else None
 
         return await self._run(op, "find_by_idempotency_key")
 
@@ -577,7 +553,9 @@ class PostgresWorkQueue:
         )
 
         async def op(conn: Conn) -> list[WorkTask]:
-            return [_task(r) for r in await self._rows(conn, query, {**params, "limit": limit})]
+            return [
+                task_from_row(r) for r in await self._rows(conn, query, {**params, "limit": limit})
+            ]
 
         return await self._run(op, "list")
 

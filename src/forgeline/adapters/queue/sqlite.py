@@ -18,7 +18,7 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -35,13 +35,13 @@ from forgeline.adapters.queue._common import (
     dump_json,
     kinds_list,
     new_task_id,
+    task_from_row,
 )
 from forgeline.adapters.sql import queries
-from forgeline.adapters.sql.database import SqliteDatabase
+from forgeline.adapters.sql.database import SqliteDatabase, storage_error
+from forgeline.adapters.sql.executor import format_time
 from forgeline.domain.errors import (
-    ForgelineError,
     LeaseLostError,
-    StorageError,
     TaskNotFoundError,
     TaskStateError,
 )
@@ -51,42 +51,6 @@ from forgeline.ports.queue import Enqueued, NewTask
 T = TypeVar("T")
 
 _SQL = queries.load("forgeline.adapters.queue.sql", "sqlite")
-
-
-def _ts(moment: datetime) -> str:
-    """Fixed-width UTC text: comparing two of them as text compares the times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _task(row: sqlite3.Row) -> WorkTask:
-    return WorkTask(
-        id=row["id"],
-        seq=row["seq"],
-        kind=row["kind"],
-        payload=json.loads(row["payload"]),
-        status=TaskStatus(row["status"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-        run_after=datetime.fromisoformat(row["run_after"]),
-        concurrency_key=row["concurrency_key"],
-        idempotency_key=row["idempotency_key"],
-        worker=row["worker"],
-        lease_token=row["lease_token"],
-        lease_expires_at=_dt(row["lease_expires_at"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
-        last_error=row["last_error"],
-        result=None if row["result"] is None else json.loads(row["result"]),
-        request_hash=row["request_hash"],
-    )
 
 
 class SqliteWorkQueue:
@@ -113,22 +77,16 @@ class SqliteWorkQueue:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._db.write, fn)
+        try:
+            return await self._db.write(fn)
+        except sqlite3.Error as exc:
+            raise storage_error("queue write", exc) from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._db.read, fn)
-
-    @staticmethod
-    async def _call(
-        run: Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]],
-        fn: Callable[[sqlite3.Connection], T],
-    ) -> T:
         try:
-            return await run(fn)
-        except ForgelineError:
-            raise
+            return await self._db.read(fn)
         except sqlite3.Error as exc:
-            raise StorageError(f"queue database error: {exc}") from exc
+            raise storage_error("queue read", exc) from exc
 
     @staticmethod
     def _now() -> datetime:
@@ -139,7 +97,7 @@ class SqliteWorkQueue:
         row = conn.execute(_SQL["get_task"], {"id": task_id}).fetchone()
         if row is None:
             raise TaskNotFoundError(task_id)
-        return _task(row)
+        return task_from_row(row)
 
     def _fenced(
         self,
@@ -160,7 +118,7 @@ class SqliteWorkQueue:
                 query, {**params, "id": lease.task_id, "token": lease.token}
             ).fetchone()
             if row is not None:
-                return _task(row)
+                return task_from_row(row)
             task = self._fetch(conn, lease.task_id)
             if done is not None and task.status is done and task.lease_token == lease.token:
                 return task
@@ -209,7 +167,7 @@ class SqliteWorkQueue:
         rows = [self._insert_params(check_new_task(task)) for task in tasks]
 
         def run(conn: sqlite3.Connection) -> list[Enqueued]:
-            now = _ts(self._now())
+            now = format_time(self._now())
             out: list[Enqueued] = []
             for params in rows:
                 params["now"] = now
@@ -229,7 +187,7 @@ class SqliteWorkQueue:
                         check_room(queued, max_queued, key)
                 row = conn.execute(_SQL["insert_task"] + " returning *", params).fetchone()
                 if row is not None:
-                    out.append(Enqueued(_task(row), created=True))
+                    out.append(Enqueued(task_from_row(row), created=True))
                     continue
                 existing = conn.execute(
                     _SQL["get_task_by_idempotency_key"],
@@ -237,7 +195,9 @@ class SqliteWorkQueue:
                 ).fetchone()
                 if existing is None:  # an id clash: a uuid4 is never reused, so it is ours
                     existing = conn.execute(_SQL["get_task"], {"id": params["id"]}).fetchone()
-                out.append(Enqueued(_task(existing), created=existing["id"] == params["id"]))
+                out.append(
+                    Enqueued(task_from_row(existing), created=existing["id"] == params["id"])
+                )
             return out
 
         result = await self._write(run)
@@ -252,7 +212,7 @@ class SqliteWorkQueue:
             "payload": dump_json(task.payload, "payload"),
             "priority": task.priority,
             "max_attempts": task.max_attempts,
-            "run_after": None if task.run_after is None else _ts(task.run_after),
+            "run_after": None if task.run_after is None else format_time(task.run_after),
             "concurrency_key": task.concurrency_key,
             "idempotency_key": task.idempotency_key,
             "request_hash": task.request_hash,
@@ -277,13 +237,13 @@ class SqliteWorkQueue:
                 _SQL["claim"],
                 {
                     "worker": worker,
-                    "now": _ts(now),
-                    "expires_at": _ts(now + timedelta(seconds=lease_s)),
+                    "now": format_time(now),
+                    "expires_at": format_time(now + timedelta(seconds=lease_s)),
                     "kinds": kinds_json,
                     "limit": limit,
                 },
             ).fetchall()
-            return [_task(row) for row in rows]
+            return [task_from_row(row) for row in rows]
 
         tasks = await self._write(run)
         tasks.sort(key=lambda t: (-t.priority, t.created_at))
@@ -296,12 +256,15 @@ class SqliteWorkQueue:
         """Extend the lease; the returned task says whether cancel was requested."""
         check_lease_s(lease_s)
         now = self._now()
-        params = {"now": _ts(now), "expires_at": _ts(now + timedelta(seconds=lease_s))}
+        params = {
+            "now": format_time(now),
+            "expires_at": format_time(now + timedelta(seconds=lease_s)),
+        }
         return await self._write(self._fenced(lease, _SQL["heartbeat"], params))
 
     async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
         """Mark the task completed with an optional result."""
-        params = {"now": _ts(self._now()), "result": dump_json(result, "result")}
+        params = {"now": format_time(self._now()), "result": dump_json(result, "result")}
         task = await self._write(
             self._fenced(lease, _SQL["complete"], params, done=TaskStatus.COMPLETED)
         )
@@ -312,7 +275,7 @@ class SqliteWorkQueue:
         self, lease: Lease, result: Mapping[str, Any] | None = None
     ) -> WorkTask:
         """The worker stopped the task: mark it ``cancelled``."""
-        params = {"now": _ts(self._now()), "result": dump_json(result, "result")}
+        params = {"now": format_time(self._now()), "result": dump_json(result, "result")}
         task = await self._write(
             self._fenced(lease, _SQL["finish_cancelled"], params, done=TaskStatus.CANCELLED)
         )
@@ -331,8 +294,8 @@ class SqliteWorkQueue:
         now = self._now()
         delay = self._backoff.delay(lease.task.attempts, self._rng)
         params = {
-            "now": _ts(now),
-            "run_after": _ts(now + timedelta(seconds=delay)),
+            "now": format_time(now),
+            "run_after": format_time(now + timedelta(seconds=delay)),
             "retryable": retryable,
             "error": error,
             "result": dump_json(result, "result"),
@@ -343,7 +306,9 @@ class SqliteWorkQueue:
 
     async def release(self, lease: Lease) -> WorkTask:
         """Give a running task back to the queue without counting an attempt."""
-        task = await self._write(self._fenced(lease, _SQL["release"], {"now": _ts(self._now())}))
+        task = await self._write(
+            self._fenced(lease, _SQL["release"], {"now": format_time(self._now())})
+        )
         self._work_event.set()
         return task
 
@@ -351,11 +316,11 @@ class SqliteWorkQueue:
         """Cancel a queued task now, or ask the worker of a running one to stop."""
 
         def run(conn: sqlite3.Connection) -> WorkTask:
-            params = {"id": task_id, "now": _ts(self._now())}
+            params = {"id": task_id, "now": format_time(self._now())}
             for name in ("cancel_queued", "cancel_running"):
                 row = conn.execute(_SQL[name], params).fetchone()
                 if row is not None:
-                    return _task(row)
+                    return task_from_row(row)
             task = self._fetch(conn, task_id)
             raise TaskStateError(task_id, task.status.value, "cancel")
 
@@ -376,7 +341,7 @@ class SqliteWorkQueue:
                 _SQL["get_task_by_idempotency_key"], {"idempotency_key": idempotency_key}
             ).fetchone()
         )
-        return None if row is None else _task(row)
+        return None if row is None else task_from_row(row)
 
     async def list(
         self,
@@ -399,7 +364,7 @@ class SqliteWorkQueue:
             params["keys"] = json.dumps(list(concurrency_keys))
         if since is not None:
             clauses.append("created_at >= :since")
-            params["since"] = _ts(since)
+            params["since"] = format_time(since)
         if before is not None:
             clauses.append("seq < :before")
             params["before"] = before
@@ -409,7 +374,7 @@ class SqliteWorkQueue:
         sql += " order by seq desc limit :limit"
 
         def run(conn: sqlite3.Connection) -> list[WorkTask]:
-            return [_task(row) for row in conn.execute(sql, {**params, "limit": limit})]
+            return [task_from_row(row) for row in conn.execute(sql, {**params, "limit": limit})]
 
         return await self._read(run)
 
@@ -422,7 +387,9 @@ class SqliteWorkQueue:
     async def recover_expired(self) -> int:
         """Re-queue tasks whose lease expired; how many changed."""
         rows = await self._write(
-            lambda conn: conn.execute(_SQL["recover_expired"], {"now": _ts(self._now())}).fetchall()
+            lambda conn: conn.execute(
+                _SQL["recover_expired"], {"now": format_time(self._now())}
+            ).fetchall()
         )
         if rows:
             self._work_event.set()
@@ -445,7 +412,7 @@ class SqliteWorkQueue:
             return
 
     def _has_work(self, conn: sqlite3.Connection) -> bool:
-        row = conn.execute(_SQL["has_work"], {"now": _ts(self._now())}).fetchone()
+        row = conn.execute(_SQL["has_work"], {"now": format_time(self._now())}).fetchone()
         return bool(row[0])
 
     async def wait_for_cancel(self, task_id: str, timeout_s: float) -> bool:

@@ -64,6 +64,12 @@ def parse_optional_time(value: Any) -> datetime | None:
     return None if value is None else parse_time(value)
 
 
+def parse_json(value: Any) -> Any:
+    """A stored JSON value: text (SQLite) decoded, ``jsonb`` (PostgreSQL) as psycopg decoded
+    it, null as None."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 class Session(Protocol):
     """One connection lent to an operation, running the store's named queries."""
 

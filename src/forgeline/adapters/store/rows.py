@@ -6,14 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from forgeline.adapters.sql.executor import parse_optional_time, parse_time
+from forgeline.adapters.sql.executor import parse_json, parse_optional_time, parse_time
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken
-
-
-def from_json(value: Any) -> Any:
-    """A stored JSON value (text on SQLite, already decoded jsonb on PostgreSQL)."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def project_from_row(row: Mapping[str, Any]) -> Project:
@@ -23,9 +18,9 @@ def project_from_row(row: Mapping[str, Any]) -> Project:
         repo_url=row["repo_url"],
         default_branch=row["default_branch"],
         template=row["template"],
-        variables=dict(from_json(row["variables"]) or {}),
-        credentials=dict(from_json(row["credentials"]) or {}),
-        settings=dict(from_json(row["settings"]) or {}),
+        variables=dict(parse_json(row["variables"]) or {}),
+        credentials=dict(parse_json(row["credentials"]) or {}),
+        settings=dict(parse_json(row["settings"]) or {}),
         state=row["state"],
         created_at=parse_optional_time(row["created_at"]),
         updated_at=parse_optional_time(row["updated_at"]),
@@ -36,7 +31,7 @@ def project_from_row(row: Mapping[str, Any]) -> Project:
 
 def token_from_row(row: Mapping[str, Any]) -> ApiToken:
     """An ``api_tokens`` row as an ApiToken (``projects`` null: every project)."""
-    projects = from_json(row["projects"])
+    projects = parse_json(row["projects"])
     return ApiToken(
         id=row["id"],
         name=row["name"],
