@@ -15,7 +15,12 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 
-from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
+from forgeline.adapters.sql.database import (
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    safe_message,
+)
 from forgeline.domain.errors import StorageError
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -84,7 +89,7 @@ async def _migrate_sqlite(db: SqliteDatabase) -> list[Migration]:
     try:
         return await db.write(apply)
     except sqlite3.Error as exc:
-        raise StorageError(f"migration failed: {exc}") from exc
+        raise StorageError(f"migration failed: {safe_message(exc)}") from exc
 
 
 async def _migrate_postgres(db: PostgresDatabase) -> list[Migration]:
@@ -109,7 +114,7 @@ async def _migrate_postgres(db: PostgresDatabase) -> list[Migration]:
                     )
                 applied.append(migration)
     except psycopg.Error as exc:
-        raise StorageError(f"migration failed: {str(exc).splitlines()[0]}") from exc
+        raise StorageError(f"migration failed: {safe_message(exc)}") from exc
     return applied
 
 
