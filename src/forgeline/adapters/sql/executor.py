@@ -102,7 +102,7 @@ class Codec(Protocol):
         ...
 
     def json(self, value: Mapping[str, Any] | Sequence[Any]) -> Any:
-        """A JSON object or array as its dialect stores it (compact, keys sorted)."""
+        """A JSON object or array as its dialect stores it (text, or ``jsonb``)."""
         ...
 
 
@@ -298,7 +298,7 @@ class PostgresExecutor:
         return await self._db.run(in_transaction, f"{self._what} write")
 
 
-def sql_executor(db: Database, package: str, what: str) -> SqliteExecutor | PostgresExecutor:
+def sql_executor(db: Database, package: str, what: str) -> SqlExecutor:
     """The executor for ``db``'s dialect, running the queries of ``package`` (whose ``sql``
     files are ``<dialect>_queries.sql``); ``what`` names the store in error messages."""
     if isinstance(db, PostgresDatabase):
