@@ -166,8 +166,11 @@ def build_callback_dispatcher(
     database: Database,
     redactor: Redactor,
     observer: Observer | None = None,
+    *,
+    outbox: CallbackOutbox | None = None,
 ) -> CallbackDispatcher:
-    """The callback dispatcher (not started), its signing key loaded or generated."""
+    """The callback dispatcher (not started), its signing key loaded or generated; it
+    sends from ``outbox`` (default: a new one on ``database``)."""
     from forgeline.services.callbacks import (
         CallbackDispatcher,
         DispatcherConfig,
@@ -185,7 +188,7 @@ def build_callback_dispatcher(
         lease_s=max(60.0, settings.callback_timeout_s * 3),
     )
     return CallbackDispatcher(
-        build_callback_outbox(database),
+        outbox or build_callback_outbox(database),
         build_callback_policy(settings),
         secret,
         config=config,
@@ -454,10 +457,12 @@ async def _assemble(
     ci = build_ci(settings, ci_token)
     if ci is not None:
         closers.append(ci.aclose)
-    metrics = Metrics(queue=queue)
+    outbox = build_callback_outbox(database)
+    metrics = Metrics(queue=queue, outbox=outbox)
     callback_policy = build_callback_policy(settings)
-    callbacks = build_callback_dispatcher(settings, database, redactor, metrics.callback_attempt)
-    metrics.outbox = callbacks.outbox
+    callbacks = build_callback_dispatcher(
+        settings, database, redactor, metrics.callback_attempt, outbox=outbox
+    )
     author = git_author(settings)
     auth = AuthService(store)
     return Container(

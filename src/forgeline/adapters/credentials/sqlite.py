@@ -25,7 +25,7 @@ from forgeline.adapters.credentials.base import (
 from forgeline.adapters.credentials.crypto import SealedValue
 from forgeline.adapters.credentials.keys import KeyRing
 from forgeline.adapters.sql.database import SqliteDatabase, storage_error
-from forgeline.domain.agent import utcnow
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
 from forgeline.domain.secrets import (
     Secret,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from forgeline.domain.agent import utcnow
+from forgeline.domain.clock import utcnow
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken
 

@@ -18,7 +18,8 @@ from forgeline.adapters.store.rows import (
     to_json,
     token_from_row,
 )
-from forgeline.domain.agent import AgentEvent, utcnow
+from forgeline.domain.agent import AgentEvent
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import (
     ProjectExistsError,
     ProjectNotFoundError,
