@@ -61,13 +61,13 @@ import psycopg
 import uvicorn
 from tests.support.anthropic_server import AnthropicServer, hello_script
 
-from bench._scripted_agent import ScriptedAgent
 from forgeline.bootstrap import Container, open_container
 from forgeline.domain.task import TaskStatus
 from forgeline.entrypoints.api.app import create_app
 from forgeline.logs import Redactor, configure_logging
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
+from forgeline.testing import ScriptedAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUDE_BIN = ROOT / "tools" / "node_modules" / ".bin" / "claude"

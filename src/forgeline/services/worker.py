@@ -41,6 +41,7 @@ from forgeline.domain.agent import (
     StatusData,
 )
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
+from forgeline.domain.clock import SYSTEM_CLOCK, Clock
 from forgeline.domain.errors import (
     AgentUnavailableError,
     ForgelineError,
@@ -180,8 +181,10 @@ class Worker:
         ci: CIProvider | None = None,
         templates: TemplateProvider | None = None,
         metrics: Observes | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self._clock = clock
         self._queue = queue
         self._store = store
         self._registry = registry
@@ -323,7 +326,7 @@ class Worker:
             await asyncio.gather(*waiters, return_exceptions=True)
 
     def _start(self, lease: Lease) -> None:
-        task = asyncio.create_task(self._run_build(lease), name=f"build:{lease.task_id}")
+        task = asyncio.create_task(self.run_build(lease), name=f"build:{lease.task_id}")
         self._running[lease.task_id] = task
 
         def done(finished: asyncio.Task[None]) -> None:
@@ -346,7 +349,8 @@ class Worker:
             for task in stuck:
                 log.error("worker.build_did_not_stop", task=task.get_name())
 
-    async def _run_build(self, lease: Lease) -> None:
+    async def run_build(self, lease: Lease) -> None:
+        """Run one claimed build to its end (what :meth:`run` does with each claim)."""
         try:
             await BuildRun(self, lease).execute()
         except asyncio.CancelledError:
@@ -440,9 +444,10 @@ class BuildRun:
     async def _heartbeat(self) -> None:
         lease_s = self.w.config.lease_s
         interval = max(0.2, lease_s / 3)
-        renewed = time.monotonic()
+        clock = self.w._clock
+        renewed = clock.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await clock.sleep(interval)
             try:
                 task = await self.w._queue.heartbeat(self.lease, lease_s=lease_s)
             except LeaseLostError:
@@ -453,11 +458,11 @@ class BuildRun:
                 self.log.warning("build.heartbeat_failed", error=str(exc))
                 # Past the lease without a renewal, another worker may own the task: stop
                 # now rather than run (and push) beside it.
-                if time.monotonic() - renewed >= lease_s - interval:
+                if clock.monotonic() - renewed >= lease_s - interval:
                     await self._lose_lease()
                     return
                 continue
-            renewed = time.monotonic()
+            renewed = clock.monotonic()
             if task.cancel_requested and not self.cancel_requested.is_set():
                 await self._on_cancel()
 
