@@ -26,7 +26,6 @@ from forgeline.adapters.queue import queries
 from forgeline.adapters.queue._common import (
     MAX_CLAIM,
     MAX_LIST,
-    Backoff,
     check_lease_s,
     check_limit,
     check_max_queued,
@@ -38,6 +37,7 @@ from forgeline.adapters.queue._common import (
     new_task_id,
 )
 from forgeline.adapters.sql.database import SqliteDatabase
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import (
     ForgelineError,
     LeaseLostError,
