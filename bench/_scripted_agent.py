@@ -144,10 +144,9 @@ async def serve_worker(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with open_container(settings, redactor=redactor) as container:
-        registry = ProviderRegistry()
-        registry.register(agent)
-        container.registry = registry
+    registry = ProviderRegistry()
+    registry.register(agent)
+    async with open_container(settings, redactor=redactor, registry=registry) as container:
         worker = container.worker(f"bench-worker:{os.getpid()}", concurrency=concurrency)
         memory = Memory()
         running = asyncio.create_task(worker.run(stop), name="bench-worker")

@@ -237,11 +237,11 @@ async def serving(
     """forgeline's API with ``workers`` in-process build slots on 127.0.0.1 until the block
     ends; ``agent`` replaces the ``claude-code`` provider when given."""
     redactor = Redactor()
-    async with open_container(settings, redactor=redactor) as container:
-        if agent is not None:
-            registry = ProviderRegistry()
-            registry.register(agent)
-            container.registry = registry
+    registry = None
+    if agent is not None:
+        registry = ProviderRegistry()
+        registry.register(agent)
+    async with open_container(settings, redactor=redactor, registry=registry) as container:
         app = create_app(settings, container=container, workers=workers, redactor=redactor)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

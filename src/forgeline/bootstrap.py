@@ -384,15 +384,21 @@ async def open_migrated_database(
 
 @asynccontextmanager
 async def open_container(
-    settings: Settings, *, redactor: Redactor | None = None
+    settings: Settings,
+    *,
+    redactor: Redactor | None = None,
+    registry: ProviderRegistry | None = None,
 ) -> AsyncIterator[Container]:
     """Build every adapter from ``settings`` (migrating the schema when allowed) and close
     them all on exit. ``redactor`` is the one the process's logging already filters
-    through, so values registered by builds are masked in its logs too."""
+    through, so values registered by builds are masked in its logs too; ``registry``
+    replaces the agent providers of the settings (benchmarks' scripted agents)."""
     async with open_migrated_database(settings) as database:
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
-            container = await _assemble(settings, redactor or Redactor(), database, closers)
+            container = await _assemble(
+                settings, redactor or Redactor(), database, closers, registry
+            )
         except BaseException:
             for close in reversed(closers):
                 with contextlib.suppress(Exception):
@@ -409,8 +415,10 @@ async def _assemble(
     redactor: Redactor,
     database: Database,
     closers: list[Callable[[], Awaitable[None]]],
+    registry: ProviderRegistry | None = None,
 ) -> Container:
-    """Every adapter and service on ``database``; each closer is added as it is built."""
+    """Every adapter and service on ``database`` (with ``registry``'s agents when given);
+    each closer is added as it is built."""
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
     from forgeline.adapters.workspace import build_agent_workspace, build_workspace
@@ -427,12 +435,13 @@ async def _assemble(
     injector = CredentialInjector(credentials, redactor)
     workspace = build_workspace(settings)
     agent_workspace = build_agent_workspace(settings)
-    opencode_password = None
-    if settings.opencode_url:
-        opencode_password = await _optional_credential(
-            credentials, settings.opencode_password_credential, redactor
-        )
-    registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
+    if registry is None:
+        opencode_password = None
+        if settings.opencode_url:
+            opencode_password = await _optional_credential(
+                credentials, settings.opencode_password_credential, redactor
+            )
+        registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
     closers += [agent.aclose for agent in registry.agents()]
     store = build_store(database)
     queue = build_queue(database)
