@@ -53,6 +53,7 @@ from forgeline.domain.callbacks import (
     sign,
     sign_webhook,
 )
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import (
     ConfigurationError,
     ForgelineError,
@@ -330,7 +331,7 @@ class CallbackDispatcher:
         Returns ``None`` when the lease was lost meanwhile (another dispatcher owns the
         delivery now and records its own attempts).
         """
-        started_at = datetime.now(claimed.created_at.tzinfo)
+        started_at = utcnow()
         started = time.monotonic()
         refused = False
         try:
@@ -351,7 +352,7 @@ class CallbackDispatcher:
         elif refused:
             outcome = AttemptOutcome.REFUSED
         else:
-            now = datetime.now(claimed.created_at.tzinfo)
+            now = utcnow()
             give_up_at = claimed.created_at + timedelta(seconds=self.config.retry_period_s)
             if now >= give_up_at:
                 outcome = AttemptOutcome.GAVE_UP
@@ -531,7 +532,7 @@ class _Outbox:
         except (ForgelineError, TimeoutError):
             due = None
         if due is not None:
-            until = (due - datetime.now(due.tzinfo)).total_seconds()
+            until = (due - utcnow()).total_seconds()
             timeout_s = min(timeout_s, max(until, 0.0) + 0.005)
         await asyncio.sleep(timeout_s)
 
