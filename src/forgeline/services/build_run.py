@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -36,7 +36,6 @@ from forgeline.domain.errors import (
     StorageError,
     WorkspaceError,
 )
-from forgeline.domain.git import GitAuthor
 from forgeline.domain.project import Project
 from forgeline.domain.secrets import Secret
 from forgeline.domain.task import Lease, TaskStatus
@@ -48,6 +47,10 @@ from forgeline.ports.templates import TemplateProvider
 from forgeline.services.builds import BuildRequest, Calls, finish_without_run
 from forgeline.services.redaction import TextRedactor, redact_event
 from forgeline.services.registry import ProviderRegistry
+
+if TYPE_CHECKING:
+    # The worker's own config: its builds read their settings from it.
+    from forgeline.services.worker import WorkerConfig
 
 log = structlog.get_logger("forgeline.worker")
 
@@ -87,22 +90,10 @@ class Observes(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class BuildSettings:
-    """The worker's settings a build needs."""
-
-    lease_s: float
-    git_token_credential: str
-    ci_find_timeout_s: float
-    ci_pipeline_timeout_s: float
-    author: GitAuthor
-    sandboxed: bool
-
-
-@dataclass(frozen=True, slots=True)
 class BuildParts:
     """The adapters and services a build runs on (the worker's, shared by its builds)."""
 
-    settings: BuildSettings
+    settings: WorkerConfig
     queue: WorkQueue
     store: Store
     registry: ProviderRegistry

@@ -35,7 +35,6 @@ from forgeline.ports.workspace import Workspace
 from forgeline.services.build_run import (
     PIPELINE,
     BuildParts,
-    BuildSettings,
     Injects,
     Observes,
     execute_build,
@@ -104,14 +103,7 @@ class Worker:
         self._clock = clock
         #: What every build of this worker runs on.
         self.parts = BuildParts(
-            settings=BuildSettings(
-                lease_s=config.lease_s,
-                git_token_credential=config.git_token_credential,
-                ci_find_timeout_s=config.ci_find_timeout_s,
-                ci_pipeline_timeout_s=config.ci_pipeline_timeout_s,
-                author=config.author,
-                sandboxed=config.sandboxed,
-            ),
+            settings=config,
             queue=queue,
             store=store,
             registry=registry,
