@@ -26,6 +26,7 @@ from forgeline.domain.errors import (
     AgentUnavailableError,
     GitError,
     LeaseLostError,
+    PushRejectedError,
     StorageError,
 )
 from forgeline.domain.git import GitAuthor
@@ -60,11 +61,14 @@ class FlakyQueue(SqliteWorkQueue):
 
 
 class FakeCI:
-    """A CI server whose pipeline runs until cancelled; ``on_follow`` is awaited once the
-    worker follows it."""
+    """A CI server whose pipeline runs until cancelled, or ``ends`` with that status at
+    its step ``deploy``; ``on_follow`` is awaited once the worker follows it."""
 
-    def __init__(self, on_follow: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, on_follow: Callable[[], Awaitable[None]], *, ends: str | None = None
+    ) -> None:
         self.on_follow = on_follow
+        self.ends = ends
         self.cancelled: list[tuple[int, int]] = []
 
     async def find_pipeline(
@@ -87,8 +91,10 @@ class FakeCI:
         *,
         on_change: StatusListener | None = None,
     ) -> PipelineStatus:
-        """Run forever (until the worker stops following)."""
+        """Run until it ``ends``, or forever (until the worker stops following)."""
         await self.on_follow()
+        if self.ends is not None:
+            return PipelineStatus(number=number, status=self.ends, failed_step="deploy")
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -338,3 +344,39 @@ async def test_a_cancel_during_ci_cancels_the_pipeline(parts: Parts) -> None:
     (pushed,) = parts.git.pushes
     assert task.result["artifacts"]["commit_sha"] == pushed[1]
     assert task.result["artifacts"]["pipeline"] == 7
+
+
+async def test_a_push_the_remote_refuses_is_an_answer(parts: Parts) -> None:
+    """A refused push fails the task at once with the remote's reason; no retry."""
+    lease = await parts.claim()
+    parts.git.reject_push = PushRejectedError("refs/heads/main", "protected branch")
+    await parts.worker(ScriptedAgent()).run_build(lease)
+
+    task = await parts.queue.get(lease.task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.attempts == 1
+    assert task.last_error is not None
+    assert "protected branch" in task.last_error
+
+
+async def test_a_pipeline_that_fails_fails_the_build_keeping_the_commit(parts: Parts) -> None:
+    """CI is part of the answer: a failed pipeline fails the task, saying where, and the
+    pushed commit and the pipeline stay in its result."""
+    await parts.store.update_project(
+        Project(name=PROJECT, repo_url="/nowhere.git", settings={"woodpecker_repo_id": 3})
+    )
+    lease = await parts.claim()
+
+    async def nothing() -> None:
+        return None
+
+    await parts.worker(ScriptedAgent(), ci=FakeCI(nothing, ends="failure")).run_build(lease)
+
+    task = await parts.queue.get(lease.task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.last_error == "CI pipeline 7 ended failure at step 'deploy'"
+    assert task.result is not None
+    assert task.result["artifacts"]["pipeline"] == 7
+    assert task.result["artifacts"]["pipeline_status"] == "failure"
+    (pushed,) = parts.git.pushes
+    assert task.result["artifacts"]["commit_sha"] == pushed[1]

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgeline.domain.errors import GitError
+from forgeline.domain.errors import GitError, PushRejectedError
 from forgeline.domain.git import GitAuthor, GitRemote
 from forgeline.ports.git import Checkout, PushResult
 
@@ -32,8 +32,9 @@ class FakeCommit:
 
 class FakeGit:
     """Records what a build asked of git; ``fail_checkout`` makes the next checkouts raise
-    it (a fetch that failed: an accident of the infrastructure); ``after_checkout`` is
-    awaited when a checkout is ready (a test acting between two steps)."""
+    it (a fetch that failed: an accident of the infrastructure); ``reject_push`` makes
+    pushes raise it (the remote said no: an answer); ``after_checkout`` is awaited when a
+    checkout is ready (a test acting between two steps)."""
 
     def __init__(self) -> None:
         #: The remote's branches, by name.
@@ -43,6 +44,7 @@ class FakeGit:
         #: Every push, as (branch, sha, force).
         self.pushes: list[tuple[str, str, bool]] = []
         self.fail_checkout: GitError | None = None
+        self.reject_push: PushRejectedError | None = None
         self.after_checkout: Callable[[], Awaitable[None]] | None = None
         self._made = 0
 
@@ -98,6 +100,8 @@ class FakeGit:
         self, workdir: str, remote: GitRemote, branch: str, *, force: bool = False
     ) -> PushResult:
         """The checkout's commit becomes the branch's head."""
+        if self.reject_push is not None:
+            raise self.reject_push
         made = self.local.pop(workdir)
         self.branches.setdefault(branch, []).append(made)
         self.pushes.append((branch, made.sha, force))
