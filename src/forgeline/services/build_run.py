@@ -349,8 +349,9 @@ Pipeline = Callable[[BuildContext], Awaitable[Outcome]]
 
 
 async def execute_build(parts: BuildParts, lease: Lease, workdir: str, pipeline: Pipeline) -> None:
-    """Run ``pipeline`` for one claimed build in ``workdir`` under its supervisor, and end
-    it as the failure policy says (see the module's docstring)."""
+    """Run ``pipeline`` for one claimed build in ``workdir`` under its supervisor, remove
+    the checkout, and end the build as the failure policy says (see the module's
+    docstring)."""
     request = BuildRequest.from_task(lease.task)
     logger = log.bind(task_id=lease.task_id, project=request.project)
     ctx = BuildContext(
@@ -364,32 +365,45 @@ async def execute_build(parts: BuildParts, lease: Lease, workdir: str, pipeline:
     )
     started = parts.clock.monotonic()
     logger.info("build.started", attempt=lease.task.attempts, workdir=workdir)
-    async with ctx.guard.watching():
-        try:
-            if not parts.settings.sandboxed:
-                await ctx.events.status(
-                    "warning",
-                    message="the agent runs without a sandbox (FORGELINE_SANDBOX=none): it "
-                    "can read and write whatever forgeline can",
-                )
-            outcome = await pipeline(ctx)
-        except LeaseGoneError:
-            return
-        except BuildCancelledError:
-            outcome = Outcome(TaskStatus.CANCELLED, "build cancelled")
-        except ForgelineError as exc:
-            if retryable(exc) and await _retry(ctx, exc.message):
-                return
-            outcome = Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
-        except Exception as exc:
-            # A bug, not an answer: fail the task with a generic reason (details in the
-            # log) instead of leaving it running until its lease expires.
-            logger.exception("build.unexpected_error")
-            message = f"internal error ({type(exc).__name__}); see the worker's log"
-            outcome = Outcome(TaskStatus.FAILED, message, error=message)
-    if ctx.guard.lease_gone.is_set():
+    outcome: Outcome | None = None
+    try:
+        async with ctx.guard.watching():
+            try:
+                if not parts.settings.sandboxed:
+                    await ctx.events.status(
+                        "warning",
+                        message="the agent runs without a sandbox (FORGELINE_SANDBOX=none): it "
+                        "can read and write whatever forgeline can",
+                    )
+                outcome = await pipeline(ctx)
+            except LeaseGoneError:
+                pass  # the task is another worker's now: nothing to finish here
+            except BuildCancelledError:
+                outcome = Outcome(TaskStatus.CANCELLED, "build cancelled")
+            except ForgelineError as exc:
+                if not (retryable(exc) and await _retry(ctx, exc.message)):
+                    outcome = Outcome(TaskStatus.FAILED, exc.message, error=exc.message)
+            except Exception as exc:
+                # A bug, not an answer: fail the task with a generic reason (details in the
+                # log) instead of leaving it running until its lease expires.
+                logger.exception("build.unexpected_error")
+                message = f"internal error ({type(exc).__name__}); see the worker's log"
+                outcome = Outcome(TaskStatus.FAILED, message, error=message)
+    finally:
+        # Before the task is final: whoever sees it final (a watcher, the next build)
+        # finds nothing of this attempt left on disk.
+        await asyncio.shield(_remove_checkout(ctx))
+    if outcome is None or ctx.guard.lease_gone.is_set():
         return
     await finish(ctx, outcome, started)
+
+
+async def _remove_checkout(ctx: BuildContext) -> None:
+    try:
+        await ctx.parts.git.remove_checkout(ctx.workdir)
+    except ForgelineError as exc:
+        # The sweep of a later worker removes it (it is not leased any more).
+        ctx.log.warning("build.checkout_not_removed", error=exc.message)
 
 
 async def _retry(ctx: BuildContext, message: str) -> bool:

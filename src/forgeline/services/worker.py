@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from forgeline.domain.clock import SYSTEM_CLOCK, Clock
-from forgeline.domain.errors import ForgelineError, TaskNotFoundError
+from forgeline.domain.errors import TaskNotFoundError
 from forgeline.domain.git import GitAuthor
 from forgeline.domain.task import Lease, TaskStatus
 from forgeline.ports.ci import CIProvider
@@ -149,27 +149,16 @@ class Worker:
 
     async def run_build(self, lease: Lease) -> None:
         """Run one claimed build to its end in its own attempt directory (what :meth:`run`
-        does with each claim); the directory is removed afterwards."""
+        does with each claim); the build removes the directory when it ends."""
         project = BuildRequest.from_task(lease.task).project
         workdir = attempt_dir(self.config.checkouts_dir, project, lease)
         self._attempt_dirs.add(workdir)
         try:
             await execute_build(self.parts, lease, workdir, pipeline)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             # Whatever broke, the task is left running: its lease expires and the queue
             # gives it to another attempt (which finds an already pushed commit).
             log.exception("worker.build_crashed", task_id=lease.task_id)
-        finally:
-            await asyncio.shield(self._remove_checkout(workdir, lease.task_id))
-
-    async def _remove_checkout(self, workdir: str, task_id: str) -> None:
-        try:
-            await self._git.remove_checkout(workdir)
-        except ForgelineError as exc:
-            # The sweep of a later worker removes it (it is not leased any more).
-            log.warning("build.checkout_not_removed", task_id=task_id, error=exc.message)
         finally:
             self._attempt_dirs.discard(workdir)
 
