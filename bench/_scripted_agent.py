@@ -1,9 +1,4 @@
-"""A fast scripted :class:`CodeAgent` for benchmarks, and a worker process that runs it.
-
-:class:`ScriptedAgent` plays a short agent run without a model or a subprocess: ``init``,
-a ``Write`` ``tool_use``, the file really written into the workdir, its ``tool_result``,
-a ``message`` and the one ``result``. It records when the worker entered ``execute`` (the
-"agent start" of the POST-to-agent-start latency) and how many runs overlapped.
+"""A build worker process with :class:`~forgeline.testing.ScriptedAgent`, for benchmarks.
 
 Run as a module it is one build worker process (what ``forgeline worker`` runs, with this
 agent in place of ``claude``), driven by lines on stdin so a benchmark can measure its
@@ -21,172 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
 import signal
 import sys
-import time
-import uuid
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from forgeline.bootstrap import open_container
-from forgeline.domain.agent import (
-    AgentCapabilities,
-    AgentEvent,
-    AgentProvider,
-    AgentRequest,
-    AgentResult,
-    EventData,
-    InitData,
-    MessageData,
-    RunStatus,
-    ToolResultData,
-    ToolUseData,
-    Usage,
-)
 from forgeline.logs import Redactor, configure_logging
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
-
-#: Cancels remembered for runs not started yet (the port allows cancel before execute).
-_PRECANCEL_LIMIT = 1024
-
-
-class ScriptedAgent:
-    """A :class:`~forgeline.ports.agent.CodeAgent` that writes one file and succeeds.
-
-    Registered under ``claude-code`` by default, so builds that name no provider use it.
-    ``hold_s`` is a think time between the ``tool_use`` and the write (cancellable), to
-    make runs overlap when a benchmark wants them concurrent.
-    """
-
-    def __init__(
-        self,
-        *,
-        hold_s: float = 0.0,
-        file_name: str = "hello.txt",
-        name: str = AgentProvider.CLAUDE_CODE.value,
-    ) -> None:
-        self._name = name
-        self._hold_s = hold_s
-        self._file_name = file_name
-        #: ``time.perf_counter()`` when ``execute`` was entered, by task id (run id if none).
-        self.entered: dict[str, float] = {}
-        self.runs = 0
-        self.running = 0
-        self.max_running = 0
-        self._entered_waiters: dict[str, asyncio.Future[float]] = {}
-        self._cancels: dict[str, asyncio.Event] = {}
-        self._precancelled: dict[str, None] = {}
-
-    @property
-    def name(self) -> str:
-        """The provider name it stands in for (``claude-code``)."""
-        return self._name
-
-    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
-        """Record the start, validate ``request``, and return the run's event stream."""
-        stamp = time.perf_counter()
-        request.validate()
-        key = request.task_id or request.run_id
-        self.entered[key] = stamp
-        waiter = self._entered_waiters.pop(key, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(stamp)
-        return self._events(request)
-
-    async def wait_entered(self, key: str, timeout_s: float) -> float:
-        """The ``perf_counter`` stamp at which the run of task ``key`` entered ``execute``."""
-        if key in self.entered:
-            return self.entered[key]
-        waiter = self._entered_waiters.setdefault(key, asyncio.get_running_loop().create_future())
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        finally:
-            if not waiter.done():
-                self._entered_waiters.pop(key, None)
-
-    async def cancel(self, run_id: str) -> None:
-        """Stop the run at its next step; a run not started yet ends at once as cancelled."""
-        event = self._cancels.get(run_id)
-        if event is not None:
-            event.set()
-            return
-        self._precancelled[run_id] = None
-        while len(self._precancelled) > _PRECANCEL_LIMIT:
-            del self._precancelled[next(iter(self._precancelled))]
-
-    async def capabilities(self) -> AgentCapabilities:
-        """Always available: nothing to install."""
-        return AgentCapabilities(
-            provider=self._name, available=True, version="scripted", models=("scripted",)
-        )
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-    async def _events(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
-        started = time.monotonic()
-        session = uuid.uuid4().hex
-        cancel = self._cancels.setdefault(request.run_id, asyncio.Event())
-        if request.run_id in self._precancelled:
-            del self._precancelled[request.run_id]
-            cancel.set()
-        self.runs += 1
-        self.running += 1
-        self.max_running = max(self.max_running, self.running)
-
-        def event(data: EventData) -> AgentEvent:
-            return AgentEvent(data=data, provider=self._name, session_id=session)
-
-        def result(status: RunStatus, text: str, turns: int) -> AgentEvent:
-            return event(
-                AgentResult(
-                    status=status,
-                    text=text,
-                    session_id=session,
-                    num_turns=turns,
-                    duration_ms=int((time.monotonic() - started) * 1000),
-                    usage=Usage(input_tokens=100 * turns, output_tokens=20 * turns),
-                )
-            )
-
-        try:
-            if cancel.is_set():  # cancelled before it started: end at once
-                yield result(RunStatus.CANCELLED, "cancelled", 0)
-                return
-            yield event(InitData(model="scripted", cwd=request.workdir, tools=("Write",)))
-            path = Path(request.workdir) / self._file_name
-            content = f"written by the scripted agent, run {request.run_id}\n"
-            tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
-            yield event(
-                ToolUseData(
-                    id=tool_id, name="Write", input={"file_path": str(path), "content": content}
-                )
-            )
-            if self._hold_s > 0 and not cancel.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cancel.wait(), self._hold_s)
-            if cancel.is_set():
-                yield result(RunStatus.CANCELLED, "cancelled", 1)
-                return
-            try:
-                await asyncio.to_thread(path.write_text, content)
-            except OSError as exc:
-                yield event(ToolResultData(id=tool_id, output=str(exc), is_error=True))
-                yield result(RunStatus.FAILED, f"could not write {path.name}: {exc}", 1)
-                return
-            yield event(ToolResultData(id=tool_id, output=f"File created successfully at: {path}"))
-            yield event(MessageData(role="assistant", text="done"))
-            yield result(RunStatus.SUCCEEDED, "done", 2)
-        finally:
-            self.running -= 1
-            self._cancels.pop(request.run_id, None)
-
+from forgeline.testing import ScriptedAgent
 
 # --- the worker process -----------------------------------------------------------------------
 
@@ -302,10 +144,9 @@ async def serve_worker(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with open_container(settings, redactor=redactor) as container:
-        registry = ProviderRegistry()
-        registry.register(agent)
-        container.registry = registry
+    registry = ProviderRegistry()
+    registry.register(agent)
+    async with open_container(settings, redactor=redactor, registry=registry) as container:
         worker = container.worker(f"bench-worker:{os.getpid()}", concurrency=concurrency)
         memory = Memory()
         running = asyncio.create_task(worker.run(stop), name="bench-worker")

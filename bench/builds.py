@@ -61,13 +61,13 @@ import psycopg
 import uvicorn
 from tests.support.anthropic_server import AnthropicServer, hello_script
 
-from bench._scripted_agent import ScriptedAgent
 from forgeline.bootstrap import Container, open_container
 from forgeline.domain.task import TaskStatus
 from forgeline.entrypoints.api.app import create_app
 from forgeline.logs import Redactor, configure_logging
 from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
+from forgeline.testing import ScriptedAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAUDE_BIN = ROOT / "tools" / "node_modules" / ".bin" / "claude"
@@ -237,11 +237,11 @@ async def serving(
     """forgeline's API with ``workers`` in-process build slots on 127.0.0.1 until the block
     ends; ``agent`` replaces the ``claude-code`` provider when given."""
     redactor = Redactor()
-    async with open_container(settings, redactor=redactor) as container:
-        if agent is not None:
-            registry = ProviderRegistry()
-            registry.register(agent)
-            container.registry = registry
+    registry = None
+    if agent is not None:
+        registry = ProviderRegistry()
+        registry.register(agent)
+    async with open_container(settings, redactor=redactor, registry=registry) as container:
         app = create_app(settings, container=container, workers=workers, redactor=redactor)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -37,6 +37,7 @@ from tests.support.callback_receiver import CallbackReceiver
 from forgeline.adapters.callbacks.outbox import SqlCallbackOutbox
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.domain.build import Artifacts
 from forgeline.domain.callbacks import BUILD_COMPLETED, DeliveryStatus, build_payload
 from forgeline.domain.secrets import Secret
 from forgeline.ports.callbacks import CallbackOutbox
@@ -49,7 +50,7 @@ PAYLOAD = build_payload(
     project_id="bench",
     status="completed",
     output="x" * 400,
-    artifacts={"commit_sha": "0" * 40, "deploy_url": "https://bench.example", "pipeline": 1},
+    artifacts=Artifacts(commit_sha="0" * 40, deploy_url="https://bench.example", pipeline=1),
 )
 
 

@@ -162,8 +162,11 @@ def build_callback_dispatcher(
     database: Database,
     redactor: Redactor,
     observer: Observer | None = None,
+    *,
+    outbox: CallbackOutbox | None = None,
 ) -> CallbackDispatcher:
-    """The callback dispatcher (not started), its signing key loaded or generated."""
+    """The callback dispatcher (not started), its signing key loaded or generated; it
+    sends from ``outbox`` (default: a new one on ``database``)."""
     from forgeline.services.callbacks import (
         CallbackDispatcher,
         DispatcherConfig,
@@ -181,7 +184,7 @@ def build_callback_dispatcher(
         lease_s=max(60.0, settings.callback_timeout_s * 3),
     )
     return CallbackDispatcher(
-        build_callback_outbox(database),
+        outbox or build_callback_outbox(database),
         build_callback_policy(settings),
         secret,
         config=config,
@@ -377,15 +380,21 @@ async def open_migrated_database(
 
 @asynccontextmanager
 async def open_container(
-    settings: Settings, *, redactor: Redactor | None = None
+    settings: Settings,
+    *,
+    redactor: Redactor | None = None,
+    registry: ProviderRegistry | None = None,
 ) -> AsyncIterator[Container]:
     """Build every adapter from ``settings`` (migrating the schema when allowed) and close
     them all on exit. ``redactor`` is the one the process's logging already filters
-    through, so values registered by builds are masked in its logs too."""
+    through, so values registered by builds are masked in its logs too; ``registry``
+    replaces the agent providers of the settings (benchmarks' scripted agents)."""
     async with open_migrated_database(settings) as database:
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
-            container = await _assemble(settings, redactor or Redactor(), database, closers)
+            container = await _assemble(
+                settings, redactor or Redactor(), database, closers, registry
+            )
         except BaseException:
             for close in reversed(closers):
                 with contextlib.suppress(Exception):
@@ -402,8 +411,10 @@ async def _assemble(
     redactor: Redactor,
     database: Database,
     closers: list[Callable[[], Awaitable[None]]],
+    registry: ProviderRegistry | None = None,
 ) -> Container:
-    """Every adapter and service on ``database``; each closer is added as it is built."""
+    """Every adapter and service on ``database`` (with ``registry``'s agents when given);
+    each closer is added as it is built."""
     from forgeline.adapters.queue import build_queue
     from forgeline.adapters.store import build_store
     from forgeline.adapters.workspace import build_agent_workspace, build_workspace
@@ -420,12 +431,13 @@ async def _assemble(
     injector = CredentialInjector(credentials, redactor)
     workspace = build_workspace(settings)
     agent_workspace = build_agent_workspace(settings)
-    opencode_password = None
-    if settings.opencode_url:
-        opencode_password = await _optional_credential(
-            credentials, settings.opencode_password_credential, redactor
-        )
-    registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
+    if registry is None:
+        opencode_password = None
+        if settings.opencode_url:
+            opencode_password = await _optional_credential(
+                credentials, settings.opencode_password_credential, redactor
+            )
+        registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
     closers += [agent.aclose for agent in registry.agents()]
     store = build_store(database)
     queue = build_queue(database)
@@ -450,10 +462,12 @@ async def _assemble(
     ci = build_ci(settings, ci_token)
     if ci is not None:
         closers.append(ci.aclose)
-    metrics = Metrics(queue=queue)
+    outbox = build_callback_outbox(database)
+    metrics = Metrics(queue=queue, outbox=outbox)
     callback_policy = build_callback_policy(settings)
-    callbacks = build_callback_dispatcher(settings, database, redactor, metrics.callback_attempt)
-    metrics.outbox = callbacks.outbox
+    callbacks = build_callback_dispatcher(
+        settings, database, redactor, metrics.callback_attempt, outbox=outbox
+    )
     author = git_author(settings)
     auth = AuthService(store)
     return Container(

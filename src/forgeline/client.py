@@ -34,6 +34,7 @@ from httpx_sse import connect_sse
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import ForgelineError
 from forgeline.domain.task import TaskStatus
 from forgeline.entrypoints.api.schemas import (
@@ -65,6 +66,8 @@ SSE_READ_TIMEOUT_S = 45.0
 #: How often in a row a broken event stream is resumed, with no event in between, before
 #: :meth:`Client.events` gives up.
 SSE_RECONNECTS = 5
+#: Waits between those reconnects: 1, 2, 4, 8, 10 s.
+_SSE_BACKOFF = Backoff(base_s=1.0, max_s=10.0, jitter="none")
 
 
 class ClientError(ForgelineError):
@@ -248,7 +251,7 @@ class Client:
             except httpx.HTTPError as exc:
                 if failures == SSE_RECONNECTS:
                     raise UnreachableError(f"event stream broke: {exc}") from exc
-                time.sleep(min(2**failures, 10))
+                time.sleep(_SSE_BACKOFF.delay(failures + 1))
                 failures += 1
 
     # --- agents, templates, credentials, tokens --------------------------------------------

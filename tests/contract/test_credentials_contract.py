@@ -359,7 +359,7 @@ async def test_postgres_table_holds_no_plaintext(pg_env: Env) -> None:
         ).fetchone()
     text = repr(rows) + repr(uses)
     assert heap is not None
-    raw = bytes(heap[0]) + b"".join(bytes(b[0]) for b in blobs)  # type: ignore[call-overload]
+    raw = bytes(heap[0]) + b"".join(bytes(b[0]) for b in blobs)
     assert len(rows) == 2
     for plain in plains:
         assert plain not in text

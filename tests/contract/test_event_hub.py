@@ -55,7 +55,7 @@ class Parts:
 
     def hub(self, config: HubConfig = FAST) -> EventHub:
         """A hub on these parts (closed at the end of the test)."""
-        hub = EventHub(self.store, self.queue, config)  # type: ignore[arg-type]
+        hub = EventHub(self.store, self.queue, config)
         self.hubs.append(hub)
         return hub
 

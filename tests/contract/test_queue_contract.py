@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from forgeline.adapters.queue import build_queue
-from forgeline.adapters.queue._common import Backoff
 from forgeline.adapters.queue.postgres import PostgresWorkQueue
 from forgeline.adapters.queue.sqlite import SqliteWorkQueue
 from forgeline.adapters.sql.database import Database, PostgresDatabase, SqliteDatabase
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import (
     CapacityError,
     LeaseLostError,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from forgeline.domain.callbacks import verify, verify_webhook
+from forgeline.domain.task import Lease, WorkTask
 from tests.support.anthropic_server import (
     AnthropicServer,
     ApiError,
@@ -334,7 +335,7 @@ async def test_lost_heartbeat_stops_the_run_and_the_task_runs_again(
         queue = forgeline.container.queue
         real_heartbeat = queue.heartbeat
 
-        async def unreachable(*_args: object, **_kwargs: object) -> object:
+        async def unreachable(lease: Lease, *, lease_s: float) -> WorkTask:
             raise StorageError("database unreachable: connection refused")
 
         queue.heartbeat = unreachable  # type: ignore[method-assign]

@@ -356,7 +356,7 @@ async def test_consumer_leaving_the_loop_kills_the_run(
         if live(f"sleep {seconds}"):
             break
         await asyncio.sleep(0.05)
-    await events.aclose()  # type: ignore[attr-defined]
+    await events.aclose()
     assert live(f"sleep {seconds}") == []
     assert live(str(repo)) == []
 

@@ -278,7 +278,11 @@ async def test_forms_refuse_requests_without_their_csrf_token(
     stolen = await page.locator("input[name=csrf_token]").first.get_attribute("value")
     other = await _page(browser, forgeline)
     await sign_in(other, forgeline.token)
-    for form in ({"name": "evil"}, {"name": "evil", "csrf_token": "0" * 64}):
+    forms: list[dict[str, str | float | bool]] = [
+        {"name": "evil"},
+        {"name": "evil", "csrf_token": "0" * 64},
+    ]
+    for form in forms:
         answer = await page.request.post("/ui/projects", form=form, max_redirects=0)
         assert answer.status == 403
         assert "reload the page" in await answer.text()
@@ -316,9 +320,9 @@ async def test_builder_token_sees_its_projects_only(
         ("/ui/admin/credentials", 403),
         ("/ui/admin/tokens", 403),
     ):
-        answer = await page.goto(path)
-        assert answer is not None
-        assert answer.status == status, path
+        opened = await page.goto(path)
+        assert opened is not None
+        assert opened.status == status, path
     await expect(page.locator(".error")).to_contain_text("'builder'")
     await screenshot(page, screens, "admin-refused")
     await page.goto("/ui/projects/mine")

@@ -331,7 +331,7 @@ async def test_consumer_aclose_aborts_the_run(
             if isinstance(event.data, StatusData) and event.data.state == "requesting":
                 break
     await wait_until(lambda: len(llm.requests) >= 1)
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     client = await agent_client(agent)
     assert session_id not in await client.session_status(str(repo))
 

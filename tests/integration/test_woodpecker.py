@@ -24,19 +24,15 @@ def fake(fake_woodpecker: FakeWoodpecker) -> FakeWoodpecker:
     return fake_woodpecker
 
 
-def make_client(url: str, token: str, **options: float) -> WoodpeckerClient:
+def make_client(url: str, token: str) -> WoodpeckerClient:
     """A client with quick polling and backoff, so tests wait milliseconds, not seconds."""
-    settings: dict[str, float] = {
-        "poll_interval_s": 0.02,
-        "backoff_s": 0.01,
-        "backoff_max_s": 0.05,
-    }
-    settings.update(options)
     return WoodpeckerClient(
         url,
         Secret(token, name="woodpecker-token"),
-        max_attempts=int(settings.pop("max_attempts", 3)),
-        **settings,
+        max_attempts=3,
+        poll_interval_s=0.02,
+        backoff_s=0.01,
+        backoff_max_s=0.05,
     )
 
 

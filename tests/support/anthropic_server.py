@@ -141,7 +141,7 @@ class ApiRequest:
         """The last message with ``role: user`` (the CLI appends a ``system`` message after it)."""
         for message in reversed(self.messages):
             if message.get("role") == "user":
-                return message
+                return dict(message)
         return {}
 
     def _user_blocks(self) -> list[dict[str, Any]]:

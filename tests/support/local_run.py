@@ -17,11 +17,13 @@ from forgeline.domain.errors import WorkspaceError
 from forgeline.ports.workspace import CommandResult, Process
 
 
-class LocalRun:
-    """Runs commands as local child processes; records every argv and env it ran."""
+class RunOnly:
+    """The parts of a ``Workspace`` git never uses: they say so when called."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    @property
+    def name(self) -> str:
+        """``local``: commands run on this machine."""
+        return "local"
 
     async def spawn(
         self,
@@ -30,9 +32,29 @@ class LocalRun:
         cwd: str,
         env: Mapping[str, str],
         line_limit: int,
+        writable: Sequence[str] = (),
     ) -> Process:
         """Not needed by git, which only runs short commands."""
         raise NotImplementedError("the git tests only use Workspace.run")
+
+    async def ensure_dir(self, path: str) -> None:
+        """Not needed by git."""
+        raise NotImplementedError("the git tests only use Workspace.run")
+
+    async def list_dir(self, path: str) -> list[str]:
+        """Not needed by git."""
+        raise NotImplementedError("the git tests only use Workspace.run")
+
+    async def kill_processes_in(self, path: str) -> int:
+        """Not needed by git."""
+        raise NotImplementedError("the git tests only use Workspace.run")
+
+
+class LocalRun(RunOnly):
+    """Runs commands as local child processes; records every argv and env it ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, ...], dict[str, str]]] = []
 
     async def run(
         self,
@@ -42,6 +64,7 @@ class LocalRun:
         env: Mapping[str, str],
         timeout_s: float,
         stdin: bytes | None = None,
+        writable: Sequence[str] = (),
     ) -> CommandResult:
         """Run ``argv`` to its end in its own process group; kill the group on timeout."""
         self.calls.append((tuple(argv), dict(env)))

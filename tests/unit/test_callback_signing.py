@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from forgeline.domain.backoff import Backoff
+from forgeline.domain.build import Artifacts
 from forgeline.domain.callbacks import (
-    backoff_delay,
     build_payload,
     canonical_body,
     sign,
@@ -99,11 +100,12 @@ def test_the_receiver_in_the_docs_verifies_and_refuses_replays() -> None:
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
     """The delay is draw x min(cap, base·2^(n-1)); huge attempt numbers do not overflow."""
-    assert backoff_delay(1, base_s=2, cap_s=600, draw=0.5) == 1.0
-    assert backoff_delay(4, base_s=2, cap_s=600, draw=1.0) == 16.0
-    assert backoff_delay(20, base_s=2, cap_s=600, draw=0.25) == 150.0
-    assert backoff_delay(10_000, base_s=2, cap_s=600, draw=0.999) < 600
-    assert backoff_delay(3, base_s=2, cap_s=600, draw=0.0) == 0.0
+    FULL_JITTER = Backoff(base_s=2, max_s=600, jitter="full")  # noqa: N806 - the policy under test
+    assert FULL_JITTER.delay(1, draw=0.5) == 1.0
+    assert FULL_JITTER.delay(4, draw=1.0) == 16.0
+    assert FULL_JITTER.delay(20, draw=0.25) == 150.0
+    assert FULL_JITTER.delay(10_000, draw=0.999) < 600
+    assert FULL_JITTER.delay(3, draw=0.0) == 0.0
 
 
 def test_secret_file_is_generated_once_private_and_stable(tmp_path: Path) -> None:
@@ -145,7 +147,7 @@ def test_build_payload_has_the_documented_shape() -> None:
         project_id="myapp",
         status="completed",
         output="done",
-        artifacts={"commit_sha": "abc123", "deploy_url": "https://myapp.example", "pipeline": 42},
+        artifacts=Artifacts(commit_sha="abc123", deploy_url="https://myapp.example", pipeline=42),
     )
     assert payload == {
         "task_id": "t-1",

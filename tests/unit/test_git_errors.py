@@ -14,7 +14,8 @@ from forgeline.domain.errors import GitError, ValidationError, WorkspaceError
 from forgeline.domain.git import GitRemote
 from forgeline.domain.secrets import Secret
 from forgeline.logs import Redactor
-from forgeline.ports.workspace import CommandResult, Process
+from forgeline.ports.workspace import CommandResult
+from tests.support.local_run import RunOnly
 
 TOKEN = "tok-EchoedByAHypotheticalGit"
 REMOTE = GitRemote("https://git.example.com/demo.git", token=Secret(TOKEN, "git-token"))
@@ -23,18 +24,12 @@ WORKDIR = "/srv/checkouts/demo"
 Script = Callable[[Sequence[str]], CommandResult]
 
 
-class ScriptedWorkspace:
+class ScriptedWorkspace(RunOnly):
     """Answers every command with ``script(argv)``; records what it was asked."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
         self.calls: list[tuple[str, ...]] = []
-
-    async def spawn(
-        self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], line_limit: int
-    ) -> Process:
-        """Unused by git."""
-        raise NotImplementedError
 
     async def run(
         self,
@@ -44,6 +39,7 @@ class ScriptedWorkspace:
         env: Mapping[str, str],
         timeout_s: float,
         stdin: bytes | None = None,
+        writable: Sequence[str] = (),
     ) -> CommandResult:
         """The scripted answer."""
         self.calls.append(tuple(argv))
@@ -116,6 +112,7 @@ async def test_a_workspace_that_overruns_the_timeout_is_cut_off(
             env: Mapping[str, str],
             timeout_s: float,
             stdin: bytes | None = None,
+            writable: Sequence[str] = (),
         ) -> CommandResult:
             await asyncio.Event().wait()
             raise AssertionError("unreachable")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import pytest
 
@@ -22,9 +22,8 @@ class NamedAgent:
     def name(self) -> str:
         return self._name
 
-    async def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
         raise NotImplementedError
-        yield
 
     async def cancel(self, run_id: str) -> None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,9 @@ def test_garbage_is_no_file() -> None:
 def test_rendered_with_headers_colours_and_escaped_text(patch_text: str) -> None:
     """The page's diff: one header per file (escaped name, status, counts), added and
     removed lines by class, every text escaped, nothing of the patch as markup."""
-    html = str(templates.get_template("_macros.html").module.diff_view(parse_patch(patch_text)))
+    # A template module's macros are attributes made at render time: untyped.
+    macros: Any = templates.get_template("_macros.html").module
+    html = str(macros.diff_view(parse_patch(patch_text)))
     assert '<span class="mono">dir/tést &lt;b&gt;.html</span> <span class="badge">added' in html
     assert '<span class="mono">old name.md → new name.md</span>' in html
     assert (

@@ -213,7 +213,7 @@ async def test_kill_escalates_to_sigkill_and_is_idempotent(tmp_path: Path) -> No
     await proc.interrupt()
     loop = asyncio.get_running_loop()
     start = loop.time()
-    codes = await asyncio.gather(proc.kill(grace_s=0.3), proc.kill(grace_s=0.3))
+    codes = list(await asyncio.gather(proc.kill(grace_s=0.3), proc.kill(grace_s=0.3)))
     assert codes == [-9, -9]
     assert loop.time() - start < 4
     assert await proc.kill() == -9

@@ -13,11 +13,12 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
 
+from forgeline.domain.clock import format_time, utcnow
 from forgeline.domain.errors import InvalidTimeoutError, PromptRequiredError, ValidationError
 from forgeline.domain.inputs import LINE, TEXT_CRLF, check_text
 
@@ -243,18 +244,6 @@ def cut_output(text: str, limit: int = TOOL_OUTPUT_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC (the only clock the domain uses)."""
-    return datetime.now(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and ``Z``, as the public event shape shows."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from forgeline.domain.build import Artifacts
 from forgeline.domain.errors import InvalidCallbackUrlError
 from forgeline.domain.secrets import Secret
 
@@ -153,18 +154,19 @@ def build_payload(
     project_id: str,
     status: str,
     output: str | None,
-    artifacts: Mapping[str, Any] | None = None,
+    artifacts: Artifacts | None = None,
 ) -> dict[str, Any]:
     """The ``build.completed`` payload of DESIGN.md.
 
     ``status`` is the task's final status (``completed``/``failed``/``cancelled``);
-    ``artifacts`` holds ``commit_sha``, ``deploy_url``, ``pipeline``, ``branch`` as known.
+    ``artifacts`` are what the build produced (``commit_sha``, ``deploy_url``, ``pipeline``,
+    ``branch`` as known).
     """
     return {
         "task_id": task_id,
         "project_id": project_id,
         "status": status,
-        "result": {"output": output, "artifacts": dict(artifacts or {})},
+        "result": {"output": output, "artifacts": (artifacts or Artifacts()).to_json()},
     }
 
 
@@ -229,19 +231,6 @@ def verify_webhook(
     expected = sign_webhook(delivery_id, int(stamp), body, secret).encode()
     sent = headers.get(WEBHOOK_SIGNATURE_HEADER, "").split()
     return any(hmac.compare_digest(expected, candidate.encode()) for candidate in sent)
-
-
-def backoff_delay(attempt: int, *, base_s: float, cap_s: float, draw: float) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based): full jitter.
-
-    ``draw`` is a uniform random number in ``[0, 1)``; the delay is ``draw`` times the
-    exponential ceiling ``min(cap, base·2^(attempt-1))`` — "full jitter", which spreads the
-    retries of many deliveries that failed together (a receiver back up) instead of
-    sending them in synchronized waves.
-    """
-    exponent = min(max(attempt - 1, 0), 62)  # 2**62 already dwarfs any cap; avoids overflow
-    ceiling = min(cap_s, base_s * (2.0**exponent))
-    return max(0.0, draw) * ceiling
 
 
 # --- URLs ------------------------------------------------------------------------------------

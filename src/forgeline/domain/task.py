@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from forgeline.domain.agent import AgentProvider, check_timeout
+from forgeline.domain.agent import DEFAULT_TIMEOUT_S, AgentProvider, check_timeout
 from forgeline.domain.errors import PromptRequiredError, ValidationError
 
 
@@ -102,7 +102,7 @@ class BuildSpec:
     callback_url: str | None = None
     provider: str | None = None
     model: str | None = None
-    timeout_s: float = 1800.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     resume_session: str | None = None
     continue_session: bool = False
 
@@ -147,7 +147,7 @@ class BuildSpec:
             callback_url=payload.get("callback_url"),
             provider=payload.get("provider") or None,
             model=payload.get("model"),
-            timeout_s=float(payload.get("timeout_s") or 1800.0),
+            timeout_s=float(payload.get("timeout_s") or DEFAULT_TIMEOUT_S),
             resume_session=payload.get("resume_session"),
             continue_session=bool(payload.get("continue", False)),
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from forgeline.domain.agent import format_time
+from forgeline.domain.clock import format_time
 from forgeline.domain.secrets import Secret
 
 

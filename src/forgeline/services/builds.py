@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
+from forgeline.domain.build import BuildResult
 from forgeline.domain.callbacks import BUILD_COMPLETED, build_payload
 from forgeline.domain.errors import (
     AgentUnavailableError,
@@ -272,9 +273,8 @@ class BuildService:
         task = await self.get(task_id, projects=projects)
         if not task.status.is_final:
             raise NoCommitError(task_id, f"it is {task.status.value}")
-        artifacts = (task.result or {}).get("artifacts") or {}
-        sha = artifacts.get("commit_sha")
-        if not isinstance(sha, str):
+        sha = BuildResult.stored_artifacts(task.result).commit_sha
+        if sha is None:
             raise NoCommitError(task_id, f"it ended {task.status.value} without pushing")
         return BuildRequest.from_task(task).project, sha
 
@@ -347,7 +347,6 @@ async def finish_without_run(
                 project_id=request.project,
                 status=task.status.value,
                 output=output,
-                artifacts={},
             ),
             idempotency_key=f"{task.id}:{BUILD_COMPLETED}",
         )

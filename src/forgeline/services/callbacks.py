@@ -24,7 +24,6 @@ to an address must never serve another host name than the one it was verified fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import socket
@@ -40,6 +39,7 @@ import httpx
 import structlog
 
 from forgeline import __version__
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.callbacks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -50,10 +50,10 @@ from forgeline.domain.callbacks import (
     AttemptOutcome,
     CallbackDelivery,
     DeliveryAttempt,
-    backoff_delay,
     sign,
     sign_webhook,
 )
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import (
     ConfigurationError,
     ForgelineError,
@@ -69,6 +69,7 @@ from forgeline.services.callback_policy import (
     ResolutionError,
 )
 from forgeline.services.keyfile import ensure_key_file
+from forgeline.services.pool import LeasedPool
 
 _log = structlog.get_logger("forgeline.callbacks")
 
@@ -202,11 +203,21 @@ class CallbackDispatcher:
         self._redactor = redactor
         self._observer = observer
         self._rng = rng or random.SystemRandom()
-        self._wake = asyncio.Event()
-        self._stopping = False
+        # Full jitter: many deliveries that failed together (a receiver back up) must
+        # not come back in waves.
+        self._backoff = Backoff(
+            self.config.backoff_base_s, self.config.backoff_cap_s, jitter="full"
+        )
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._inflight: dict[asyncio.Task[None], CallbackDelivery] = {}
+        self._pool = LeasedPool(
+            _Outbox(self),
+            self._deliver_logged,
+            name="callback",
+            concurrency=self.config.concurrency,
+            idle_s=self.config.poll_interval_s,
+        )
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -219,9 +230,11 @@ class CallbackDispatcher:
         """Start the delivery loop (idempotent)."""
         if self._task is not None:
             return
-        self._stopping = False
+        self._stop = asyncio.Event()
         self._client = self._make_client()
-        self._task = asyncio.create_task(self._loop(), name=f"callback-dispatcher:{self.owner}")
+        self._task = asyncio.create_task(
+            self._pool.serve(self._stop), name=f"callback-dispatcher:{self.owner}"
+        )
         self._task.add_done_callback(_loop_ended)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -232,8 +245,7 @@ class CallbackDispatcher:
         Idempotent; bounded by ``grace_s`` plus a short release.
         """
         grace = self.config.stop_grace_s if grace_s is None else grace_s
-        self._stopping = True
-        self._wake.set()
+        self._stop.set()
         task, self._task = self._task, None
         if task is not None:
             # The loop only waits (claim, sleep); it exits at its next wake-up.
@@ -241,33 +253,10 @@ class CallbackDispatcher:
             if pending:
                 task.cancel()
                 await asyncio.wait({task})
-        await self._drain(grace)
+        await self._pool.drain(grace)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-
-    async def _drain(self, grace: float) -> None:
-        if not self._inflight:
-            return
-        _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
-        # Snapshot first: a finished task removes itself from _inflight.
-        cancelled = {task: self._inflight[task] for task in pending if task in self._inflight}
-        for task in cancelled:
-            task.cancel()
-        for task, claimed in cancelled.items():
-            # asyncio.wait, not ``await task``: the task's CancelledError stays its own, and
-            # a cancellation of stop() itself still propagates.
-            await asyncio.wait({task})
-            if not task.cancelled():
-                continue  # it finished (and recorded its attempt) before the cancel landed
-            try:
-                # Short: stop() must stay bounded, and an unreleased lease expires anyway.
-                async with asyncio.timeout(5.0):
-                    await self.outbox.release(claimed)
-            except (ForgelineError, TimeoutError) as exc:
-                # The lease expires on its own; the delivery is only delayed.
-                _log.warning("callback release failed", delivery=claimed.id, error=str(exc))
-        self._inflight.clear()
 
     async def __aenter__(self) -> CallbackDispatcher:
         await self.start()
@@ -298,72 +287,17 @@ class CallbackDispatcher:
         self.notify()
         return delivery
 
+    async def deliveries(self, task_id: str) -> list[CallbackDelivery]:
+        """The callback deliveries of ``task_id`` (what ``GET /tasks/{id}`` shows)."""
+        return await self.outbox.list_for_task(task_id)
+
     def notify(self) -> None:
         """Wake the loop now (a delivery was enqueued in this process).
 
         Call it from the dispatcher's event loop (``asyncio.Event`` is not thread-safe);
         from another thread use ``loop.call_soon_threadsafe(dispatcher.notify)``.
         """
-        self._wake.set()
-
-    # --- the loop ----------------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            free = self.config.concurrency - len(self._inflight)
-            claimed: list[CallbackDelivery] = []
-            if free > 0:
-                try:
-                    async with asyncio.timeout(DATABASE_TIMEOUT_S):
-                        claimed = await self.outbox.claim_due(
-                            self.owner, limit=free, lease_s=self.config.lease_s
-                        )
-                except (ForgelineError, TimeoutError) as exc:
-                    # The database may be back at the next poll; the loop must outlive it.
-                    _log.warning("callback claim failed", error=str(exc))
-            if self._stopping:
-                for delivery in claimed:
-                    await self._release_quietly(delivery)
-                return
-            for delivery in claimed:
-                self._spawn(delivery)
-            if claimed and len(claimed) == free:
-                continue  # the batch was full: more may be due right now (if a slot frees)
-            await self._sleep()
-
-    def _spawn(self, delivery: CallbackDelivery) -> None:
-        task = asyncio.create_task(self._deliver_logged(delivery), name=f"callback:{delivery.id}")
-        self._inflight[task] = delivery
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        self._wake.set()  # a slot is free
-        if not task.cancelled() and task.exception() is not None:
-            # A bug, not a delivery failure (those are recorded): log it, keep the loop alive;
-            # the row's lease expires and it is tried again.
-            _log.error("callback delivery crashed", task=task.get_name(), exc_info=task.exception())
-
-    async def _sleep(self) -> None:
-        timeout = self.config.poll_interval_s
-        if len(self._inflight) < self.config.concurrency:
-            try:
-                async with asyncio.timeout(DATABASE_TIMEOUT_S):
-                    due = await self.outbox.next_attempt_at()
-            except (ForgelineError, TimeoutError):
-                due = None
-            if due is not None:
-                until = (due - datetime.now(due.tzinfo)).total_seconds()
-                timeout = min(timeout, max(until, 0.0) + 0.005)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-
-    async def _release_quietly(self, delivery: CallbackDelivery) -> None:
-        with contextlib.suppress(ForgelineError, TimeoutError):
-            async with asyncio.timeout(DATABASE_TIMEOUT_S):
-                await self.outbox.release(delivery)
+        self._pool.notify()
 
     async def _deliver_logged(self, claimed: CallbackDelivery) -> None:
         try:
@@ -397,7 +331,7 @@ class CallbackDispatcher:
         Returns ``None`` when the lease was lost meanwhile (another dispatcher owns the
         delivery now and records its own attempts).
         """
-        started_at = datetime.now(claimed.created_at.tzinfo)
+        started_at = utcnow()
         started = time.monotonic()
         refused = False
         try:
@@ -418,18 +352,13 @@ class CallbackDispatcher:
         elif refused:
             outcome = AttemptOutcome.REFUSED
         else:
-            now = datetime.now(claimed.created_at.tzinfo)
+            now = utcnow()
             give_up_at = claimed.created_at + timedelta(seconds=self.config.retry_period_s)
             if now >= give_up_at:
                 outcome = AttemptOutcome.GAVE_UP
             else:
                 outcome = AttemptOutcome.RETRY
-                delay = backoff_delay(
-                    number,
-                    base_s=self.config.backoff_base_s,
-                    cap_s=self.config.backoff_cap_s,
-                    draw=self._rng.random(),
-                )
+                delay = self._backoff.delay(number, self._rng)
                 if answer.retry_after_s is not None:
                     delay = max(delay, min(answer.retry_after_s, self.config.backoff_cap_s))
                 # The last try happens at the deadline, not after it.
@@ -568,6 +497,44 @@ class CallbackDispatcher:
         for secret_part in _secret_parts(url):
             text = text.replace(secret_part, "[REDACTED]")
         return self._redactor.redact(text) if self._redactor is not None else text
+
+
+class _Outbox:
+    """The outbox as the dispatcher's pool sees it: deliveries claimed with a lease."""
+
+    def __init__(self, dispatcher: CallbackDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def key(self, claimed: CallbackDelivery) -> str:
+        """The delivery's id."""
+        return claimed.id
+
+    async def claim(self, limit: int) -> list[CallbackDelivery]:
+        """Up to ``limit`` due deliveries, leased (a stuck database is bounded)."""
+        if limit <= 0:
+            return []
+        dispatcher = self._dispatcher
+        async with asyncio.timeout(DATABASE_TIMEOUT_S):
+            return await dispatcher.outbox.claim_due(
+                dispatcher.owner, limit=limit, lease_s=dispatcher.config.lease_s
+            )
+
+    async def release(self, claimed: CallbackDelivery) -> None:
+        """Give the delivery back for the next dispatcher."""
+        await self._dispatcher.outbox.release(claimed)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Sleep until the next retry comes due, ``timeout_s`` at the longest (deliveries
+        enqueued in this process wake the pool through ``notify``)."""
+        try:
+            async with asyncio.timeout(DATABASE_TIMEOUT_S):
+                due = await self._dispatcher.outbox.next_attempt_at()
+        except (ForgelineError, TimeoutError):
+            due = None
+        if due is not None:
+            until = (due - utcnow()).total_seconds()
+            timeout_s = min(timeout_s, max(until, 0.0) + 0.005)
+        await asyncio.sleep(timeout_s)
 
 
 def _loop_ended(task: asyncio.Task[None]) -> None:

@@ -22,8 +22,8 @@ from forgeline.domain.agent import (
     StatusData,
     ToolResultData,
     ToolUseData,
-    format_time,
 )
+from forgeline.domain.clock import format_time
 
 #: Continuation lines of a multi-line text start with this much space.
 _INDENT = " " * 4

@@ -22,7 +22,6 @@ of the shared client and is masked in any body excerpt, so it can reach no messa
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -30,6 +29,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import ExternalServiceError
 from forgeline.domain.secrets import Secret
 from forgeline.ports.ci import SECRET_EVENTS, PipelineStatus, PipelineStep, StatusListener
@@ -80,8 +80,7 @@ class WoodpeckerClient:
         self._base_url = base_url.rstrip("/")
         self._token = token
         self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = Backoff(backoff_s, backoff_max_s)
         self._poll_interval_s = poll_interval_s
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
@@ -377,12 +376,11 @@ class WoodpeckerClient:
         )
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        ceiling = min(self._backoff_max_s, self._backoff_s * 2.0 ** (attempt - 1))
         retry_after = _retry_after(response)
         if retry_after is not None:
-            return min(self._backoff_max_s, retry_after)
+            return min(self._backoff.max_s, retry_after)
         # "Equal jitter": at least half the backoff, so retries never bunch up at zero.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+        return self._backoff.delay(attempt)
 
 
 # --- parsing Woodpecker's JSON, once, into frozen types ------------------------------------

@@ -33,7 +33,7 @@ from forgeline.adapters.sql.executor import (
     parse_time,
     sql_executor,
 )
-from forgeline.domain.agent import utcnow
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import CredentialNotFoundError, MissingCredentialsError
 from forgeline.domain.secrets import (
     Secret,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,24 +21,6 @@ MAX_LEASE_S = 24 * 3600.0
 MAX_CLAIM = 1000
 #: Largest page ``list`` returns.
 MAX_LIST = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential back-off with jitter for retryable failures.
-
-    Attempt ``n`` (1-based) waits ``min(max_s, base_s * 2**(n-1))``, of which the upper
-    half is random ("equal jitter"): tasks that failed together do not retry together,
-    and no retry comes sooner than half the nominal delay.
-    """
-
-    base_s: float = 5.0
-    max_s: float = 600.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retrying after failed attempt number ``attempt``."""
-        nominal = min(self.max_s, self.base_s * 2.0 ** max(0, min(attempt - 1, 60)))
-        return nominal / 2 + (rng or random).uniform(0, nominal / 2)
 
 
 def task_from_row(row: Mapping[str, Any]) -> WorkTask:

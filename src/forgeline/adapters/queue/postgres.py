@@ -31,7 +31,6 @@ from psycopg.rows import DictRow, dict_row
 from forgeline.adapters.queue._common import (
     MAX_CLAIM,
     MAX_LIST,
-    Backoff,
     check_lease_s,
     check_limit,
     check_max_queued,
@@ -45,6 +44,7 @@ from forgeline.adapters.queue._common import (
 )
 from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import PostgresDatabase
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import (
     ForgelineError,
     LeaseLostError,

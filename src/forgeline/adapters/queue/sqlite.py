@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from forgeline.adapters.queue._common import (
     MAX_CLAIM,
     MAX_LIST,
-    Backoff,
     check_lease_s,
     check_limit,
     check_max_queued,
@@ -39,7 +38,8 @@ from forgeline.adapters.queue._common import (
 )
 from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import SqliteDatabase, storage_error
-from forgeline.adapters.sql.executor import format_time
+from forgeline.adapters.sql.executor import encode_time
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import (
     LeaseLostError,
     TaskNotFoundError,
@@ -167,7 +167,7 @@ class SqliteWorkQueue:
         rows = [self._insert_params(check_new_task(task)) for task in tasks]
 
         def run(conn: sqlite3.Connection) -> list[Enqueued]:
-            now = format_time(self._now())
+            now = encode_time(self._now())
             out: list[Enqueued] = []
             for params in rows:
                 params["now"] = now
@@ -212,7 +212,7 @@ class SqliteWorkQueue:
             "payload": dump_json(task.payload, "payload"),
             "priority": task.priority,
             "max_attempts": task.max_attempts,
-            "run_after": None if task.run_after is None else format_time(task.run_after),
+            "run_after": None if task.run_after is None else encode_time(task.run_after),
             "concurrency_key": task.concurrency_key,
             "idempotency_key": task.idempotency_key,
             "request_hash": task.request_hash,
@@ -237,8 +237,8 @@ class SqliteWorkQueue:
                 _SQL["claim"],
                 {
                     "worker": worker,
-                    "now": format_time(now),
-                    "expires_at": format_time(now + timedelta(seconds=lease_s)),
+                    "now": encode_time(now),
+                    "expires_at": encode_time(now + timedelta(seconds=lease_s)),
                     "kinds": kinds_json,
                     "limit": limit,
                 },
@@ -257,14 +257,14 @@ class SqliteWorkQueue:
         check_lease_s(lease_s)
         now = self._now()
         params = {
-            "now": format_time(now),
-            "expires_at": format_time(now + timedelta(seconds=lease_s)),
+            "now": encode_time(now),
+            "expires_at": encode_time(now + timedelta(seconds=lease_s)),
         }
         return await self._write(self._fenced(lease, _SQL["heartbeat"], params))
 
     async def complete(self, lease: Lease, result: Mapping[str, Any] | None = None) -> WorkTask:
         """Mark the task completed with an optional result."""
-        params = {"now": format_time(self._now()), "result": dump_json(result, "result")}
+        params = {"now": encode_time(self._now()), "result": dump_json(result, "result")}
         task = await self._write(
             self._fenced(lease, _SQL["complete"], params, done=TaskStatus.COMPLETED)
         )
@@ -275,7 +275,7 @@ class SqliteWorkQueue:
         self, lease: Lease, result: Mapping[str, Any] | None = None
     ) -> WorkTask:
         """The worker stopped the task: mark it ``cancelled``."""
-        params = {"now": format_time(self._now()), "result": dump_json(result, "result")}
+        params = {"now": encode_time(self._now()), "result": dump_json(result, "result")}
         task = await self._write(
             self._fenced(lease, _SQL["finish_cancelled"], params, done=TaskStatus.CANCELLED)
         )
@@ -294,8 +294,8 @@ class SqliteWorkQueue:
         now = self._now()
         delay = self._backoff.delay(lease.task.attempts, self._rng)
         params = {
-            "now": format_time(now),
-            "run_after": format_time(now + timedelta(seconds=delay)),
+            "now": encode_time(now),
+            "run_after": encode_time(now + timedelta(seconds=delay)),
             "retryable": retryable,
             "error": error,
             "result": dump_json(result, "result"),
@@ -307,7 +307,7 @@ class SqliteWorkQueue:
     async def release(self, lease: Lease) -> WorkTask:
         """Give a running task back to the queue without counting an attempt."""
         task = await self._write(
-            self._fenced(lease, _SQL["release"], {"now": format_time(self._now())})
+            self._fenced(lease, _SQL["release"], {"now": encode_time(self._now())})
         )
         self._work_event.set()
         return task
@@ -316,7 +316,7 @@ class SqliteWorkQueue:
         """Cancel a queued task now, or ask the worker of a running one to stop."""
 
         def run(conn: sqlite3.Connection) -> WorkTask:
-            params = {"id": task_id, "now": format_time(self._now())}
+            params = {"id": task_id, "now": encode_time(self._now())}
             for name in ("cancel_queued", "cancel_running"):
                 row = conn.execute(_SQL[name], params).fetchone()
                 if row is not None:
@@ -364,7 +364,7 @@ class SqliteWorkQueue:
             params["keys"] = json.dumps(list(concurrency_keys))
         if since is not None:
             clauses.append("created_at >= :since")
-            params["since"] = format_time(since)
+            params["since"] = encode_time(since)
         if before is not None:
             clauses.append("seq < :before")
             params["before"] = before
@@ -388,7 +388,7 @@ class SqliteWorkQueue:
         """Re-queue tasks whose lease expired; how many changed."""
         rows = await self._write(
             lambda conn: conn.execute(
-                _SQL["recover_expired"], {"now": format_time(self._now())}
+                _SQL["recover_expired"], {"now": encode_time(self._now())}
             ).fetchall()
         )
         if rows:
@@ -412,7 +412,7 @@ class SqliteWorkQueue:
             return
 
     def _has_work(self, conn: sqlite3.Connection) -> bool:
-        row = conn.execute(_SQL["has_work"], {"now": format_time(self._now())}).fetchone()
+        row = conn.execute(_SQL["has_work"], {"now": encode_time(self._now())}).fetchone()
         return bool(row[0])
 
     async def wait_for_cancel(self, task_id: str, timeout_s: float) -> bool:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import random
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from forgeline.adapters.sql.listen import Listener
+from forgeline.domain.backoff import Backoff
 from forgeline.domain.errors import ConfigurationError, ForgelineError, StorageError
 
 if TYPE_CHECKING:
@@ -363,7 +363,8 @@ class PostgresDatabase:
         transient: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout, *retry_on)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
-        delay = 0.05
+        backoff = Backoff(base_s=0.05, max_s=1.0)
+        attempt = 1
         while True:
             conn = None
             try:
@@ -376,15 +377,15 @@ class PostgresDatabase:
                 raise
             except transient as exc:
                 # Connection lost, server shutting down or starting, serialization failure.
-                if loop.time() + delay > deadline:
+                if loop.time() + backoff.ceiling(attempt) > deadline:
                     raise storage_error(what, exc) from exc
                 if conn is not None and conn.broken:
                     # The server dropped this pooled connection (a restart drops them
                     # all): the pool discards it, the next one is tried at once.
                     continue
                 _log.info("database unavailable, retrying", op=what, error=safe_message(exc))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(backoff.delay(attempt))
+                attempt += 1
             except psycopg.Error as exc:
                 raise storage_error(what, exc) from exc
 

@@ -46,7 +46,7 @@ Params = Mapping[str, Any]
 _NO_PARAMS: Params = {}
 
 
-def format_time(moment: datetime) -> str:
+def encode_time(moment: datetime) -> str:
     """A time as SQLite stores it: ISO 8601 UTC with microseconds and ``Z``, fixed width,
     so comparing the text compares the times."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -135,11 +135,11 @@ def _json_text(value: Mapping[str, Any] | Sequence[Any]) -> str:
 
 
 class SqliteCodec:
-    """Times as :func:`format_time` text, JSON as compact text."""
+    """Times as :func:`encode_time` text, JSON as compact text."""
 
     def time(self, moment: datetime) -> str:
-        """See :func:`format_time`."""
-        return format_time(moment)
+        """See :func:`encode_time`."""
+        return encode_time(moment)
 
     def json(self, value: Mapping[str, Any] | Sequence[Any]) -> str:
         """Compact JSON text, keys sorted."""

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable, Mapping
 
 import structlog
+
+from forgeline.domain.backoff import Backoff
 
 _log = structlog.get_logger(__name__)
 
@@ -93,7 +94,8 @@ class Listener:
     async def _run(self) -> None:
         import psycopg
 
-        delay = 0.1
+        backoff = Backoff(base_s=0.1, max_s=2.0)
+        attempt = 1
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -110,7 +112,7 @@ class Listener:
                     self.connected = True
                     self._ready.set()
                     self._changed()
-                    delay = 0.1
+                    attempt = 1
                     while True:
                         async for note in conn.notifies(timeout=self._health_s):
                             for handler in list(self._handlers.get(note.channel, ())):
@@ -124,8 +126,8 @@ class Listener:
                     _log.warning("database listener lost its connection", error=safe_message(exc))
                 self.connected = False
                 self._changed()  # subscribers fall back to polling right away
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(backoff.delay(attempt))
+                attempt += 1
 
     async def aclose(self) -> None:
         """Stop listening and wait until the connection is closed; idempotent."""

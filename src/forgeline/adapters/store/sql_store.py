@@ -21,7 +21,8 @@ from forgeline.adapters.store.notify import (
     parse_notification,
 )
 from forgeline.adapters.store.rows import event_body, project_from_row, token_from_row
-from forgeline.domain.agent import AgentEvent, utcnow
+from forgeline.domain.agent import AgentEvent
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import ProjectExistsError, ProjectNotFoundError, TokenNotFoundError
 from forgeline.domain.project import Project
 from forgeline.ports.store import ApiToken, AppendWatch, OnAppend, StoredEvent

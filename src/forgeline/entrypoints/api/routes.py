@@ -458,7 +458,7 @@ async def show_task(task_id: TaskId, container: ContainerDep, token: TokenDep) -
 async def task_view(container: Container, task: WorkTask) -> TaskOut:
     """``task`` as ``GET /tasks/{id}`` shows it, with its callback deliveries (and as the
     dashboard's build page does)."""
-    deliveries = await container.callbacks.outbox.list_for_task(task.id)
+    deliveries = await container.callbacks.deliveries(task.id)
     return TaskOut.of(task, redact=container.redactor.redact_obj, deliveries=deliveries)
 
 

@@ -25,8 +25,9 @@ from pydantic import (
     model_serializer,
 )
 
-from forgeline.domain.agent import MAX_TIMEOUT_S, EventType, format_time
+from forgeline.domain.agent import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, EventType
 from forgeline.domain.callbacks import CallbackDelivery, display_url
+from forgeline.domain.clock import format_time
 from forgeline.domain.inputs import MAX_JSON_DEPTH, map_json
 from forgeline.domain.project import Project
 from forgeline.domain.task import BuildSpec, TaskStatus, WorkTask
@@ -221,7 +222,7 @@ class BuildIn(_In):
         None, description="an agent provider of GET /agents; default: the project's, else the first"
     )
     model: Name | None = None
-    timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S)
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
     resume_session: Name | None = Field(None, description="an agent session id to resume")
     continue_session: bool = Field(
         False,

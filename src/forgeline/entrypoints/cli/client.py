@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from rich.table import Column, Table
 from rich.text import Text
 
-from forgeline.domain.agent import format_time
+from forgeline.domain.clock import format_time
 from forgeline.domain.task import TaskStatus
 from forgeline.entrypoints.cli.common import (
     JsonOption,

@@ -18,7 +18,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from forgeline.domain.agent import format_time
+from forgeline.domain.clock import format_time
 from forgeline.domain.errors import ForgelineError, ValidationError
 from forgeline.domain.secrets import Secret
 from forgeline.entrypoints.cli.common import console, data_dir_database, echo_error, text

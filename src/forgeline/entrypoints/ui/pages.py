@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from forgeline.domain.build import BuildResult
 from forgeline.domain.errors import AuthError, ForgelineError, ValidationError
 from forgeline.domain.project import Project
 from forgeline.domain.task import TaskStatus, WorkTask
@@ -136,9 +136,7 @@ class BuildRow:
     def of(cls, task: WorkTask, redactor: Redactor) -> BuildRow:
         """The row of a build task."""
         request = BuildRequest.from_task(task)
-        result: Mapping[str, Any] = task.result or {}
-        artifacts = result.get("artifacts") or {}
-        agent = result.get("agent") or {}
+        artifacts = BuildResult.stored_artifacts(task.result)
         return cls(
             id=task.id,
             project=request.project,
@@ -147,10 +145,10 @@ class BuildRow:
             created_at=task.created_at,
             started_at=task.started_at,
             finished_at=task.finished_at,
-            cost_usd=agent.get("cost_usd"),
-            commit=artifacts.get("commit_sha"),
-            pipeline_status=artifacts.get("pipeline_status"),
-            deploy_url=_web_url(redactor.redact(str(artifacts.get("deploy_url") or ""))),
+            cost_usd=BuildResult.stored_cost(task.result),
+            commit=artifacts.commit_sha,
+            pipeline_status=artifacts.pipeline_status,
+            deploy_url=_web_url(redactor.redact(artifacts.deploy_url or "")),
         )
 
 

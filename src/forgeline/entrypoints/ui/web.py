@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from forgeline.bootstrap import Container
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import AuthError, ForgelineError
 from forgeline.entrypoints.api.errors import status_for
 from forgeline.entrypoints.api.routes import container_of
@@ -74,7 +75,7 @@ def _ago(moment: datetime | None) -> str:
     """``3 min ago``: how long before now ``moment`` was."""
     if moment is None:
         return "—"
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    seconds = int((utcnow() - moment).total_seconds())
     if seconds < 60:
         return f"{max(seconds, 0)} s ago"
     if seconds < 3600:
@@ -88,7 +89,7 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     """``1 min 5 s`` between ``start`` and ``end`` (now while running)."""
     if start is None:
         return "—"
-    seconds = int(((end or datetime.now(UTC)) - start).total_seconds())
+    seconds = int(((end or utcnow()) - start).total_seconds())
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:

@@ -46,8 +46,8 @@ from forgeline.domain.agent import (
     ToolUseData,
     Usage,
     cut_output,
-    utcnow,
 )
+from forgeline.domain.clock import utcnow
 
 PROVIDER = "claude-code"
 
