@@ -274,6 +274,7 @@ def table(rows: list[Row]) -> None:
     print(
         f"{'backend':8} {'W':>5} {'B':>3} {'tree':4} {'idle cores':>10} {'KiB/watcher':>11}"
         f" {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} {'events':>7} {'wrong':>5} {'drops':>5}"
+        f" {'refused':>7}"
         f" {'busy cores':>10}  other request p50/p99 ms: none | idle | busy"
     )
     for r in rows:
@@ -285,6 +286,7 @@ def table(rows: list[Row]) -> None:
             f"{r.backend:8} {r.watchers:>5} {r.builds:>3} {r.tree:4} {r.idle_cores:>10.3f}"
             f" {r.kib_per_watcher:>11.1f} {s['p50_ms']:>7.1f} {s['p99_ms']:>8.1f}"
             f" {s['max_ms']:>8.1f} {s['events']:>7} {s['wrong']:>5} {s['drops']:>5}"
+            f" {s.get('refused', 0):>7}"
             f" {r.busy_cores:>10.3f}  {other}"
         )
     print("\nnew / old:")
