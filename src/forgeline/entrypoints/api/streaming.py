@@ -68,6 +68,8 @@ class EventStream(Response):
             current.uncancel()  # the client left: a normal end
         finally:
             gone.remove_done_callback(client_left)
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # a receive that failed also means the client is gone
             gone.cancel()
             await self.chunks.aclose()
 
