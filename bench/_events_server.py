@@ -37,6 +37,7 @@ from forgeline.adapters.sql.migrate import migrate
 from forgeline.adapters.store import build_store
 from forgeline.domain.agent import AgentEvent, AgentResult, MessageData, RunStatus
 from forgeline.entrypoints.api.app import create_app
+from forgeline.logs import Redactor, configure_logging
 from forgeline.ports.store import Store
 from forgeline.settings import Settings
 
@@ -77,10 +78,10 @@ async def finish(store: Store, tasks: list[str]) -> None:
         await store.append_event(task, result)
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, redactor: Redactor) -> None:
     """The API process (see the module docstring)."""
     settings = Settings(port=port, workers=0)
-    app = create_app(settings)
+    app = create_app(settings, redactor=redactor)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     )
@@ -136,6 +137,12 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # As ``serve`` does: logs on stderr at the configured level. Left to structlog's defaults
+    # they would go to stdout, a pipe this bench reads only for answers, and a full pipe
+    # blocks the whole process (the access log writes a line per stream).
+    settings = Settings()
+    redactor = Redactor()
+    configure_logging(settings.log_level, settings.log_format, redactor)
     if args.emit:
         asyncio.run(emitter(args.emit[0], args.emit[1:]))
     else:
@@ -144,7 +151,7 @@ def main() -> None:
         # As ``forgeline serve`` runs: on uvicorn's own choice of event loop.
         config = uvicorn.Config(app=None, loop="auto", log_config=None)  # type: ignore[arg-type]
         factory = config.get_loop_factory()
-        asyncio_run(serve(args.port), loop_factory=factory)
+        asyncio_run(serve(args.port, redactor), loop_factory=factory)
 
 
 if __name__ == "__main__":

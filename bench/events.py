@@ -26,7 +26,8 @@ runs, uvicorn's own loop) with W raw SSE streams open from another process
 **CLI.** ``forgeline agent run --json`` (a new Python process, its sandbox, the pinned
 ``claude``) against bare ``claude -p`` on the same scripted conversation, paired and
 alternated, ``--cli-rounds`` rounds, medians and ratio; the baseline tree's ``agent run``
-in the same rounds; and ``forgeline --version`` for both trees.
+in the same rounds; and ``forgeline --version`` for both trees. Both trees and the
+environment are byte-compiled first, as installed (see :func:`compiled`).
 
 PostgreSQL: a fresh database on ``FORGELINE_TEST_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``) per run, dropped afterwards. Progress goes
@@ -37,6 +38,7 @@ the ratios, and run it again before believing a small difference.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import io
 import json
@@ -44,6 +46,7 @@ import os
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -274,6 +277,7 @@ def table(rows: list[Row]) -> None:
     print(
         f"{'backend':8} {'W':>5} {'B':>3} {'tree':4} {'idle cores':>10} {'KiB/watcher':>11}"
         f" {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} {'events':>7} {'wrong':>5} {'drops':>5}"
+        f" {'refused':>7}"
         f" {'busy cores':>10}  other request p50/p99 ms: none | idle | busy"
     )
     for r in rows:
@@ -285,6 +289,7 @@ def table(rows: list[Row]) -> None:
             f"{r.backend:8} {r.watchers:>5} {r.builds:>3} {r.tree:4} {r.idle_cores:>10.3f}"
             f" {r.kib_per_watcher:>11.1f} {s['p50_ms']:>7.1f} {s['p99_ms']:>8.1f}"
             f" {s['max_ms']:>8.1f} {s['events']:>7} {s['wrong']:>5} {s['drops']:>5}"
+            f" {s.get('refused', 0):>7}"
             f" {r.busy_cores:>10.3f}  {other}"
         )
     print("\nnew / old:")
@@ -351,8 +356,18 @@ def version_s(tree: Path) -> float:
     return time.perf_counter() - start
 
 
+def compiled(trees: dict[str, Path]) -> None:
+    """Byte-compile the trees and the environment's packages, as an installed forgeline
+    runs: pip and uv compile at install, and Python caches what it compiles, unless told
+    not to (``PYTHONDONTWRITEBYTECODE``, as some shells and CI runners are); compiling
+    every module afresh in each run would be timed as the CLI's own start-up."""
+    for path in [*trees.values(), Path(sysconfig.get_paths()["purelib"])]:
+        compileall.compile_dir(path, quiet=1, workers=0)
+
+
 def cli(rounds: int, trees: dict[str, Path]) -> None:
     """``agent run`` against bare ``claude -p``, paired; ``--version``."""
+    compiled(trees)
     with tempfile.TemporaryDirectory() as tmp_name, AnthropicServer(hello_script) as api:
         base = Path(tmp_name)
         for name, tree in trees.items():  # untimed: warm caches, agent state dirs

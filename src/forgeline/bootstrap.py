@@ -20,10 +20,12 @@ import structlog
 
 from forgeline.adapters.sql.database import Database, open_database
 from forgeline.adapters.sql.migrate import migrate
+from forgeline.domain.agent import AgentProvider
 from forgeline.domain.errors import CredentialNotFoundError
 from forgeline.domain.git import GitAuthor
 from forgeline.domain.secrets import Secret
 from forgeline.logs import Redactor
+from forgeline.ports.agent import CodeAgent
 from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.templates import TemplateProvider
@@ -59,16 +61,17 @@ def build_registry(
     (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
     ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
     credential), when one is set."""
-    from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
-    from forgeline.adapters.agents.opencode import OpenCodeAgent
     from forgeline.adapters.workspace import build_agent_workspace
 
-    workspace = workspace or build_agent_workspace(settings)
+    agent_workspace = workspace or build_agent_workspace(settings)
     sandboxed = settings.workspace == "local" and settings.sandbox == "bwrap"
-    registry = ProviderRegistry()
-    registry.register(
-        ClaudeCodeAgent(
-            workspace=workspace,
+
+    # Each adapter is imported when its provider is first used (see ProviderRegistry).
+    def claude_code() -> CodeAgent:
+        from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
+
+        return ClaudeCodeAgent(
+            workspace=agent_workspace,
             state_dir=settings.claude_state_dir or str(settings.data_dir / "agents" / "claude"),
             binary=settings.claude_bin,
             environ=os.environ,
@@ -80,8 +83,15 @@ def build_registry(
             # In the sandbox the CLI is an unprivileged user; elsewhere it may be root.
             runs_as_root=not sandboxed and (settings.workspace != "local" or os.geteuid() == 0),
         )
-    )
-    registry.register(OpenCodeAgent.from_settings(settings, workspace, password=opencode_password))
+
+    def opencode() -> CodeAgent:
+        from forgeline.adapters.agents.opencode import OpenCodeAgent
+
+        return OpenCodeAgent.from_settings(settings, agent_workspace, password=opencode_password)
+
+    registry = ProviderRegistry()
+    registry.register_factory(AgentProvider.CLAUDE_CODE.value, claude_code)
+    registry.register_factory(AgentProvider.OPENCODE.value, opencode)
     return registry
 
 
@@ -438,7 +448,7 @@ async def _assemble(
                 credentials, settings.opencode_password_credential, redactor
             )
         registry = build_registry(settings, agent_workspace, opencode_password=opencode_password)
-    closers += [agent.aclose for agent in registry.agents()]
+    closers.append(registry.aclose)
     store = build_store(database)
     queue = build_queue(database)
     closers.append(queue.aclose)

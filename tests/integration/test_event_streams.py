@@ -27,6 +27,7 @@ from forgeline.domain.agent import AgentResult, RunStatus
 from forgeline.ports.store import Store
 from forgeline.services.events import EventHub, HubConfig
 from tests.conftest import ROOT
+from tests.integration.test_opencode import wait_until
 from tests.support.forgeline_server import Running, running_forgeline, server_settings
 from tests.support.pg_backends import terminate_backends
 from tests.support.serve_process import forgeline_env
@@ -131,6 +132,24 @@ async def test_many_watchers_over_http(tmp_path: Path, claude_bin: Path) -> None
             followed.exact(32)
         for followed in seen[60:]:
             followed.exact(11)
+
+
+async def test_a_client_that_leaves_frees_its_watcher(tmp_path: Path, claude_bin: Path) -> None:
+    """Idle streams whose clients hang up are noticed without any event or keep-alive:
+    their watchers leave the hub, while a stream still open keeps its own."""
+    async with serving(tmp_path, claude_bin) as running:
+        task = await new_task(running)
+        port = int(running.url.rsplit(":", 1)[1])
+        socks = [await asyncio.to_thread(raw_sse, port, running.token, task) for _ in range(3)]
+        hub = running.container.events
+        await wait_until(lambda: hub.watchers == 3, limit_s=10)
+        for sock in socks[:2]:
+            sock.close()
+        await wait_until(lambda: hub.watchers == 1, limit_s=10)
+        await running.container.store.append_event(task, RESULT)
+        body = (await asyncio.to_thread(read_all, socks[2])).decode()
+        assert "event: result" in body
+        assert hub.watchers == 0
 
 
 def big(i: int) -> AgentEvent:

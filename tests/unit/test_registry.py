@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 
 import pytest
 
 from forgeline.domain import AgentCapabilities, AgentEvent, AgentRequest
 from forgeline.domain.errors import DuplicateProviderError, UnknownProviderError
+from forgeline.ports.agent import CodeAgent
 from forgeline.services.registry import ProviderRegistry
 
 
@@ -118,3 +123,57 @@ def test_eight_threads_register_and_look_up() -> None:
     for t in range(8):
         for i in range(per_thread):
             assert f"p{t}-{i}" in reg
+
+
+async def test_a_factory_builds_its_agent_once_on_first_use() -> None:
+    """A provider registered by factory is built when first asked for, once, and only
+    built providers are closed; names and the default need no build."""
+    built: list[str] = []
+
+    def factory(name: str) -> Callable[[], CodeAgent]:
+        def build() -> CodeAgent:
+            built.append(name)
+            return NamedAgent(name)
+
+        return build
+
+    reg = ProviderRegistry()
+    reg.register_factory("claude-code", factory("claude-code"))
+    reg.register_factory("opencode", factory("opencode"))
+    with pytest.raises(DuplicateProviderError):
+        reg.register(NamedAgent("opencode"))
+    assert (reg.names(), reg.default_name, "opencode" in reg, built) == (
+        ["claude-code", "opencode"],
+        "claude-code",
+        True,
+        [],
+    )
+    agent = reg.get()
+    assert reg.get("claude-code") is agent
+    assert built == ["claude-code"]
+    await reg.aclose()
+    assert [a.name for a in reg.agents()] == ["claude-code", "opencode"]
+    assert built == ["claude-code", "opencode"]
+
+
+def test_running_claude_code_loads_no_other_adapter(tmp_path: Path) -> None:
+    """``forgeline agent run``'s path (the agent group, the registry, Claude Code's
+    adapter) imports neither the OpenCode adapter nor httpx, nor the other commands."""
+    script = """
+import sys
+from forgeline.entrypoints.cli.agent_run import agent_app
+from forgeline.bootstrap import build_registry
+from forgeline.settings import Settings
+registry = build_registry(Settings())
+assert registry.get("claude-code").name == "claude-code"
+loaded = [m for m in ("httpx", "forgeline.adapters.agents.opencode",
+                      "forgeline.entrypoints.cli.main", "forgeline.entrypoints.cli.client")
+          if m in sys.modules]
+print(",".join(loaded))
+"""
+    env = {**os.environ, "FORGELINE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

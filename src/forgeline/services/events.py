@@ -3,8 +3,9 @@
 Every watcher of a task in this process shares one :class:`_Feed`, which learns of new events
 from :meth:`~forgeline.ports.store.Store.watch_appends` (this process's appends come with
 the event itself; other processes' by notification, read once for all watchers) and pushes
-them into each watcher's bounded buffer. An idle watcher costs a buffer, a timer and nothing
-else: no query, no wake-up until an event or its keep-alive is due.
+them into each watcher's bounded buffer. An idle watcher costs a future, a timer and nothing
+else (its buffer exists only while it holds events): no query, no wake-up until an event or
+its keep-alive is due.
 
 - **Exact.** A watcher hands on strictly the event after the last one it handed on: older
   ones in its buffer are skipped, a gap (it joined late, or word of an append was lost) is
@@ -81,26 +82,56 @@ StreamItem = Sequence[StoredEvent] | KeepAlive | Dropped
 
 
 class _Watcher:
-    """One stream's buffer of events pushed by its feed."""
+    """One stream's buffer of events pushed by its feed. An idle watcher is a few slots:
+    its buffer exists only while it holds events, and it waits on a bare future."""
 
-    __slots__ = ("buffer", "capacity", "dropped", "wake")
+    __slots__ = ("buffer", "capacity", "dropped", "waiter", "woken")
 
     def __init__(self, capacity: int) -> None:
-        self.buffer: deque[StoredEvent] = deque()
+        self.buffer: deque[StoredEvent] | None = None
         self.capacity = capacity
         self.dropped = False
-        self.wake = asyncio.Event()
+        #: Something happened since the stream last looked (events, the end, a position).
+        self.woken = False
+        self.waiter: asyncio.Future[None] | None = None
 
     def push(self, events: Sequence[StoredEvent]) -> None:
         """Take ``events``, or be dropped if they do not fit (never waits)."""
         if self.dropped:
             return
-        if len(self.buffer) + len(events) > self.capacity:
+        if len(self.buffer or ()) + len(events) > self.capacity:
             self.dropped = True
-            self.buffer.clear()
+            self.buffer = None
         else:
+            if self.buffer is None:
+                self.buffer = deque()
             self.buffer.extend(events)
-        self.wake.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Tell the stream to look again."""
+        self.woken = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until woken (True) or ``timeout_s`` passed (False)."""
+        if self.woken:
+            return True
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        return self.woken
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Feed:
@@ -131,7 +162,7 @@ class _Feed:
         """Nothing more will come: every watcher finishes once it has ``last``."""
         self.ended = True
         for watcher in self.watchers:
-            watcher.wake.set()
+            watcher.wake()
 
 
 class EventHub:
@@ -143,6 +174,11 @@ class EventHub:
         self.config = config or HubConfig()
         self._feeds: dict[str, _Feed] = {}
         self._watch: asyncio.Task[AppendWatch] | None = None
+
+    @property
+    def watchers(self) -> int:
+        """How many streams of this process are open."""
+        return sum(len(feed.watchers) for feed in self._feeds.values())
 
     # --- streams -------------------------------------------------------------------------
 
@@ -161,8 +197,12 @@ class EventHub:
                 if watcher.dropped:
                     yield Dropped(position)
                     return
-                watcher.wake.clear()
-                batch: Sequence[StoredEvent] = _take(watcher.buffer, position)
+                watcher.woken = False
+                batch: Sequence[StoredEvent] = ()
+                if watcher.buffer is not None:
+                    batch = _take(watcher.buffer, position)
+                    if not watcher.buffer:
+                        watcher.buffer = None  # an idle watcher keeps no buffer
                 stored = True
                 if not batch and feed.last is not None and position < feed.last:
                     # Joined late, or a gap: what the feed passed on before is stored.
@@ -181,13 +221,10 @@ class EventHub:
                     continue
                 if feed.ended and feed.last is not None and position >= feed.last:
                     return
-                if stored and (watcher.buffer or watcher.wake.is_set()):
+                if stored and (watcher.buffer or watcher.woken):
                     continue  # more to take (a read found nothing: wait, never spin)
                 left = quiet_since + self.config.keepalive_s - loop.time()
-                try:
-                    async with asyncio.timeout(max(0.0, left)):
-                        await watcher.wake.wait()
-                except TimeoutError:
+                if not await watcher.wait(max(0.0, left)):
                     quiet_since = loop.time()
                     yield KeepAlive()
         finally:
@@ -259,7 +296,7 @@ class EventHub:
                     # Appends told while we looked have set ``dirty``: read below.
                     feed.last = newest.seq if newest is not None else 0
                     for watcher in feed.watchers:
-                        watcher.wake.set()  # their position is known now
+                        watcher.wake()  # their position is known now
                 if loop.time() - checked >= self.config.idle_check_s:
                     checked = loop.time()
                     await self._end_if_over(feed)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from forgeline.domain.agent import AgentCapabilities
 from forgeline.domain.errors import DuplicateProviderError, UnknownProviderError
 from forgeline.ports.agent import CodeAgent
+
+log = structlog.get_logger(__name__)
 
 #: How long a provider's availability is trusted before it is checked again: a check
 #: starts the agent's program, too costly for every build submitted, and an operator who
@@ -17,59 +22,97 @@ from forgeline.ports.agent import CodeAgent
 AVAILABILITY_TTL_S = 10.0
 
 
+#: Builds a provider's adapter; called once, on the provider's first use.
+AgentFactory = Callable[[], CodeAgent]
+
+
 class ProviderRegistry:
     """Named :class:`CodeAgent` adapters; the first one registered is the default.
 
+    A provider may be registered as a factory (:meth:`register_factory`): its adapter is
+    built, and its module imported, only when it is first asked for, so a command that runs
+    one provider (``forgeline agent run``) loads no other.
+
     Thread-safe: registration and lookup hold one lock, so concurrent callers never see a
-    half-registered provider, a lost entry or a changed default.
+    half-registered provider, a lost entry, a changed default or an adapter built twice.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._agents: dict[str, CodeAgent] = {}
+        #: Every name, in registration order, with its factory (None: registered built).
+        self._entries: dict[str, AgentFactory | None] = {}
 
     def register(self, agent: CodeAgent) -> None:
         """Add ``agent`` under its name; ``DuplicateProviderError`` if the name is taken."""
         with self._lock:
-            if agent.name in self._agents:
-                raise DuplicateProviderError(agent.name)
+            self._add(agent.name, None)
             self._agents[agent.name] = agent
+
+    def register_factory(self, name: str, factory: AgentFactory) -> None:
+        """Add provider ``name``, built by ``factory`` (which imports its adapter) on first
+        use; ``DuplicateProviderError`` if the name is taken."""
+        with self._lock:
+            self._add(name, factory)
+
+    def _add(self, name: str, factory: AgentFactory | None) -> None:
+        if name in self._entries:
+            raise DuplicateProviderError(name)
+        self._entries[name] = factory
+
+    def _built(self, name: str) -> CodeAgent:
+        """The adapter of ``name`` (a registered name), built now if it was not yet."""
+        agent = self._agents.get(name)
+        if agent is None:
+            factory = self._entries[name]
+            assert factory is not None  # noqa: S101 - registered built, or by factory
+            agent = self._agents[name] = factory()
+        return agent
 
     def get(self, name: str | None = None) -> CodeAgent:
         """The named provider, or the default when ``name`` is None or empty."""
         with self._lock:
             if not name:
-                if not self._agents:
+                if not self._entries:
                     raise UnknownProviderError("(default)", ())
-                return next(iter(self._agents.values()))
-            try:
-                return self._agents[name]
-            except KeyError:
-                raise UnknownProviderError(name, tuple(self._agents)) from None
+                return self._built(next(iter(self._entries)))
+            if name not in self._entries:
+                raise UnknownProviderError(name, tuple(self._entries))
+            return self._built(name)
 
     @property
     def default_name(self) -> str | None:
         """The name of the first provider registered, if any."""
         with self._lock:
-            return next(iter(self._agents), None)
+            return next(iter(self._entries), None)
 
     def names(self) -> list[str]:
         """Registered names, in registration order (the default first)."""
         with self._lock:
-            return list(self._agents)
+            return list(self._entries)
 
     def agents(self) -> list[CodeAgent]:
-        """Registered agents, in registration order."""
+        """Registered agents, in registration order (every one built)."""
         with self._lock:
-            return list(self._agents.values())
+            return [self._built(name) for name in self._entries]
+
+    async def aclose(self) -> None:
+        """Close every adapter built so far (one failing close keeps no other open)."""
+        with self._lock:
+            built = list(self._agents.values())
+        for agent in built:
+            try:
+                await agent.aclose()
+            except Exception:  # one failing close must not keep others open
+                log.exception("agent.close_failed", provider=agent.name)
 
     def __contains__(self, name: object) -> bool:
         with self._lock:
-            return name in self._agents
+            return name in self._entries
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._agents)
+            return len(self._entries)
 
 
 async def describe_agents(registry: ProviderRegistry) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from forgeline.entrypoints.api import errors
 from forgeline.entrypoints.api.access import AccessLog
 from forgeline.entrypoints.api.limits import BodySizeLimit, DatabaseTimeLimit
 from forgeline.entrypoints.api.routes import health, router
+from forgeline.entrypoints.api.streaming import StreamHandOff
 from forgeline.entrypoints.ui import install as install_ui
 from forgeline.logs import Redactor
 from forgeline.settings import Settings
@@ -96,6 +97,8 @@ def create_app(
     app.include_router(router)
     install_ui(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outside the route's stack, inside the database time limit (streams read the database).
+    app.add_middleware(StreamHandOff)
     app.add_middleware(DatabaseTimeLimit, seconds=settings.db_request_timeout_s)
     # Outermost: it times and logs whatever the others answer (a 413 too).
     app.add_middleware(AccessLog)

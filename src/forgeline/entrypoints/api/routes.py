@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from forgeline.bootstrap import Container
@@ -57,6 +57,7 @@ from forgeline.entrypoints.api.schemas import (
     TemplateOut,
     TokenOut,
 )
+from forgeline.entrypoints.api.streaming import EventStream
 from forgeline.ports.queue import Enqueued
 from forgeline.ports.store import ApiToken
 from forgeline.services.auth import AuthService, Role
@@ -591,9 +592,8 @@ async def task_events(
         events = await container.builds.events(task_id, after=start)
         body = "[" + ",".join(e.body for e in events) + "]"
         return Response(content=body, media_type="application/json")
-    return StreamingResponse(
+    return EventStream(
         _sse(container.events.stream(task_id, start)),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
@@ -616,7 +616,7 @@ def _resume_position(last_event_id: str | None) -> int:
     return int(text)
 
 
-async def _sse(stream: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
+async def _sse(stream: AsyncGenerator[StreamItem, None]) -> AsyncGenerator[bytes, None]:
     """The event hub's stream as SSE: ``id:`` = seq, ``data:`` = the event; a comment as
     keep-alive; a ``dropped`` message (no ``id``: the position stays the last event's)
     before the end when the client reads too slowly, which it resumes by reconnecting."""

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -74,13 +73,7 @@ async def agent_registry(settings: Settings) -> AsyncIterator[ProviderRegistry]:
     try:
         yield registry
     finally:
-        for agent in registry.agents():
-            try:
-                await agent.aclose()
-            except Exception:  # noqa: BLE001 - one failing close must not keep others open
-                structlog.get_logger("forgeline.cli").exception(
-                    "agent.close_failed", provider=agent.name
-                )
+        await registry.aclose()
 
 
 @asynccontextmanager
