@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -18,6 +19,10 @@ from typing import Protocol
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (the only wall clock the domain uses)."""
     return datetime.now(UTC)
+
+
+#: Where a store reads the current wall-clock time: :func:`utcnow`, or a test's own.
+WallClock = Callable[[], datetime]
 
 
 def format_time(moment: datetime) -> str:

@@ -44,11 +44,13 @@ from forgeline.ports.git import Git
 from forgeline.ports.queue import WorkQueue
 from forgeline.ports.store import Store
 from forgeline.ports.templates import TemplateProvider
-from forgeline.services.builds import BuildRequest, Calls, finish_without_run
+from forgeline.services.builds import BuildRequest, finish_without_run
 from forgeline.services.redaction import TextRedactor, redact_event
 from forgeline.services.registry import ProviderRegistry
 
 if TYPE_CHECKING:
+    from forgeline.services.callbacks import CallbackDispatcher
+
     # The worker's own config: its builds read their settings from it.
     from forgeline.services.worker import WorkerConfig
 
@@ -101,7 +103,7 @@ class BuildParts:
     redactor: TextRedactor
     clock: Clock
     injector: Injects | None = None
-    callbacks: Calls | None = None
+    callbacks: CallbackDispatcher | None = None
     ci: CIProvider | None = None
     templates: TemplateProvider | None = None
     metrics: Observes | None = None

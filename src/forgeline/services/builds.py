@@ -11,10 +11,10 @@ import asyncio
 import builtins
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from forgeline.domain.agent import AgentEvent, AgentResult, RunStatus
 from forgeline.domain.build import BuildResult
@@ -40,27 +40,15 @@ from forgeline.ports.templates import TemplateProvider
 from forgeline.services.registry import AvailabilityCache, ProviderRegistry
 from forgeline.services.transcript import transcript
 
+if TYPE_CHECKING:
+    # Only its type: the dispatcher loads httpx, which submitting a build does not need.
+    from forgeline.services.callbacks import CallbackDispatcher
+
 #: The queue ``kind`` of build tasks.
 BUILD_KIND = "build"
 #: Attempts of a build whose worker died or whose infrastructure failed (never of an
 #: agent that ran and failed: that is an answer, not an accident).
 BUILD_MAX_ATTEMPTS = 3
-
-
-class Calls(Protocol):
-    """What builds need of the callback dispatcher: a durable enqueue."""
-
-    async def enqueue(
-        self,
-        task_id: str,
-        url: str,
-        event: str,
-        payload: Mapping[str, Any],
-        *,
-        idempotency_key: str | None = None,
-    ) -> Any:
-        """Store a delivery in the outbox and wake the sender."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +100,7 @@ class BuildService:
         registry: ProviderRegistry,
         max_queued_per_project: int,
         check_callback_url: Callable[[str], Awaitable[Any]] | None = None,
-        callbacks: Calls | None = None,
+        callbacks: CallbackDispatcher | None = None,
         templates: TemplateProvider | None = None,
         credentials: CredentialStore | None = None,
         check_availability: bool = False,
@@ -319,7 +307,7 @@ def _replayed(task: WorkTask, digest: str, idempotency_key: str) -> Enqueued:
 
 
 async def finish_without_run(
-    task: WorkTask, *, store: Store, callbacks: Calls | None, provider: str
+    task: WorkTask, *, store: Store, callbacks: CallbackDispatcher | None, provider: str
 ) -> bool:
     """End the stream and call back for a build task the queue made final without a
     worker finishing it: cancelled while queued, given up after its lease expired too

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -40,10 +41,13 @@ from forgeline.services.build_run import (
     execute_build,
 )
 from forgeline.services.build_steps import pipeline
-from forgeline.services.builds import BUILD_KIND, BuildRequest, Calls, finish_without_run
+from forgeline.services.builds import BUILD_KIND, BuildRequest, finish_without_run
 from forgeline.services.pool import LeasedPool
 from forgeline.services.redaction import TextRedactor
 from forgeline.services.registry import ProviderRegistry
+
+if TYPE_CHECKING:
+    from forgeline.services.callbacks import CallbackDispatcher
 
 log = structlog.get_logger("forgeline.worker")
 
@@ -90,7 +94,7 @@ class Worker:
         workspace: Workspace,
         redactor: TextRedactor,
         injector: Injects | None = None,
-        callbacks: Calls | None = None,
+        callbacks: CallbackDispatcher | None = None,
         ci: CIProvider | None = None,
         templates: TemplateProvider | None = None,
         metrics: Observes | None = None,

@@ -13,8 +13,8 @@ an attempt is recorded once per lease and attempt number).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from forgeline.adapters.sql.database import Database
@@ -32,17 +32,11 @@ from forgeline.domain.callbacks import (
     DeliveryStatus,
     canonical_body,
 )
+from forgeline.domain.clock import WallClock, utcnow
 from forgeline.domain.errors import LeaseLostError, NotFoundError, StorageError
-
-Clock = Callable[[], datetime]
 
 #: Longest stored attempt error: enough for a reason and an excerpt of the answer.
 MAX_ERROR_CHARS = 500
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
 
 
 def _clip_error(error: str | None) -> str | None:
@@ -99,7 +93,7 @@ async def _history(s: Session, delivery_id: str) -> tuple[DeliveryAttempt, ...]:
 class SqlCallbackOutbox:
     """:class:`~forgeline.ports.callbacks.CallbackOutbox` on a SQLite or PostgreSQL database."""
 
-    def __init__(self, database: Database, *, clock: Clock = utc_now) -> None:
+    def __init__(self, database: Database, *, clock: WallClock = utcnow) -> None:
         self._sql = sql_executor(database, "forgeline.adapters.callbacks.sql", "callback outbox")
         self._clock = clock
 

@@ -19,7 +19,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from forgeline.adapters.queue._common import (
@@ -40,6 +40,7 @@ from forgeline.adapters.sql import queries
 from forgeline.adapters.sql.database import SqliteDatabase, storage_error
 from forgeline.adapters.sql.executor import encode_time
 from forgeline.domain.backoff import Backoff
+from forgeline.domain.clock import utcnow
 from forgeline.domain.errors import (
     LeaseLostError,
     TaskNotFoundError,
@@ -90,7 +91,7 @@ class SqliteWorkQueue:
 
     @staticmethod
     def _now() -> datetime:
-        return datetime.now(UTC)
+        return utcnow()
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, task_id: str) -> WorkTask:
