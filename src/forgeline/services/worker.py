@@ -938,5 +938,6 @@ def _agent_summary(result: AgentResult | None, provider: str) -> dict[str, Any] 
         "num_turns": result.num_turns,
         "duration_ms": result.duration_ms,
         "cost_usd": result.cost_usd,
+        "cost_source": result.cost_source.value,
         "usage": result.usage.to_dict(),
     }

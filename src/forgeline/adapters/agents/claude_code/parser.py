@@ -26,16 +26,17 @@ input.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from forgeline.adapters.agents.jsonl import Verdict, decode_line
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
     AgentResult,
+    CostSource,
     ErrorData,
     EventData,
     InitData,
@@ -51,10 +52,13 @@ from forgeline.domain.agent import (
 
 PROVIDER = "claude-code"
 
-# json.loads() on bytes first sniffs the encoding and goes through two wrappers; the CLI
-# writes UTF-8, so decoding once and calling the decoder directly saves a third of the
-# per-line overhead on the many small lines.
-_decode = json.JSONDecoder().decode
+#: ``error`` event kinds for the CLI's failed ``result`` subtypes.
+_ERROR_KINDS = {
+    "error_max_turns": "max_turns",
+    "error_max_budget_usd": "budget_exceeded",
+    "error_during_execution": "execution_error",
+    "success": "api_error",  # is_error with subtype success: the API call failed
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ def result_from(obj: Mapping[str, Any]) -> CliResult:
         if isinstance(d, Mapping)
     )
     status_code = obj.get("api_error_status")
+    cost = obj.get("total_cost_usd")
     return CliResult(
         result=AgentResult(
             status=RunStatus.FAILED if is_error else RunStatus.SUCCEEDED,
@@ -143,8 +148,9 @@ def result_from(obj: Mapping[str, Any]) -> CliResult:
             session_id=_str(obj.get("session_id")),
             num_turns=_int(obj.get("num_turns")),
             duration_ms=_int(obj.get("duration_ms")),
-            cost_usd=_float(obj.get("total_cost_usd")),
+            cost_usd=_float(cost),
             usage=usage_from(obj.get("usage")),
+            cost_source=CostSource.NONE if cost is None else CostSource.REPORTED,
         ),
         is_error=is_error,
         subtype=str(obj.get("subtype") or ""),
@@ -167,24 +173,17 @@ class StreamJsonParser:
         self.provider = provider
         self.raw = raw
         self.session_id: str | None = None
+        self.model: str | None = None
         self.cli_result: CliResult | None = None
+        self.verdict: Verdict | None = None
         self.lines = 0
         self.bad_lines = 0
         self.unknown: Counter[str] = Counter()
 
     def feed(self, line: bytes | str) -> list[AgentEvent]:
         """The events of one line (often one, sometimes none or several)."""
-        self.lines += 1
-        try:
-            obj = _decode(line.decode() if isinstance(line, bytes) else line)
-        # JSONDecodeError and UnicodeDecodeError alike; RecursionError for a line nested
-        # deeper than the decoder goes (it is garbage as well, not a reason to crash).
-        except (ValueError, RecursionError):
-            if line.strip():
-                self.bad_lines += 1
-            return []
-        if not isinstance(obj, dict):
-            self.bad_lines += 1
+        obj = decode_line(self, line)
+        if obj is None:
             return []
         session = obj.get("session_id")
         if isinstance(session, str) and session:
@@ -198,8 +197,19 @@ class StreamJsonParser:
         elif kind == "system":
             datas = self._system(obj)
         elif kind == "result":
-            self.cli_result = result_from(obj)
-            datas = [self.cli_result.result]
+            self.cli_result = cli = result_from(obj)
+            self.verdict = Verdict(
+                result=cli.result,
+                is_error=cli.is_error,
+                error_kind=_ERROR_KINDS.get(cli.subtype, "agent_error"),
+                notes=(
+                    (ErrorData("permission_denied", "tool use refused: " + ", ".join(denied)),)
+                    if (denied := cli.permission_denials)
+                    else ()
+                ),
+                model=self.model,
+            )
+            datas = [cli.result]
         else:
             self.unknown[str(kind)] += 1
             return []
@@ -218,9 +228,10 @@ class StreamJsonParser:
         subtype = obj.get("subtype")
         if subtype == "init":
             tools = obj.get("tools")
+            self.model = _str(obj.get("model"))
             return [
                 InitData(
-                    model=_str(obj.get("model")),
+                    model=self.model,
                     cwd=_str(obj.get("cwd")),
                     tools=tuple(str(t) for t in tools) if isinstance(tools, list) else (),
                 )
