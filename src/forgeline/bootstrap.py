@@ -55,12 +55,15 @@ def build_registry(
     *,
     opencode_password: Secret | None = None,
 ) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default), running in ``workspace``
+    """The agent providers, Claude Code first (the default), then OpenCode, Codex, Gemini CLI
+    and Qwen Code, running in ``workspace``
     (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
     ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
     credential), when one is set."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
+    from forgeline.adapters.agents.codex import CodexAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
+    from forgeline.adapters.agents.pricing import load_prices
     from forgeline.adapters.workspace import build_agent_workspace
 
     workspace = workspace or build_agent_workspace(settings)
@@ -82,6 +85,20 @@ def build_registry(
         )
     )
     registry.register(OpenCodeAgent.from_settings(settings, workspace, password=opencode_password))
+    prices = load_prices(settings.prices)
+    for agent_class, binary in ((CodexAgent, settings.codex_bin),):
+        agent = agent_class(
+            workspace=workspace,
+            state_dir=str(settings.data_dir / "agents" / agent_class.label),
+            binary=binary,
+            environ=os.environ,
+            max_retries=settings.cli_max_retries,
+            line_limit=settings.agent_line_limit,
+            idle_timeout_s=settings.agent_idle_timeout_s,
+            raw_events=settings.debug_raw_events,
+            prices=prices,
+        )
+        registry.register(agent)
     return registry
 
 

@@ -596,9 +596,9 @@ class JsonLinesAgent(abc.ABC):
         total for the session's next resume."""
         verdict = parser.verdict
         session = (verdict.result.session_id if verdict else None) or parser.session_id
-        if verdict is None or not session:
-            return
-        total = verdict.result.usage
+        total = verdict.result.usage if verdict is not None else Usage()
+        if verdict is None or not session or total == Usage():
+            return  # nothing reported (a failed turn): the recorded total stands
         with contextlib.suppress(WorkspaceError):
             await self._totals.store(root, session, total)
         own = replace(verdict.result, usage=subtract(total, before))
