@@ -62,8 +62,10 @@ def build_registry(
     credential), when one is set."""
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.codex import CodexAgent
+    from forgeline.adapters.agents.gemini import GeminiAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
     from forgeline.adapters.agents.pricing import load_prices
+    from forgeline.adapters.agents.qwen import QwenAgent
     from forgeline.adapters.workspace import build_agent_workspace
 
     workspace = workspace or build_agent_workspace(settings)
@@ -86,7 +88,12 @@ def build_registry(
     )
     registry.register(OpenCodeAgent.from_settings(settings, workspace, password=opencode_password))
     prices = load_prices(settings.prices)
-    for agent_class, binary in ((CodexAgent, settings.codex_bin),):
+    native: tuple[tuple[type[CodexAgent | GeminiAgent | QwenAgent], str], ...] = (
+        (CodexAgent, settings.codex_bin),
+        (GeminiAgent, settings.gemini_bin),
+        (QwenAgent, settings.qwen_bin),
+    )
+    for agent_class, binary in native:
         agent = agent_class(
             workspace=workspace,
             state_dir=str(settings.data_dir / "agents" / agent_class.label),

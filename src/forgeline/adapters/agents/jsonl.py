@@ -241,6 +241,7 @@ async def write_file(
 ) -> None:
     """Write ``content`` to ``path`` (under ``root``, created as needed) through the
     workspace; a failure is logged and left for the CLI to trip over."""
+    await workspace.ensure_dir(root)  # a sandbox binds only what exists
     script = 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"'
     result = await workspace.run(
         ["sh", "-c", script, "forgeline-write", path, content],
@@ -450,7 +451,7 @@ class JsonLinesAgent(abc.ABC):
                     [self._binary, "--version"],
                     cwd="/",
                     env=self.version_env(),
-                    timeout_s=DEFAULT_AVAILABILITY_TIMEOUT * 0.7,
+                    timeout_s=DEFAULT_AVAILABILITY_TIMEOUT * 0.9,
                 )
         except WorkspaceError as exc:
             detail = exc.message
