@@ -303,3 +303,47 @@ async def test_capabilities_find_the_pinned_cli(harness: Harness) -> None:
     assert caps.cost is CostSource.ESTIMATED
     missing = await harness.make(binary="/nonexistent/cli").capabilities()
     assert not missing.available
+
+
+async def test_a_builds_credentials_supply_the_endpoint(harness: Harness, repo: Path) -> None:
+    """With nothing in forgeline's environment, the request's variables (a build's
+    credentials) carry the CLI's endpoint and key: the run reaches the model."""
+    agent = harness.make()
+    endpoint = {k: v for k, v in agent._environ.items() if k != "PATH"}
+    bare = harness.make(environ={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    result = result_of(await collect(bare, request(repo, "create hello.txt", env=endpoint)))
+    assert result.status is RunStatus.SUCCEEDED, result.text
+    assert (repo / "hello.txt").exists()
+
+
+FAKE_CLI = """#!/usr/bin/env python3
+import sys, time
+print('{"type": "thread.started", "thread_id": "t", "session_id": "t"}', flush=True)
+print("garbage that is not json", flush=True)
+print("x" * 4_000_000, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("agent_class", [CodexAgent, GeminiAgent, QwenAgent])
+async def test_an_oversized_line_fails_the_run_and_leaves_no_process(
+    agent_class: type[JsonLinesAgent], tmp_path: Path, repo: Path
+) -> None:
+    """A CLI printing a garbled line and then one over the line limit: the garbled one is
+    skipped, the oversized one ends the run failed with a protocol error, nothing left."""
+    fake = tmp_path / f"fake-{agent_class.label}"
+    fake.write_text(FAKE_CLI)
+    fake.chmod(0o755)
+    agent = agent_class(
+        workspace=LocalWorkspace(),
+        state_dir=str(tmp_path / "state"),
+        binary=str(fake),
+        environ={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+        line_limit=64 * 1024,
+    )
+    events = await collect(agent, request(repo, "hi"))
+    result = result_of(events)
+    assert result.status is RunStatus.FAILED
+    assert "longer than the 65536-byte limit" in result.text
+    assert any(isinstance(e.data, ErrorData) and e.data.kind == "protocol" for e in events)
+    assert live(str(fake)) == []
