@@ -33,7 +33,6 @@ from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
 from forgeline.domain.agent import (
     AgentEvent,
     AgentRequest,
-    AgentResult,
     CostSource,
     ErrorData,
     RunStatus,
@@ -41,6 +40,7 @@ from forgeline.domain.agent import (
 )
 from forgeline.domain.pricing import Price, PriceTable
 from tests.conftest import TOOLS_BIN
+from tests.support.agent_runs import collect, live, result_of
 from tests.support.gemini_server import GeminiServer
 from tests.support.openai_server import ScriptedOpenAI, qwen_script
 from tests.support.responses_server import ResponsesServer
@@ -145,33 +145,6 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-async def collect(agent: JsonLinesAgent, request: AgentRequest) -> list[AgentEvent]:
-    """Every event of one run."""
-    return [event async for event in agent.execute(request)]
-
-
-def result_of(events: list[AgentEvent]) -> AgentResult:
-    """The one result event, which must be the last one."""
-    results = [e for e in events if e.is_result]
-    assert len(results) == 1, [e.type for e in events]
-    assert events[-1].is_result
-    data = events[-1].data
-    assert isinstance(data, AgentResult)
-    return data
-
-
-def live(pattern: str) -> list[str]:
-    """``ps`` lines naming ``pattern`` whose process is not a zombie."""
-    out = subprocess.run(
-        ["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
-    ).stdout
-    return [
-        line
-        for line in out.splitlines()
-        if pattern in line and line.split(None, 2)[1][0] != "Z" and "ps -ww -eo" not in line
-    ]
-
-
 def request(repo: Path, prompt: str, **fields: Any) -> AgentRequest:
     """A request in ``repo`` for the scripted model."""
     return AgentRequest(prompt=prompt, workdir=str(repo), model=MODEL, **fields)
@@ -221,6 +194,29 @@ async def test_resume_keeps_the_session_and_counts_only_its_own_usage(
     # Each scripted answer is 10 output tokens: the run counts its own requests only.
     assert second.usage.output_tokens == 10 * (harness.model_requests() - before)
     assert first.usage.output_tokens == 10 * before
+
+
+async def test_resume_from_another_checkout_in_the_sandbox(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Each attempt of a build has a checkout of its own: a session recorded in one is
+    resumed from another of the same project, in the sandbox."""
+    agent = harness.make(workspace=BubblewrapWorkspace())
+    first_dir, second_dir = tmp_path / "proj" / "task.1", tmp_path / "proj" / "task.2"
+    for path in (first_dir, second_dir):
+        path.mkdir(parents=True)
+        await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(path)], check=True)
+    first = result_of(await collect(agent, request(first_dir, "create hello.txt", state_key="p")))
+    assert first.status is RunStatus.SUCCEEDED, first.text
+    second = result_of(
+        await collect(
+            agent,
+            request(second_dir, "what did you do?", state_key="p", resume_session=first.session_id),
+        )
+    )
+    assert second.status is RunStatus.SUCCEEDED, second.text
+    assert second.session_id == first.session_id
+    assert second.text == "ack: what did you do?"
 
 
 @pytest.mark.parametrize(("keyword", "reason"), [("FAIL401", "401"), ("FAIL500", "")])

@@ -161,7 +161,7 @@ class ResponsesServer(ScriptedServer[ResponsesRequest, Reply]):
             return
         item = _item(reply)
         added = {"type": "response.output_item.added", "output_index": 0, "item": item}
-        exchange.sse(added, added["type"])
+        exchange.sse(added, str(added["type"]))
         if isinstance(reply, Text):
             delta = {
                 "type": "response.output_text.delta",
@@ -170,9 +170,9 @@ class ResponsesServer(ScriptedServer[ResponsesRequest, Reply]):
                 "content_index": 0,
                 "delta": reply.text,
             }
-            exchange.sse(delta, delta["type"])
+            exchange.sse(delta, str(delta["type"]))
         done = {"type": "response.output_item.done", "output_index": 0, "item": item}
-        exchange.sse(done, done["type"])
+        exchange.sse(done, str(done["type"]))
         usage = {
             "input_tokens": INPUT_TOKENS,
             "input_tokens_details": {"cached_tokens": CACHED_TOKENS},

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 R = TypeVar("R")
 A = TypeVar("A")
@@ -102,7 +102,7 @@ class ScriptedServer(Generic[R, A]):
         assert self._httpd is not None
         return int(self._httpd.server_address[1])
 
-    def __enter__(self) -> ScriptedServer[R, A]:
+    def __enter__(self) -> Self:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):

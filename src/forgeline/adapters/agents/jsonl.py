@@ -36,7 +36,7 @@ import contextlib
 import json
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -51,8 +51,11 @@ from forgeline.domain.agent import (
     AgentResult,
     CostSource,
     ErrorData,
+    EventData,
     RunStatus,
     Usage,
+    cut_output,
+    utcnow,
 )
 from forgeline.domain.errors import LineTooLongError, WorkspaceError
 from forgeline.domain.pricing import PriceTable
@@ -175,6 +178,40 @@ def decode_line(parser: LineParser, line: bytes | str) -> dict[str, Any] | None:
         parser.bad_lines += 1
         return None
     return obj
+
+
+def as_int(value: Any) -> int:
+    """``value`` if it is an int (not a bool), else 0: counts in untrusted lines."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def bounded(value: Any) -> Any:
+    """``value`` with every string cut to the tool output limit (a 5 MB Write, a huge
+    patch): the only way an event's input can grow unbounded."""
+    if isinstance(value, str):
+        return cut_output(value)
+    if isinstance(value, Mapping):
+        return {str(k): bounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [bounded(v) for v in value]
+    return value
+
+
+def make_events(
+    parser: LineParser, provider: str, datas: list[EventData], obj: Mapping[str, Any], raw: bool
+) -> list[AgentEvent]:
+    """One line's event payloads as events of the parser's session, at one time; the
+    line's object as ``data.raw`` when ``raw`` (the debug setting)."""
+    if not datas:
+        return []
+    now = utcnow()
+    attached = dict(obj) if raw else None
+    return [
+        AgentEvent(
+            data=data, provider=provider, session_id=parser.session_id, time=now, raw=attached
+        )
+        for data in datas
+    ]
 
 
 # json.loads() on bytes first sniffs the encoding and goes through two wrappers; the CLIs
@@ -356,20 +393,28 @@ class JsonLinesAgent(abc.ABC):
     ``<state_dir>/<key>`` (see :meth:`AgentRequest.state_name`) is the agent home of one
     project, the only place besides its workdir a run may write (in a sandboxing
     workspace). ``environ`` is forgeline's own environment, from which the child's
-    environment takes allow-listed variables. ``prices`` estimates the cost of CLIs that
-    report none.
+    environment takes allow-listed variables. ``max_retries`` bounds the CLI's own retries
+    of a model request. ``prices`` estimates the cost of CLIs that report none.
     """
 
     #: Shown in messages: the CLI's program name.
     label = "agent"
+    #: Variables of forgeline's environment with these prefixes reach the CLI (its
+    #: endpoint, key and own tuning), besides the allow-list.
+    env_prefixes: tuple[str, ...] = ()
+    #: What :meth:`capabilities` reports besides availability.
+    permission_modes: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    cost_source = CostSource.ESTIMATED
 
     def __init__(
         self,
         *,
         workspace: Workspace,
         state_dir: str,
-        binary: str,
+        binary: str = "",
         environ: Mapping[str, str] | None = None,
+        max_retries: int = 2,
         line_limit: int = 64 * 1024 * 1024,
         idle_timeout_s: float = 600.0,
         raw_events: bool = False,
@@ -379,8 +424,9 @@ class JsonLinesAgent(abc.ABC):
     ) -> None:
         self._workspace = workspace
         self._state_dir = state_dir
-        self._binary = binary
+        self._binary = binary or self.label  # the program's usual name, on PATH
         self._environ = dict(environ or {})
+        self._max_retries = max_retries
         self._line_limit = line_limit
         self._idle_timeout_s = idle_timeout_s
         self._raw_events = raw_events
@@ -410,15 +456,60 @@ class JsonLinesAgent(abc.ABC):
         """Get the agent home ``root`` ready (directories, settings files) and say how to
         start the run."""
 
-    @abc.abstractmethod
     def describe(
         self, available: bool, version: str | None, detail: str | None
     ) -> AgentCapabilities:
-        """The provider's capabilities, given what the availability check found."""
+        """The provider's capabilities, given what the availability check found: resume,
+        streaming, tokens and cancel, with the class's modes, models and cost source."""
+        return AgentCapabilities(
+            provider=self.name,
+            available=available,
+            version=version,
+            detail=detail,
+            permission_modes=self.permission_modes,
+            models=self.models,
+            cost=self.cost_source,
+        )
 
     def version_env(self) -> dict[str, str]:
         """The environment of ``<binary> --version`` (the availability check)."""
         return child_env(self._environ, {}, prefixes=(), fixed={})
+
+    def child_env(self, request: AgentRequest, fixed: Mapping[str, str]) -> dict[str, str]:
+        """The run's whole environment (:func:`child_env` with this CLI's prefixes)."""
+        return child_env(self._environ, request.env, prefixes=self.env_prefixes, fixed=fixed)
+
+    async def carry_file(
+        self, root: str, base: str, relative: str, project: str, *, then: Sequence[str] = ()
+    ) -> None:
+        """Copy ``<base>/<any project>/<relative>`` to ``<base>/<project>/<relative>``
+        unless it is there: a session recorded from one checkout, made visible from
+        another (every attempt of a build has a checkout of its own, and the CLIs file
+        sessions by working directory). ``then`` is a command run on the copy (its path
+        appended). A failure is left for the CLI to report."""
+        script = (
+            'dest="$1/$3/$2"; [ -f "$dest" ] && exit 0; shift 3; '
+            'for f in "$base"/*/"$rel"; do [ -f "$f" ] || continue; '
+            'mkdir -p "$(dirname "$dest")" && cp -p "$f" "$dest" && '
+            '{ [ $# -eq 0 ] || "$@" "$dest"; }; exit $?; done; exit 0'
+        )
+        script = 'base="$1"; rel="$2"; ' + script
+        argv = ["sh", "-c", script, "forgeline-carry-session", base, relative, project, *then]
+        await self.run_in_home(root, argv)
+
+    async def run_in_home(self, root: str, argv: list[str]) -> None:
+        """Run a short preparation command that may write the agent home ``root`` only;
+        a failure is logged (the CLI then says what is missing)."""
+        env = {"PATH": self._environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+        result = await self._workspace.run(argv, cwd="/", env=env, timeout_s=30.0, writable=(root,))
+        if not result.ok:
+            log.warning("agent.home_not_prepared", argv=argv[:4], error=result.stderr_tail(3))
+
+    async def write_settings(self, root: str, path: str, settings: Mapping[str, Any]) -> None:
+        """Write ``settings`` as JSON to ``path`` (relative to the agent home ``root``)."""
+        search_path = self._environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        content = json.dumps(settings, indent=2)
+        await write_file(self._workspace, f"{root}/{path}", content, root, search_path)
 
     # --- the port ------------------------------------------------------------------------
 

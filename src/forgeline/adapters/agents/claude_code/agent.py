@@ -11,22 +11,12 @@ gives it time to do.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 from forgeline.adapters.agents.claude_code.parser import StreamJsonParser
-from forgeline.adapters.agents.jsonl import JsonLinesAgent, Launch, child_env
-from forgeline.domain.agent import (
-    AgentCapabilities,
-    AgentProvider,
-    AgentRequest,
-    CostSource,
-)
-
-log = structlog.get_logger(__name__)
+from forgeline.adapters.agents.jsonl import SESSION_ID, JsonLinesAgent, Launch, child_env
+from forgeline.domain.agent import AgentProvider, AgentRequest, CostSource
 
 PERMISSION_MODES = ("bypassPermissions", "acceptEdits", "default", "plan")
 MODELS = ("opus", "sonnet", "haiku")
@@ -73,18 +63,8 @@ def build_child_env(
     return env
 
 
-#: What a session id may look like to be carried between checkouts (the CLI's are UUIDs).
-_SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 #: The CLI's longest escaped project directory name before it appends a hash.
 _PROJECT_DIR_MAX = 200
-
-#: Copies a session's transcript into the project directory of the run's cwd, unless it is
-#: there already: ``$1`` config dir, ``$2`` session id, ``$3`` that directory's name.
-_CARRY_SESSION = (
-    'dest="$1/projects/$3"; [ -f "$dest/$2.jsonl" ] && exit 0; '
-    'for f in "$1"/projects/*/"$2.jsonl"; do [ -f "$f" ] || continue; '
-    'mkdir -p "$dest" && cp -p "$f" "$dest/"; exit $?; done; exit 0'
-)
 
 
 def project_dir_name(cwd: str) -> str:
@@ -125,13 +105,16 @@ class ClaudeCodeAgent(JsonLinesAgent):
     """
 
     label = "claude"
+    permission_modes = PERMISSION_MODES
+    models = MODELS
+    #: The CLI reports each run's dollars.
+    cost_source = CostSource.REPORTED
 
     def __init__(
         self,
         *,
         binary: str = "claude",
         permission_mode: str = "bypassPermissions",
-        max_retries: int = 2,
         runs_as_root: bool = True,
         **options: Any,
     ) -> None:
@@ -139,7 +122,6 @@ class ClaudeCodeAgent(JsonLinesAgent):
             raise ValueError(f"unknown permission mode {permission_mode!r}")
         super().__init__(binary=binary, **options)
         self._permission_mode = permission_mode
-        self._max_retries = max_retries
         self._runs_as_root = runs_as_root
 
     @property
@@ -160,20 +142,6 @@ class ClaudeCodeAgent(JsonLinesAgent):
             config_dir=f"{self._state_dir}/probe",
             permission_mode="default",
             max_retries=0,
-        )
-
-    def describe(
-        self, available: bool, version: str | None, detail: str | None
-    ) -> AgentCapabilities:
-        """Resume, streaming, its permission modes and model aliases; it reports dollars."""
-        return AgentCapabilities(
-            provider=self.name,
-            available=available,
-            version=version,
-            detail=detail,
-            permission_modes=PERMISSION_MODES,
-            models=MODELS,
-            cost=CostSource.REPORTED,
         )
 
     def argv(self, request: AgentRequest) -> list[str]:
@@ -215,24 +183,8 @@ class ClaudeCodeAgent(JsonLinesAgent):
         )
         await self._workspace.ensure_dir(home)
         await self._workspace.ensure_dir(config_dir)
-        if request.resume_session and _SESSION_ID.fullmatch(request.resume_session):
-            await self._carry_session(root, config_dir, request)
+        if request.resume_session and SESSION_ID.fullmatch(request.resume_session):
+            name = project_dir_name(request.workdir)
+            relative = f"{request.resume_session}.jsonl"
+            await self.carry_file(root, f"{config_dir}/projects", relative, name)
         return Launch(argv=self.argv(request), env=env)
-
-    async def _carry_session(self, root: str, config_dir: str, request: AgentRequest) -> None:
-        """Make the resumed session's transcript visible from this run's cwd (see the class);
-        a failure is left for the CLI to report ("no conversation found")."""
-        assert request.resume_session is not None  # noqa: S101 - checked by the caller
-        argv = [
-            "sh",
-            "-c",
-            _CARRY_SESSION,
-            "forgeline-carry-session",
-            config_dir,
-            request.resume_session,
-            project_dir_name(request.workdir),
-        ]
-        env = {"PATH": self._environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
-        result = await self._workspace.run(argv, cwd="/", env=env, timeout_s=30.0, writable=(root,))
-        if not result.ok:
-            log.warning("agent.session_not_carried", error=result.stderr_tail(3))

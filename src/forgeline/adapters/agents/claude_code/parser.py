@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from forgeline.adapters.agents.jsonl import Verdict, decode_line
+from forgeline.adapters.agents.jsonl import Verdict, as_int, bounded, decode_line, make_events
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
@@ -47,7 +47,6 @@ from forgeline.domain.agent import (
     ToolUseData,
     Usage,
     cut_output,
-    utcnow,
 )
 
 PROVIDER = "claude-code"
@@ -74,10 +73,6 @@ class CliResult:
     permission_denials: tuple[str, ...] = ()
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _float(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -93,22 +88,11 @@ def usage_from(raw: Any) -> Usage:
     if not isinstance(raw, Mapping):
         return Usage()
     return Usage(
-        input_tokens=_int(raw.get("input_tokens")),
-        output_tokens=_int(raw.get("output_tokens")),
-        cache_read_tokens=_int(raw.get("cache_read_input_tokens")),
-        cache_write_tokens=_int(raw.get("cache_creation_input_tokens")),
+        input_tokens=as_int(raw.get("input_tokens")),
+        output_tokens=as_int(raw.get("output_tokens")),
+        cache_read_tokens=as_int(raw.get("cache_read_input_tokens")),
+        cache_write_tokens=as_int(raw.get("cache_creation_input_tokens")),
     )
-
-
-def _bounded(value: Any) -> Any:
-    """``value`` with every string longer than the tool output limit cut (a 5 MB Write)."""
-    if isinstance(value, str):
-        return cut_output(value)
-    if isinstance(value, Mapping):
-        return {k: _bounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bounded(v) for v in value]
-    return value
 
 
 def _tool_output(content: Any) -> str:
@@ -146,8 +130,8 @@ def result_from(obj: Mapping[str, Any]) -> CliResult:
             status=RunStatus.FAILED if is_error else RunStatus.SUCCEEDED,
             text=text,
             session_id=_str(obj.get("session_id")),
-            num_turns=_int(obj.get("num_turns")),
-            duration_ms=_int(obj.get("duration_ms")),
+            num_turns=as_int(obj.get("num_turns")),
+            duration_ms=as_int(obj.get("duration_ms")),
             cost_usd=_float(cost),
             usage=usage_from(obj.get("usage")),
             cost_source=CostSource.NONE if cost is None else CostSource.REPORTED,
@@ -213,16 +197,7 @@ class StreamJsonParser:
         else:
             self.unknown[str(kind)] += 1
             return []
-        if not datas:
-            return []
-        now = utcnow()
-        raw = obj if self.raw else None
-        return [
-            AgentEvent(
-                data=data, provider=self.provider, session_id=self.session_id, time=now, raw=raw
-            )
-            for data in datas
-        ]
+        return make_events(self, self.provider, datas, obj, self.raw)
 
     def _system(self, obj: Mapping[str, Any]) -> list[EventData]:
         subtype = obj.get("subtype")
@@ -283,7 +258,7 @@ class StreamJsonParser:
                     tool_input = {}
                 elif size > TOOL_OUTPUT_LIMIT:
                     # Only a line this large can hold a string over the limit.
-                    tool_input = _bounded(tool_input)
+                    tool_input = bounded(tool_input)
                 out.append(
                     ToolUseData(
                         id=str(block.get("id", "")),

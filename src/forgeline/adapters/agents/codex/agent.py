@@ -20,22 +20,11 @@ module supplies the command line, the environment and the parser. What is Codex'
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from forgeline.adapters.agents.codex.parser import CodexParser
-from forgeline.adapters.agents.jsonl import JsonLinesAgent, Launch, child_env
-from forgeline.domain.agent import (
-    AgentCapabilities,
-    AgentProvider,
-    AgentRequest,
-    CostSource,
-)
+from forgeline.adapters.agents.jsonl import JsonLinesAgent, Launch
+from forgeline.domain.agent import AgentProvider, AgentRequest
 
-#: Variables of forgeline's environment passed on: the endpoint and key of an operator's
-#: gateway, and Codex's own tuning.
-ENV_PASS_PREFIXES = ("OPENAI_", "CODEX_")
-#: The only mode ``codex exec`` runs in here: every command approved, no Codex sandbox.
-PERMISSION_MODES = ("bypassPermissions",)
 #: The name of the provider entry pointing at ``OPENAI_BASE_URL``.
 PROVIDER_ENTRY = "forgeline"
 
@@ -54,10 +43,10 @@ class CodexAgent(JsonLinesAgent):
     """
 
     label = "codex"
-
-    def __init__(self, *, binary: str = "codex", max_retries: int = 2, **options: Any) -> None:
-        super().__init__(binary=binary, **options)
-        self._max_retries = max_retries
+    #: The endpoint and key of an operator's gateway, and Codex's own tuning.
+    env_prefixes = ("OPENAI_", "CODEX_")
+    #: The only mode ``codex exec`` runs in here: every command approved, no Codex sandbox.
+    permission_modes = ("bypassPermissions",)
 
     @property
     def name(self) -> str:
@@ -69,24 +58,6 @@ class CodexAgent(JsonLinesAgent):
         return CodexParser(
             model=request.model, cwd=request.workdir, provider=self.name, raw=self._raw_events
         )
-
-    def describe(
-        self, available: bool, version: str | None, detail: str | None
-    ) -> AgentCapabilities:
-        """Resume by thread id; tokens reported, cost estimated; any model by name."""
-        return AgentCapabilities(
-            provider=self.name,
-            available=available,
-            version=version,
-            detail=detail,
-            permission_modes=PERMISSION_MODES,
-            cost=CostSource.ESTIMATED,
-        )
-
-    def env(self, request: AgentRequest, root: str) -> dict[str, str]:
-        """The child's whole environment (see :func:`child_env`)."""
-        fixed = {"HOME": f"{root}/home", "CODEX_HOME": f"{root}/codex", "NO_COLOR": "1"}
-        return child_env(self._environ, request.env, prefixes=ENV_PASS_PREFIXES, fixed=fixed)
 
     def argv(self, request: AgentRequest, env: dict[str, str]) -> list[str]:
         """The command line of one run (a resume when the request names a thread)."""
@@ -122,7 +93,8 @@ class CodexAgent(JsonLinesAgent):
 
     async def prepare(self, request: AgentRequest, root: str) -> Launch:
         """``HOME`` and ``CODEX_HOME`` under ``root``."""
-        env = self.env(request, root)
+        fixed = {"HOME": f"{root}/home", "CODEX_HOME": f"{root}/codex", "NO_COLOR": "1"}
+        env = self.child_env(request, fixed)
         await self._workspace.ensure_dir(env["HOME"])
         await self._workspace.ensure_dir(env["CODEX_HOME"])
         return Launch(argv=self.argv(request, env), env=env, cumulative_usage=True)

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from forgeline.adapters.agents.jsonl import Verdict, decode_line
+from forgeline.adapters.agents.jsonl import Verdict, as_int, bounded, decode_line, make_events
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
@@ -49,7 +49,6 @@ from forgeline.domain.agent import (
     ToolUseData,
     Usage,
     cut_output,
-    utcnow,
 )
 
 PROVIDER = "codex"
@@ -64,33 +63,18 @@ _TOOL_INPUT = {
 }
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def usage_from(raw: Any) -> Usage:
     """Codex's ``turn.completed`` usage as :class:`Usage`: its ``input_tokens`` include the
     cached ones, which forgeline counts apart."""
     if not isinstance(raw, Mapping):
         return Usage()
-    cached = _int(raw.get("cached_input_tokens"))
+    cached = as_int(raw.get("cached_input_tokens"))
     return Usage(
-        input_tokens=max(0, _int(raw.get("input_tokens")) - cached),
-        output_tokens=_int(raw.get("output_tokens")),
+        input_tokens=max(0, as_int(raw.get("input_tokens")) - cached),
+        output_tokens=as_int(raw.get("output_tokens")),
         cache_read_tokens=cached,
-        cache_write_tokens=_int(raw.get("cache_write_input_tokens")),
+        cache_write_tokens=as_int(raw.get("cache_write_input_tokens")),
     )
-
-
-def _bounded(value: Any) -> Any:
-    """``value`` with every string cut to the tool output limit (a huge patch)."""
-    if isinstance(value, str):
-        return cut_output(value)
-    if isinstance(value, Mapping):
-        return {str(k): _bounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bounded(v) for v in value]
-    return value
 
 
 def _tool_name(item: Mapping[str, Any]) -> str:
@@ -163,17 +147,7 @@ class CodexParser:
         obj = decode_line(self, line)
         if obj is None:
             return []
-        datas = self._map(obj, len(line))
-        if not datas:
-            return []
-        now = utcnow()
-        raw = obj if self.raw else None
-        return [
-            AgentEvent(
-                data=data, provider=self.provider, session_id=self.session_id, time=now, raw=raw
-            )
-            for data in datas
-        ]
+        return make_events(self, self.provider, self._map(obj, len(line)), obj, self.raw)
 
     def _map(self, obj: Mapping[str, Any], size: int) -> list[EventData]:  # noqa: PLR0911
         kind = obj.get("type")
@@ -221,7 +195,7 @@ class CodexParser:
                 self._started.add(item_id)
                 fields = {k: item[k] for k in _TOOL_INPUT[kind] if k in item}
                 if size > TOOL_OUTPUT_LIMIT:
-                    fields = _bounded(fields)
+                    fields = bounded(fields)
                 out.append(ToolUseData(id=item_id, name=_tool_name(item), input=fields))
             if phase == "item.completed":
                 output, failed = _tool_output(item)

@@ -16,28 +16,29 @@ What is Gemini's own:
 - ``result.stats`` holds the run's own tokens; Gemini reports no dollars, so the cost is
   estimated from the price table.
 
-Sessions are filed per project directory: ``--resume <id>`` finds a session recorded from
-the same workdir.
+Sessions are filed per project directory, and every attempt of a build has a checkout of
+its own: before a resume, the session's file is copied to where the CLI migrates a project's
+data from (``~/.gemini/tmp/<sha256 of the workdir>``), so a later build finds it.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 from typing import Any
 
 from forgeline.adapters.agents.gemini.parser import GeminiParser
-from forgeline.adapters.agents.jsonl import JsonLinesAgent, Launch, child_env, write_file
-from forgeline.domain.agent import (
-    AgentCapabilities,
-    AgentProvider,
-    AgentRequest,
-    CostSource,
-)
+from forgeline.adapters.agents.jsonl import SESSION_ID, JsonLinesAgent, Launch
+from forgeline.domain.agent import AgentProvider, AgentRequest
 
-#: Variables of forgeline's environment passed on: the endpoint and key, and the CLI's own.
-ENV_PASS_PREFIXES = ("GEMINI_", "GOOGLE_GEMINI_", "GOOGLE_API_KEY")
-#: The only mode headless runs use here: every tool call approved.
-PERMISSION_MODES = ("yolo",)
+#: Copies a session's file into the legacy (hash-named) project directory of the run's
+#: workdir, which the CLI migrates into that project's directory on start: ``$1`` the
+#: ``.gemini`` directory, ``$2`` the session id, ``$3`` the sha256 of the workdir.
+_CARRY_SESSION = (
+    'short=$(printf %s "$2" | cut -c1-8); dest="$1/tmp/$3/chats"; '
+    'for f in "$1"/tmp/*/chats/session-*-"$short".jsonl; do [ -f "$f" ] || continue; '
+    'grep -qF "$2" "$f" || continue; mkdir -p "$dest" && cp -p "$f" "$dest/"; exit $?; '
+    "done; exit 0"
+)
 
 
 class GeminiAgent(JsonLinesAgent):
@@ -49,10 +50,10 @@ class GeminiAgent(JsonLinesAgent):
     """
 
     label = "gemini"
-
-    def __init__(self, *, binary: str = "gemini", max_retries: int = 2, **options: Any) -> None:
-        super().__init__(binary=binary, **options)
-        self._max_retries = max_retries
+    #: The endpoint, key and model, and the CLI's own variables.
+    env_prefixes = ("GEMINI_", "GOOGLE_GEMINI_", "GOOGLE_API_KEY")
+    #: The only mode headless runs use here: every tool call approved.
+    permission_modes = ("yolo",)
 
     @property
     def name(self) -> str:
@@ -62,19 +63,6 @@ class GeminiAgent(JsonLinesAgent):
     def new_parser(self, request: AgentRequest) -> GeminiParser:
         """Gemini's parser; the init event names the workdir."""
         return GeminiParser(cwd=request.workdir, provider=self.name, raw=self._raw_events)
-
-    def describe(
-        self, available: bool, version: str | None, detail: str | None
-    ) -> AgentCapabilities:
-        """Resume by session id; tokens reported, cost estimated; any model by name."""
-        return AgentCapabilities(
-            provider=self.name,
-            available=available,
-            version=version,
-            detail=detail,
-            permission_modes=PERMISSION_MODES,
-            cost=CostSource.ESTIMATED,
-        )
 
     def settings(self) -> dict[str, Any]:
         """The CLI's ``settings.json`` in the agent home."""
@@ -106,12 +94,16 @@ class GeminiAgent(JsonLinesAgent):
         """``HOME`` under ``root``, with the settings file the CLI needs."""
         home = f"{root}/home"
         fixed = {"HOME": home, "GEMINI_CLI_TRUST_WORKSPACE": "true", "NO_COLOR": "1"}
-        env = child_env(self._environ, request.env, prefixes=ENV_PASS_PREFIXES, fixed=fixed)
-        await write_file(
-            self._workspace,
-            f"{home}/.gemini/settings.json",
-            json.dumps(self.settings(), indent=2),
-            root,
-            env["PATH"],
-        )
+        env = self.child_env(request, fixed)
+        await self.write_settings(root, "home/.gemini/settings.json", self.settings())
+        if request.resume_session and SESSION_ID.fullmatch(request.resume_session):
+            await self._carry_session(root, f"{home}/.gemini", request)
         return Launch(argv=self.argv(request), env=env)
+
+    async def _carry_session(self, root: str, gemini_dir: str, request: AgentRequest) -> None:
+        """Make the resumed session findable from this run's workdir (see the module); a
+        failure is left for the CLI to report."""
+        assert request.resume_session is not None  # noqa: S101 - checked by the caller
+        digest = hashlib.sha256(request.workdir.encode()).hexdigest()
+        argv = ["sh", "-c", _CARRY_SESSION, "forgeline-carry-session", gemini_dir]
+        await self.run_in_home(root, [*argv, request.resume_session, digest])

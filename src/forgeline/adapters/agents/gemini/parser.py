@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from forgeline.adapters.agents.jsonl import Verdict, decode_line
+from forgeline.adapters.agents.jsonl import Verdict, as_int, bounded, decode_line, make_events
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
@@ -47,7 +47,6 @@ from forgeline.domain.agent import (
     ToolUseData,
     Usage,
     cut_output,
-    utcnow,
 )
 
 PROVIDER = "gemini"
@@ -55,19 +54,15 @@ PROVIDER = "gemini"
 _API_ERROR = re.compile(r"\[API Error: (.*)\]\s*$", re.DOTALL)
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def usage_from(stats: Any) -> Usage:
     """The run's tokens from ``result.stats``: ``input_tokens`` include the cached ones,
     which forgeline counts apart."""
     if not isinstance(stats, Mapping):
         return Usage()
-    cached = _int(stats.get("cached"))
+    cached = as_int(stats.get("cached"))
     return Usage(
-        input_tokens=max(0, _int(stats.get("input_tokens")) - cached),
-        output_tokens=_int(stats.get("output_tokens")),
+        input_tokens=max(0, as_int(stats.get("input_tokens")) - cached),
+        output_tokens=as_int(stats.get("output_tokens")),
         cache_read_tokens=cached,
     )
 
@@ -83,16 +78,6 @@ def api_message(message: str) -> str:
         return f"API error {error['code']}: {error['message']}"
     except (ValueError, TypeError, KeyError, AttributeError):
         return match.group(1)
-
-
-def _bounded(value: Any) -> Any:
-    if isinstance(value, str):
-        return cut_output(value)
-    if isinstance(value, Mapping):
-        return {str(k): _bounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bounded(v) for v in value]
-    return value
 
 
 class GeminiParser:
@@ -132,7 +117,7 @@ class GeminiParser:
                     datas = self.flush()
         else:
             datas = self.flush() + self._map(str(kind), obj, len(line))
-        return self._events(datas, obj)
+        return make_events(self, self.provider, datas, obj, self.raw)
 
     def flush(self) -> list[EventData]:
         """The assistant text gathered so far, as one message (if any)."""
@@ -143,18 +128,6 @@ class GeminiParser:
         self._said = text
         return [MessageData(role="assistant", text=cut_output(text))]
 
-    def _events(self, datas: list[EventData], obj: Mapping[str, Any]) -> list[AgentEvent]:
-        if not datas:
-            return []
-        now = utcnow()
-        raw = dict(obj) if self.raw else None
-        return [
-            AgentEvent(
-                data=data, provider=self.provider, session_id=self.session_id, time=now, raw=raw
-            )
-            for data in datas
-        ]
-
     def _map(self, kind: str, obj: Mapping[str, Any], size: int) -> list[EventData]:  # noqa: PLR0911
         if kind == "init":
             model = obj.get("model")
@@ -164,7 +137,7 @@ class GeminiParser:
             params = obj.get("parameters")
             params = params if isinstance(params, Mapping) else {}
             if size > TOOL_OUTPUT_LIMIT:
-                params = _bounded(params)
+                params = bounded(params)
             return [
                 ToolUseData(
                     id=str(obj.get("tool_id", "")), name=str(obj.get("tool_name", "")), input=params
@@ -214,8 +187,8 @@ class GeminiParser:
                 status=RunStatus.FAILED if failed else RunStatus.SUCCEEDED,
                 text=text,
                 session_id=self.session_id,
-                num_turns=_int(turns) + (0 if failed else 1),
-                duration_ms=_int(stats.get("duration_ms")) if isinstance(stats, Mapping) else 0,
+                num_turns=as_int(turns) + (0 if failed else 1),
+                duration_ms=as_int(stats.get("duration_ms")) if isinstance(stats, Mapping) else 0,
                 usage=usage_from(stats),
                 cost_source=CostSource.NONE,
             ),

@@ -13,6 +13,9 @@ module supplies the command line, the environment, the settings file and the par
   (``model.generationConfig.maxRetries``), no telemetry or update checks. (Qwen Code
   0.15.10 also retries a 5xx answer 7 times with backoff, about 80 s, which no setting
   changes: such a run fails only then, or at its timeout.)
+- sessions are filed by working directory (``~/.qwen/projects/<cwd as Claude Code names
+  it>/chats``), and every attempt of a build has a checkout of its own: a resumed
+  session's file is first copied to the new checkout's directory;
 - usage is cumulative over a resumed session: the machinery keeps the session's total and
   reports the run's share; Qwen reports no dollars, so the cost is estimated from the
   price table.
@@ -25,19 +28,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from forgeline.adapters.agents.jsonl import JsonLinesAgent, Launch, child_env, write_file
+from forgeline.adapters.agents.claude_code.agent import project_dir_name
+from forgeline.adapters.agents.jsonl import SESSION_ID, JsonLinesAgent, Launch
 from forgeline.adapters.agents.qwen.parser import QwenParser
-from forgeline.domain.agent import (
-    AgentCapabilities,
-    AgentProvider,
-    AgentRequest,
-    CostSource,
-)
-
-#: Variables of forgeline's environment passed on: the endpoint, key and model.
-ENV_PASS_PREFIXES = ("OPENAI_", "QWEN_")
-#: The only mode headless runs use here: every tool call approved.
-PERMISSION_MODES = ("yolo",)
+from forgeline.domain.agent import AgentProvider, AgentRequest
 
 
 class QwenAgent(JsonLinesAgent):
@@ -48,10 +42,10 @@ class QwenAgent(JsonLinesAgent):
     """
 
     label = "qwen"
-
-    def __init__(self, *, binary: str = "qwen", max_retries: int = 2, **options: Any) -> None:
-        super().__init__(binary=binary, **options)
-        self._max_retries = max_retries
+    #: The endpoint, key and model, and the CLI's own variables.
+    env_prefixes = ("OPENAI_", "QWEN_")
+    #: The only mode headless runs use here: every tool call approved.
+    permission_modes = ("yolo",)
 
     @property
     def name(self) -> str:
@@ -61,19 +55,6 @@ class QwenAgent(JsonLinesAgent):
     def new_parser(self, request: AgentRequest) -> QwenParser:
         """Claude's parser, adapted (see :class:`QwenParser`)."""
         return QwenParser(provider=self.name, raw=self._raw_events)
-
-    def describe(
-        self, available: bool, version: str | None, detail: str | None
-    ) -> AgentCapabilities:
-        """Resume by session id; tokens reported, cost estimated; any model by name."""
-        return AgentCapabilities(
-            provider=self.name,
-            available=available,
-            version=version,
-            detail=detail,
-            permission_modes=PERMISSION_MODES,
-            cost=CostSource.ESTIMATED,
-        )
 
     def settings(self) -> dict[str, Any]:
         """The CLI's ``settings.json`` in the agent home."""
@@ -109,12 +90,16 @@ class QwenAgent(JsonLinesAgent):
         """``HOME`` under ``root``, with the settings file."""
         home = f"{root}/home"
         fixed = {"HOME": home, "NO_COLOR": "1"}
-        env = child_env(self._environ, request.env, prefixes=ENV_PASS_PREFIXES, fixed=fixed)
-        await write_file(
-            self._workspace,
-            f"{home}/.qwen/settings.json",
-            json.dumps(self.settings(), indent=2),
-            root,
-            env["PATH"],
-        )
+        env = self.child_env(request, fixed)
+        await self.write_settings(root, "home/.qwen/settings.json", self.settings())
+        if request.resume_session and SESSION_ID.fullmatch(request.resume_session):
+            # Sessions are filed by working directory, as Claude Code names it.
+            projects = f"{home}/.qwen/projects"
+            name = project_dir_name(request.workdir)
+            # The CLI refuses a session whose first record names another cwd: rewrite it.
+            cwd = json.dumps(request.workdir).replace("\\", "\\\\").replace("&", "\\&")
+            cwd = cwd.replace("|", "\\|")
+            rewrite = ["sed", "-i", f'1s|"cwd":"[^"]*"|"cwd":{cwd}|']
+            relative = f"chats/{request.resume_session}.jsonl"
+            await self.carry_file(root, projects, relative, name, then=rewrite)
         return Launch(argv=self.argv(request), env=env, cumulative_usage=True)
