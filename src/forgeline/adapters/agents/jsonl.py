@@ -38,6 +38,7 @@ import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import structlog
@@ -406,6 +407,8 @@ class JsonLinesAgent(abc.ABC):
     permission_modes: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     cost_source = CostSource.ESTIMATED
+    #: Extra variables of the availability check (``<binary> --version``).
+    probe_env: Mapping[str, str] = MappingProxyType({})
 
     def __init__(
         self,
@@ -473,7 +476,7 @@ class JsonLinesAgent(abc.ABC):
 
     def version_env(self) -> dict[str, str]:
         """The environment of ``<binary> --version`` (the availability check)."""
-        return child_env(self._environ, {}, prefixes=(), fixed={})
+        return child_env(self._environ, {}, prefixes=(), fixed=self.probe_env)
 
     def child_env(self, request: AgentRequest, fixed: Mapping[str, str]) -> dict[str, str]:
         """The run's whole environment (:func:`child_env` with this CLI's prefixes)."""
