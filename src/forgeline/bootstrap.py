@@ -34,6 +34,7 @@ from forgeline.services.registry import ProviderRegistry
 from forgeline.settings import Settings
 
 if TYPE_CHECKING:
+    from forgeline.adapters.agents.jsonl import JsonLinesAgent
     from forgeline.ports.callbacks import CallbackOutbox
     from forgeline.ports.git import Git
     from forgeline.ports.queue import WorkQueue
@@ -57,13 +58,17 @@ def build_registry(
     *,
     opencode_password: Secret | None = None,
 ) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default), running in ``workspace``
+    """The agent providers, Claude Code first (the default), then OpenCode, Codex, Gemini CLI
+    and Qwen Code, running in ``workspace``
     (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
     ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
     credential), when one is set."""
+    from forgeline.adapters.agents.pricing import load_prices
     from forgeline.adapters.workspace import build_agent_workspace
 
     agent_workspace = workspace or build_agent_workspace(settings)
+    # Read now: a bad FORGELINE_PRICES is a start-up error, not the first build's failure.
+    prices = load_prices(settings.prices)
     sandboxed = settings.workspace == "local" and settings.sandbox == "bwrap"
 
     # Each adapter is imported when its provider is first used (see ProviderRegistry).
@@ -89,9 +94,40 @@ def build_registry(
 
         return OpenCodeAgent.from_settings(settings, agent_workspace, password=opencode_password)
 
+    def native(agent_class: type[JsonLinesAgent], binary: str) -> CodeAgent:
+        return agent_class(
+            workspace=agent_workspace,
+            state_dir=str(settings.data_dir / "agents" / agent_class.label),
+            binary=binary,
+            environ=os.environ,
+            max_retries=settings.cli_max_retries,
+            line_limit=settings.agent_line_limit,
+            idle_timeout_s=settings.agent_idle_timeout_s,
+            raw_events=settings.debug_raw_events,
+            prices=prices,
+        )
+
+    def codex() -> CodeAgent:
+        from forgeline.adapters.agents.codex import CodexAgent
+
+        return native(CodexAgent, settings.codex_bin)
+
+    def gemini() -> CodeAgent:
+        from forgeline.adapters.agents.gemini import GeminiAgent
+
+        return native(GeminiAgent, settings.gemini_bin)
+
+    def qwen() -> CodeAgent:
+        from forgeline.adapters.agents.qwen import QwenAgent
+
+        return native(QwenAgent, settings.qwen_bin)
+
     registry = ProviderRegistry()
     registry.register_factory(AgentProvider.CLAUDE_CODE.value, claude_code)
     registry.register_factory(AgentProvider.OPENCODE.value, opencode)
+    registry.register_factory(AgentProvider.CODEX.value, codex)
+    registry.register_factory(AgentProvider.GEMINI.value, gemini)
+    registry.register_factory(AgentProvider.QWEN.value, qwen)
     return registry
 
 

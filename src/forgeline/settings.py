@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     # --- agents ----------------------------------------------------------------------------
     claude_bin: str = "claude"
     opencode_bin: str = "opencode"
+    codex_bin: str = "codex"
+    gemini_bin: str = "gemini"
+    qwen_bin: str = "qwen"
+    cli_max_retries: int = Field(
+        2, ge=0, description="retries of a model request by the codex, gemini and qwen CLIs"
+    )
+    prices: Path | None = Field(
+        None,
+        description="JSON price table (USD per million input/output/cached tokens per model) "
+        "for estimating the cost of CLIs that report tokens only; default: the one shipped "
+        "in forgeline/adapters/agents/prices.json",
+    )
     opencode_url: str | None = Field(
         None, description="connect to this server instead of starting one"
     )

@@ -132,7 +132,7 @@ async def test_blank_prompt_is_422(api: Running) -> None:
 async def test_unknown_provider_and_refused_callback_are_422(api: Running) -> None:
     """An unknown provider lists the known ones; a link-local callback is refused."""
     response = await api.client.post(
-        "/project/app/build", json={"prompt": "x", "provider": "codex"}
+        "/project/app/build", json={"prompt": "x", "provider": "no-such-agent"}
     )
     assert response.status_code == 422
     assert "claude-code" in error_of(response)["message"]

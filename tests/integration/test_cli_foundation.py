@@ -16,7 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import TOOLS_BIN, free_port
+
+#: The native JSON-lines CLIs after claude-code and opencode, in registration order.
+NATIVE = ("codex", "gemini", "qwen")
 
 
 def run_cli(
@@ -46,16 +49,40 @@ def test_version_and_help() -> None:
 
 
 def test_agents_json_tells_the_truth(claude_bin: Path, opencode_bin: Path, tmp_path: Path) -> None:
-    """agents --json: claude-code first and default; available follows the installed binaries."""
-    env = {"FORGELINE_CLAUDE_BIN": str(claude_bin), "FORGELINE_OPENCODE_BIN": str(opencode_bin)}
+    """agents --json: claude-code first and default, then opencode and the native codex,
+    gemini and qwen; available follows the installed binaries, capabilities say how each
+    reports cost."""
+    env = {
+        "FORGELINE_CLAUDE_BIN": str(claude_bin),
+        "FORGELINE_OPENCODE_BIN": str(opencode_bin),
+        **{f"FORGELINE_{cli.upper()}_BIN": str(TOOLS_BIN / cli) for cli in NATIVE},
+    }
     out = run_cli("agents", "--json", env=env)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [r["name"] for r in rows] == ["claude-code", "opencode"]
-    assert [r["default"] for r in rows] == [True, False]
-    assert all(r["available"] for r in rows)
-    assert rows[0]["capabilities"]["version"] == "2.1.197"
-    assert rows[1]["capabilities"]["version"] == "1.18.33"
+    assert [r["name"] for r in rows] == ["claude-code", "opencode", *NATIVE]
+    assert [r["default"] for r in rows] == [True, False, False, False, False]
+    versions = {r["name"]: r["capabilities"]["version"] for r in rows}
+    # gemini --version loads its whole bundle (3-5 s here under load): past the availability
+    # bound it is reported unavailable with the reason, as the port requires.
+    for row in rows:
+        if row["name"] != "gemini" or row["available"]:
+            assert row["available"], row
+        else:
+            assert "did not finish" in row["capabilities"]["detail"]
+    assert versions["claude-code"] == "2.1.197"
+    assert versions["opencode"] == "1.18.33"
+    assert versions["codex"] == "0.171.0"
+    assert versions["qwen"] == "0.15.10"
+    assert versions["gemini"] in ("0.61.0", None)
+    costs = {r["name"]: r["capabilities"]["cost"] for r in rows}
+    assert costs == {
+        "claude-code": "reported",
+        "opencode": "reported",
+        "codex": "estimated",
+        "gemini": "estimated",
+        "qwen": "estimated",
+    }
 
     missing = {
         "FORGELINE_CLAUDE_BIN": str(tmp_path / "nope"),

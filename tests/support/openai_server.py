@@ -125,6 +125,28 @@ def default_script(request: RecordedRequest) -> Reply:  # noqa: PLR0911 - one br
     )
 
 
+def qwen_script(request: RecordedRequest) -> Reply:  # noqa: PLR0911 - one branch a keyword
+    """The keywords of :func:`tests.support.responses_server.default_script` in Qwen Code's
+    tools (``run_shell_command``); ``ack: <prompt>`` once the conversation holds an earlier
+    tool call (a resumed session)."""
+    if request.last_role == "tool":
+        return Reply(text="done")
+    prompt = request.user_text
+    if "FAIL401" in prompt:
+        return Reply(status=401, message="Incorrect API key provided (scripted 401)")
+    if "FAIL500" in prompt:
+        return Reply(status=500, message="The server had an error (scripted 500)")
+    if "HANG" in prompt:
+        return Reply(hang=True, text="thinking")
+    if sleeper := re.search(r"PERLSLEEP=([0-9.]+)", prompt):
+        command = f"perl -e 'sleep {sleeper.group(1)}' && echo slept > slept.txt"
+        return Reply(tool="run_shell_command", arguments={"command": command})
+    if any(m.get("tool_calls") for m in request.body.get("messages") or []):
+        return Reply(text=f"ack: {prompt}")
+    command = "printf 'hello from the fake API\\n' > hello.txt"
+    return Reply(tool="run_shell_command", arguments={"command": command})
+
+
 class ScriptedOpenAI:
     """The server: start with :meth:`start` (or the ``scripted_openai`` fixture)."""
 

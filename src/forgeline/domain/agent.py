@@ -48,6 +48,18 @@ class AgentProvider(StrEnum):
 
     CLAUDE_CODE = "claude-code"
     OPENCODE = "opencode"
+    CODEX = "codex"
+    GEMINI = "gemini"
+    QWEN = "qwen"
+
+
+class CostSource(StrEnum):
+    """Where a result's ``cost_usd`` comes from: the CLI's own report, an estimate from the
+    price table (the CLI reports tokens only), or nowhere (no price known: 0)."""
+
+    REPORTED = "reported"
+    ESTIMATED = "estimated"
+    NONE = "none"
 
 
 class RunStatus(StrEnum):
@@ -225,6 +237,7 @@ class AgentResult:
     duration_ms: int = 0
     cost_usd: float = 0.0
     usage: Usage = field(default_factory=Usage)
+    cost_source: CostSource = CostSource.NONE
 
     @property
     def succeeded(self) -> bool:
@@ -325,6 +338,7 @@ def data_to_dict(data: EventData, raw: Mapping[str, Any] | None = None) -> dict[
                 "num_turns": data.num_turns,
                 "duration_ms": data.duration_ms,
                 "cost_usd": data.cost_usd,
+                "cost_source": data.cost_source.value,
                 "usage": data.usage.to_dict(),
             }
     if raw is not None:
@@ -361,6 +375,7 @@ def event_from_dict(obj: Mapping[str, Any]) -> AgentEvent:
             duration_ms=int(d.get("duration_ms") or 0),
             cost_usd=float(d.get("cost_usd") or 0.0),
             usage=Usage(**(d.get("usage") or {})),
+            cost_source=CostSource(d.get("cost_source") or CostSource.NONE.value),
         )
     else:
         raise ValidationError(f"unknown event type {kind!r}")
@@ -387,6 +402,12 @@ class AgentCapabilities:
     streaming: bool = True
     permission_modes: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    #: Where its results' ``cost_usd`` comes from (see :class:`CostSource`).
+    cost: CostSource = CostSource.REPORTED
+    #: Whether its results carry token counts.
+    tokens: bool = True
+    #: Whether a run can be cancelled (every adapter: the process group is killed).
+    cancel: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape used by ``GET /agents`` and ``forgeline agents --json``."""
@@ -398,4 +419,7 @@ class AgentCapabilities:
             "streaming": self.streaming,
             "permission_modes": list(self.permission_modes),
             "models": list(self.models),
+            "cost": self.cost.value,
+            "tokens": self.tokens,
+            "cancel": self.cancel,
         }

@@ -72,6 +72,7 @@ class AgentSummary:
             "num_turns": self.result.num_turns,
             "duration_ms": self.result.duration_ms,
             "cost_usd": self.result.cost_usd,
+            "cost_source": self.result.cost_source.value,
             "usage": self.result.usage.to_dict(),
         }
 

@@ -279,6 +279,9 @@ class AgentSummary(BaseModel):
     num_turns: int = 0
     duration_ms: int = 0
     cost_usd: float = 0.0
+    cost_source: Literal["reported", "estimated", "none"] = Field(
+        "none", description="the CLI's own figure, an estimate from the price table, or none"
+    )
     usage: Usage = Field(default_factory=Usage)
 
 
@@ -453,6 +456,11 @@ class Capabilities(BaseModel):
     streaming: bool
     permission_modes: list[str]
     models: list[str]
+    cost: Literal["reported", "estimated", "none"] = Field(
+        description="where results' cost_usd comes from: the CLI, the price table, nowhere"
+    )
+    tokens: bool = Field(description="results carry token counts")
+    cancel: bool = Field(description="runs can be cancelled")
 
 
 class AgentOut(BaseModel):

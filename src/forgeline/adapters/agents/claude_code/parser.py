@@ -26,16 +26,17 @@ input.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from forgeline.adapters.agents.jsonl import Verdict, as_int, bounded, decode_line, make_events
 from forgeline.domain.agent import (
     TOOL_OUTPUT_LIMIT,
     AgentEvent,
     AgentResult,
+    CostSource,
     ErrorData,
     EventData,
     InitData,
@@ -47,14 +48,16 @@ from forgeline.domain.agent import (
     Usage,
     cut_output,
 )
-from forgeline.domain.clock import utcnow
 
 PROVIDER = "claude-code"
 
-# json.loads() on bytes first sniffs the encoding and goes through two wrappers; the CLI
-# writes UTF-8, so decoding once and calling the decoder directly saves a third of the
-# per-line overhead on the many small lines.
-_decode = json.JSONDecoder().decode
+#: ``error`` event kinds for the CLI's failed ``result`` subtypes.
+_ERROR_KINDS = {
+    "error_max_turns": "max_turns",
+    "error_max_budget_usd": "budget_exceeded",
+    "error_during_execution": "execution_error",
+    "success": "api_error",  # is_error with subtype success: the API call failed
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,6 @@ class CliResult:
     api_error_status: int | None = None
     terminal_reason: str | None = None
     permission_denials: tuple[str, ...] = ()
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _float(value: Any) -> float:
@@ -89,22 +88,11 @@ def usage_from(raw: Any) -> Usage:
     if not isinstance(raw, Mapping):
         return Usage()
     return Usage(
-        input_tokens=_int(raw.get("input_tokens")),
-        output_tokens=_int(raw.get("output_tokens")),
-        cache_read_tokens=_int(raw.get("cache_read_input_tokens")),
-        cache_write_tokens=_int(raw.get("cache_creation_input_tokens")),
+        input_tokens=as_int(raw.get("input_tokens")),
+        output_tokens=as_int(raw.get("output_tokens")),
+        cache_read_tokens=as_int(raw.get("cache_read_input_tokens")),
+        cache_write_tokens=as_int(raw.get("cache_creation_input_tokens")),
     )
-
-
-def _bounded(value: Any) -> Any:
-    """``value`` with every string longer than the tool output limit cut (a 5 MB Write)."""
-    if isinstance(value, str):
-        return cut_output(value)
-    if isinstance(value, Mapping):
-        return {k: _bounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bounded(v) for v in value]
-    return value
 
 
 def _tool_output(content: Any) -> str:
@@ -136,15 +124,17 @@ def result_from(obj: Mapping[str, Any]) -> CliResult:
         if isinstance(d, Mapping)
     )
     status_code = obj.get("api_error_status")
+    cost = obj.get("total_cost_usd")
     return CliResult(
         result=AgentResult(
             status=RunStatus.FAILED if is_error else RunStatus.SUCCEEDED,
             text=text,
             session_id=_str(obj.get("session_id")),
-            num_turns=_int(obj.get("num_turns")),
-            duration_ms=_int(obj.get("duration_ms")),
-            cost_usd=_float(obj.get("total_cost_usd")),
+            num_turns=as_int(obj.get("num_turns")),
+            duration_ms=as_int(obj.get("duration_ms")),
+            cost_usd=_float(cost),
             usage=usage_from(obj.get("usage")),
+            cost_source=CostSource.NONE if cost is None else CostSource.REPORTED,
         ),
         is_error=is_error,
         subtype=str(obj.get("subtype") or ""),
@@ -167,24 +157,17 @@ class StreamJsonParser:
         self.provider = provider
         self.raw = raw
         self.session_id: str | None = None
+        self.model: str | None = None
         self.cli_result: CliResult | None = None
+        self.verdict: Verdict | None = None
         self.lines = 0
         self.bad_lines = 0
         self.unknown: Counter[str] = Counter()
 
     def feed(self, line: bytes | str) -> list[AgentEvent]:
         """The events of one line (often one, sometimes none or several)."""
-        self.lines += 1
-        try:
-            obj = _decode(line.decode() if isinstance(line, bytes) else line)
-        # JSONDecodeError and UnicodeDecodeError alike; RecursionError for a line nested
-        # deeper than the decoder goes (it is garbage as well, not a reason to crash).
-        except (ValueError, RecursionError):
-            if line.strip():
-                self.bad_lines += 1
-            return []
-        if not isinstance(obj, dict):
-            self.bad_lines += 1
+        obj = decode_line(self, line)
+        if obj is None:
             return []
         session = obj.get("session_id")
         if isinstance(session, str) and session:
@@ -198,29 +181,32 @@ class StreamJsonParser:
         elif kind == "system":
             datas = self._system(obj)
         elif kind == "result":
-            self.cli_result = result_from(obj)
-            datas = [self.cli_result.result]
+            self.cli_result = cli = result_from(obj)
+            self.verdict = Verdict(
+                result=cli.result,
+                is_error=cli.is_error,
+                error_kind=_ERROR_KINDS.get(cli.subtype, "agent_error"),
+                notes=(
+                    (ErrorData("permission_denied", "tool use refused: " + ", ".join(denied)),)
+                    if (denied := cli.permission_denials)
+                    else ()
+                ),
+                model=self.model,
+            )
+            datas = [cli.result]
         else:
             self.unknown[str(kind)] += 1
             return []
-        if not datas:
-            return []
-        now = utcnow()
-        raw = obj if self.raw else None
-        return [
-            AgentEvent(
-                data=data, provider=self.provider, session_id=self.session_id, time=now, raw=raw
-            )
-            for data in datas
-        ]
+        return make_events(self, self.provider, datas, obj, self.raw)
 
     def _system(self, obj: Mapping[str, Any]) -> list[EventData]:
         subtype = obj.get("subtype")
         if subtype == "init":
             tools = obj.get("tools")
+            self.model = _str(obj.get("model"))
             return [
                 InitData(
-                    model=_str(obj.get("model")),
+                    model=self.model,
                     cwd=_str(obj.get("cwd")),
                     tools=tuple(str(t) for t in tools) if isinstance(tools, list) else (),
                 )
@@ -272,7 +258,7 @@ class StreamJsonParser:
                     tool_input = {}
                 elif size > TOOL_OUTPUT_LIMIT:
                     # Only a line this large can hold a string over the limit.
-                    tool_input = _bounded(tool_input)
+                    tool_input = bounded(tool_input)
                 out.append(
                     ToolUseData(
                         id=str(block.get("id", "")),

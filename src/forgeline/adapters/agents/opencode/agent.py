@@ -67,6 +67,7 @@ from forgeline.domain.agent import (
     AgentProvider,
     AgentRequest,
     AgentResult,
+    CostSource,
     ErrorData,
     EventData,
     InitData,
@@ -315,6 +316,8 @@ class OpenCodeAgent:
             duration_ms=int((time.monotonic() - started) * 1000),
             cost_usd=outcome.cost_usd,
             usage=outcome.usage,
+            # opencode prices each message from its own model list: its figure, not ours.
+            cost_source=CostSource.REPORTED,
         )
 
     async def _prepare(self, run: _Run, deadline: float) -> tuple[OpenCodeClient, str]:
