@@ -55,10 +55,12 @@ def build_registry(
     *,
     opencode_password: Secret | None = None,
 ) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default), running in ``workspace``
+    """The agent providers, Claude Code first (the default), then OpenCode and each ACP
+    agent of ``FORGELINE_ACP_AGENTS`` in its order, running in ``workspace``
     (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
     ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
     credential), when one is set."""
+    from forgeline.adapters.agents.acp import AcpAgent
     from forgeline.adapters.agents.claude_code import ClaudeCodeAgent
     from forgeline.adapters.agents.opencode import OpenCodeAgent
     from forgeline.adapters.workspace import build_agent_workspace
@@ -82,6 +84,20 @@ def build_registry(
         )
     )
     registry.register(OpenCodeAgent.from_settings(settings, workspace, password=opencode_password))
+    for name, spec in settings.acp_agents.items():
+        registry.register(
+            AcpAgent(
+                name=name,
+                command=spec.command,
+                workspace=workspace,
+                state_dir=str(settings.data_dir / "agents" / "acp" / name),
+                environ=os.environ,
+                pass_env=spec.env,
+                permission_mode=settings.acp_permission_mode,
+                line_limit=settings.agent_line_limit,
+                idle_timeout_s=settings.agent_idle_timeout_s,
+            )
+        )
     return registry
 
 

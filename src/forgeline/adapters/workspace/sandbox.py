@@ -205,6 +205,14 @@ class SandboxedProcess:
         """The last lines of stderr (the command's, and bwrap's own complaints)."""
         return self._inner.stderr_tail(lines)
 
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write to the command's stdin (``bwrap`` hands its own stdin on)."""
+        await self._inner.send(data, timeout_s)
+
+    def close_stdin(self) -> None:
+        """Close the command's stdin."""
+        self._inner.close_stdin()
+
     async def wait(self) -> int:
         """The exit code, once the sandbox ended."""
         return await self._inner.wait()
@@ -277,6 +285,26 @@ class BubblewrapWorkspace:
         wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
         try:
             process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
+        except BaseException:
+            await _give_back(owners)
+            raise
+        return SandboxedProcess(process, owners)
+
+    async def spawn_duplex(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str] = (),
+    ) -> SandboxedProcess:
+        """As :meth:`spawn`, with the command's stdin a pipe forgeline writes to."""
+        wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
+        try:
+            process = await self._local.spawn_duplex(
+                wrapped, cwd="/", env=env, line_limit=line_limit
+            )
         except BaseException:
             await _give_back(owners)
             raise
