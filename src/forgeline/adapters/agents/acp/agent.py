@@ -3,8 +3,7 @@
 One run is one agent process (``FORGELINE_ACP_AGENTS`` names its command), started in the
 sandbox through :meth:`~forgeline.ports.workspace.DuplexWorkspace.spawn_duplex` with an
 explicit environment (:func:`build_child_env`), and one conversation over its stdio, held
-with the ``agent-client-protocol`` SDK's :class:`~acp.ClientSideConnection` on a transport
-of our own (:mod:`.transport`):
+with the ``agent-client-protocol`` SDK's client connection on a transport of our own (:mod:`.transport`):
 
 1. ``initialize`` (protocol version 1; forgeline offers no file-system or terminal methods:
    the agent uses its own tools, inside the sandbox);
@@ -37,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from acp import PROTOCOL_VERSION, Client, ClientSideConnection, RequestError
+from acp import PROTOCOL_VERSION, Client, RequestError, connect_to_agent
+from acp.client.connection import ClientSideConnection
 from acp.schema import (
     AllowedOutcome,
     ClientCapabilities,
@@ -633,7 +633,7 @@ class AcpAgent:
     def _connect(self, run: _Run, proc: DuplexProcess) -> ClientSideConnection:
         transport = ProcessTransport(proc, report=run.report, room=run.room, heard=run.heard)
         client = cast("Client", _ClientSide(run, self._permission_mode))
-        return ClientSideConnection(client, transport)
+        return connect_to_agent(client, transport)
 
     async def _initialize(self, conn: ClientSideConnection) -> InitializeResponse:
         init: InitializeResponse = await conn.initialize(
@@ -762,13 +762,15 @@ class AcpAgent:
         if proc is None:
             return
         if run.stop_task is None:
+            # A run that ended on its own may exit in its own time; a stopped one may not.
+            patient = run.stop_status is None and run.fatal is None
             run.stop_task = asyncio.get_running_loop().create_task(
-                self._terminate(proc), name=f"acp-stop-{run.request.run_id}"
+                self._terminate(proc, patient), name=f"acp-stop-{run.request.run_id}"
             )
         await finish_despite_cancel(run.stop_task)
 
-    async def _terminate(self, proc: DuplexProcess) -> int | None:
-        if proc.returncode is None:
+    async def _terminate(self, proc: DuplexProcess, patient: bool) -> int | None:
+        if proc.returncode is None and patient:
             # Its stdin closed, an agent that finished exits on its own.
             proc.close_stdin()
             with contextlib.suppress(TimeoutError):
