@@ -3,7 +3,8 @@
 One run is one agent process (``FORGELINE_ACP_AGENTS`` names its command), started in the
 sandbox through :meth:`~forgeline.ports.workspace.DuplexWorkspace.spawn_duplex` with an
 explicit environment (:func:`build_child_env`), and one conversation over its stdio, held
-with the ``agent-client-protocol`` SDK's client connection on a transport of our own (:mod:`.transport`):
+with the ``agent-client-protocol`` SDK's client connection on a transport of our own
+(:mod:`.transport`):
 
 1. ``initialize`` (protocol version 1; forgeline offers no file-system or terminal methods:
    the agent uses its own tools, inside the sandbox);
