@@ -328,3 +328,28 @@ async def test_missing_program_is_unavailable(tmp_path: Path) -> None:
     events = await run(agent, request(tmp_path, "x"))
     assert result_of(events).status is RunStatus.FAILED
     await agent.aclose()
+
+
+class _NoStdio:
+    """A workspace that cannot converse over stdio (as the kubernetes one today)."""
+
+    name = "kubernetes"
+
+    async def ensure_dir(self, path: str) -> None:
+        """Nothing to make."""
+
+
+async def test_a_workspace_without_stdio_is_unavailable(tmp_path: Path) -> None:
+    """Where the workspace offers no duplex spawn, the provider says so and runs fail."""
+    agent = AcpAgent(
+        name="fake-acp",
+        command=[sys.executable, str(FAKE)],
+        workspace=_NoStdio(),  # type: ignore[arg-type]
+        state_dir=str(tmp_path / "state"),
+    )
+    caps = await agent.capabilities()
+    assert not caps.available
+    assert "kubernetes workspace cannot run ACP agents" in (caps.detail or "")
+    events = await run(agent, request(tmp_path, "x"))
+    assert result_of(events).status is RunStatus.FAILED
+    await agent.aclose()
