@@ -20,7 +20,6 @@ from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
 from forgeline.domain.agent import (
     AgentEvent,
     AgentRequest,
-    AgentResult,
     ErrorData,
     RunStatus,
     StatusData,
@@ -31,6 +30,8 @@ from tests.integration.test_claude_code import live
 from tests.integration.test_opencode import make_repo
 from tests.support.forgeline_server import git, running_forgeline, server_settings
 from tests.support.openai_server import RecordedRequest, Reply, ScriptedOpenAI, scripted_openai
+from tests.unit.test_acp_agent import result_of
+from tests.unit.test_acp_agent import run as collect
 
 __all__ = ["scripted_openai"]  # the module-scoped fixture, re-exported for pytest
 
@@ -96,19 +97,6 @@ async def agent(opencode_bin: Path, tmp_path: Path, llm: ScriptedOpenAI) -> Asyn
 def request(repo: Path, prompt: str, **kw: object) -> AgentRequest:
     """A request for ``repo`` under the project state ``proj``."""
     return AgentRequest(prompt=prompt, workdir=str(repo), provider=NAME, state_key="proj", **kw)  # type: ignore[arg-type]
-
-
-async def collect(agent: AcpAgent, req: AgentRequest) -> list[AgentEvent]:
-    """Every event of a run, bounded in time."""
-    async with asyncio.timeout(150):
-        return [event async for event in agent.execute(req)]
-
-
-def result_of(events: list[AgentEvent]) -> AgentResult:
-    """The one result, last."""
-    assert [e.is_result for e in events].count(True) == 1, events
-    assert isinstance(events[-1].data, AgentResult)
-    return events[-1].data
 
 
 def perl_sleep(seconds: str, marker: Path) -> Reply:

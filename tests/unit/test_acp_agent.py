@@ -63,7 +63,7 @@ def request(tmp_path: Path, prompt: str, **kw: object) -> AgentRequest:
 
 async def run(agent: AcpAgent, req: AgentRequest) -> list[AgentEvent]:
     """Every event of a run, bounded in time."""
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(150):
         return [event async for event in agent.execute(req)]
 
 
@@ -316,15 +316,22 @@ def test_child_env_is_explicit() -> None:
 
 async def test_missing_program_is_unavailable(tmp_path: Path) -> None:
     """An agent whose program is missing is reported unavailable, saying why."""
+    await assert_unavailable(tmp_path, ["/nonexistent/agent", "--acp"], LocalWorkspace(), "agent")
+
+
+async def assert_unavailable(
+    tmp_path: Path, command: list[str], workspace: object, says: str
+) -> None:
+    """The provider reports itself unavailable (``says`` in the detail); runs fail."""
     agent = AcpAgent(
-        name="ghost",
-        command=["/nonexistent/agent", "--acp"],
-        workspace=LocalWorkspace(),
+        name="fake-acp",
+        command=command,
+        workspace=workspace,  # type: ignore[arg-type]
         state_dir=str(tmp_path / "state"),
     )
     caps = await agent.capabilities()
     assert not caps.available
-    assert "agent" in (caps.detail or "")
+    assert says in (caps.detail or "")
     events = await run(agent, request(tmp_path, "x"))
     assert result_of(events).status is RunStatus.FAILED
     await agent.aclose()
@@ -341,15 +348,5 @@ class _NoStdio:
 
 async def test_a_workspace_without_stdio_is_unavailable(tmp_path: Path) -> None:
     """Where the workspace offers no duplex spawn, the provider says so and runs fail."""
-    agent = AcpAgent(
-        name="fake-acp",
-        command=[sys.executable, str(FAKE)],
-        workspace=_NoStdio(),  # type: ignore[arg-type]
-        state_dir=str(tmp_path / "state"),
-    )
-    caps = await agent.capabilities()
-    assert not caps.available
-    assert "kubernetes workspace cannot run ACP agents" in (caps.detail or "")
-    events = await run(agent, request(tmp_path, "x"))
-    assert result_of(events).status is RunStatus.FAILED
-    await agent.aclose()
+    command = [sys.executable, str(FAKE)]
+    await assert_unavailable(tmp_path, command, _NoStdio(), "cannot run ACP agents")

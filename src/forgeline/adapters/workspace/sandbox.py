@@ -37,7 +37,7 @@ import os
 import shutil
 import signal
 import stat
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -282,13 +282,9 @@ class BubblewrapWorkspace:
         writable: Sequence[str] = (),
     ) -> SandboxedProcess:
         """Start ``argv`` in a new sandbox where only ``writable`` can be written."""
-        wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
-        try:
-            process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
-        except BaseException:
-            await _give_back(owners)
-            raise
-        return SandboxedProcess(process, owners)
+        return await self._spawn(
+            self._local.spawn, argv, cwd=cwd, env=env, line_limit=line_limit, writable=writable
+        )
 
     async def spawn_duplex(
         self,
@@ -300,11 +296,29 @@ class BubblewrapWorkspace:
         writable: Sequence[str] = (),
     ) -> SandboxedProcess:
         """As :meth:`spawn`, with the command's stdin a pipe forgeline writes to."""
+        return await self._spawn(
+            self._local.spawn_duplex,
+            argv,
+            cwd=cwd,
+            env=env,
+            line_limit=line_limit,
+            writable=writable,
+        )
+
+    async def _spawn(
+        self,
+        start: Callable[..., Awaitable[LocalProcess]],
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str],
+    ) -> SandboxedProcess:
+        """``argv`` wrapped in ``bwrap`` and started by ``start`` (a local spawn)."""
         wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
         try:
-            process = await self._local.spawn_duplex(
-                wrapped, cwd="/", env=env, line_limit=line_limit
-            )
+            process = await start(wrapped, cwd="/", env=env, line_limit=line_limit)
         except BaseException:
             await _give_back(owners)
             raise
