@@ -5,6 +5,8 @@ tests. What it does with a prompt follows keywords in the prompt's text:
 - ``HUGE``: prints one line of 2 MiB (over the tests' line limit) and waits;
 - ``ASK=<kind>``: asks ``session/request_permission`` for a tool of that kind and says the
   answer's outcome in its message (``outcome=selected:<option id>`` or ``cancelled``);
+- ``ODD``: an update of a kind no SDK knows, a tool call without its id, a thought, then
+  an answer;
 - ``EXIT``: writes "boom: model exploded" to stderr and exits 3;
 - ``ERROR``: answers the prompt with a JSON-RPC error (a model API's 401);
 - ``COST=<usd>``: reports a ``usage_update`` with that cumulative cost, then answers;
@@ -94,6 +96,16 @@ def prompt(msg_id: int, session: str, text: str) -> None:
             sys.stdout.write('{"jsonrpc": "2.0", "x": "' + "x" * (2 * 1024 * 1024) + '"}\n')
             sys.stdout.flush()
         _cancelled.wait(300)
+        return
+    if "ODD" in text:
+        update(session, {"sessionUpdate": "hologram_update", "beam": 1})
+        update(session, {"sessionUpdate": "tool_call", "title": "no id", "kind": "edit"})
+        update(
+            session,
+            {"sessionUpdate": "agent_thought_chunk", "content": {"type": "text", "text": "hmm"}},
+        )
+        say(session, "odd but fine")
+        send({"id": msg_id, "result": {"stopReason": "end_turn"}})
         return
     if "EXIT" in text:
         sys.stderr.write("boom: model exploded\n")

@@ -120,6 +120,23 @@ async def test_garbled_lines_are_error_events_and_the_run_goes_on(tmp_path: Path
     assert "[1, 2, 3]" in found[1].message
 
 
+async def test_unknown_update_kinds_are_tolerated_and_malformed_ones_reported(
+    tmp_path: Path,
+) -> None:
+    """A newer agent's update kind passes quietly; a tool call without its id is a
+    protocol error event; a thought becomes a thinking status; the run goes on."""
+    events = await run(make_agent(tmp_path), request(tmp_path, "ODD"))
+    assert result_of(events).status is RunStatus.SUCCEEDED
+    found = errors(events)
+    assert len(found) == 1
+    assert found[0].kind == "protocol"
+    assert "malformed session/update" in found[0].message
+    assert "toolCallId" in found[0].message
+    thoughts = [e.data for e in events if isinstance(e.data, StatusData)]
+    assert [(t.state, t.detail["text"]) for t in thoughts] == [("thinking", "hmm")]
+    assert [e.data.text for e in events if isinstance(e.data, MessageData)] == ["odd but fine"]
+
+
 async def test_an_oversized_message_fails_the_run(tmp_path: Path) -> None:
     """A line over the limit ends the run as failed with a protocol error, nothing left."""
     agent = make_agent(tmp_path)

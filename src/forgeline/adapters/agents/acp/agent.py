@@ -234,6 +234,7 @@ class _Run:
     fatal: ErrorData | None = None
     stop_task: asyncio.Task[int | None] | None = None
     reaped: asyncio.Event = field(default_factory=asyncio.Event)
+    transport: ProcessTransport | None = None
 
     def push(self, data: EventData) -> None:
         """Queue a payload for the consumer and wake the generator."""
@@ -612,6 +613,7 @@ class AcpAgent:
             status=final.status.value,
             exit_code=proc.returncode,
             ignored=dict(run.translator.ignored),
+            unknown=dict(run.transport.unknown) if run.transport is not None else {},
         )
         yield self._event(final, run.session_id)
 
@@ -633,6 +635,7 @@ class AcpAgent:
 
     def _connect(self, run: _Run, proc: DuplexProcess) -> ClientSideConnection:
         transport = ProcessTransport(proc, report=run.report, room=run.room, heard=run.heard)
+        run.transport = transport
         client = cast("Client", _ClientSide(run, self._permission_mode))
         return connect_to_agent(client, transport)
 

@@ -8,6 +8,9 @@ started in the sandbox, and frames and parses each line once, here:
 - an oversized line (``LineTooLongError`` from the process's reader) ends the stream and is
   reported as fatal: the conversation cannot continue past a message that was never read;
 - a line that is not a JSON object (a stray log line, garbage) is reported and skipped;
+- a ``session/update`` the SDK's models reject is reported and skipped, unless it is of a
+  kind this SDK does not know (a newer agent's): that is tolerated and counted
+  (:attr:`ProcessTransport.unknown`), where the SDK would log a traceback for each;
 - reading waits while the run's consumer is behind (:meth:`Problems.room`), so an agent
   that floods updates is held back by its full pipe instead of growing forgeline's memory.
 """
@@ -15,8 +18,12 @@ started in the sandbox, and frames and parses each line once, here:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
+
+from acp.schema import SessionNotification
+from pydantic import ValidationError
 
 from forgeline.domain.errors import LineTooLongError, WorkspaceError
 from forgeline.ports.workspace import DuplexProcess
@@ -27,6 +34,20 @@ QUOTE_LIMIT = 200
 REPORTED_LIMIT = 20
 #: How long the agent may leave a message of ours unread before the run is broken.
 SEND_TIMEOUT_S = 30.0
+
+
+def _known_update_kinds() -> frozenset[str]:
+    """The ``sessionUpdate`` kinds the installed SDK models (read from its schema, so an
+    SDK upgrade brings its new kinds along)."""
+    kinds: set[str] = set()
+    for model in get_args(SessionNotification.model_fields["update"].annotation):
+        tag = getattr(model, "model_fields", {}).get("session_update")
+        if tag is not None:
+            kinds.update(get_args(tag.annotation))
+    return frozenset(kinds)
+
+
+KNOWN_UPDATE_KINDS = _known_update_kinds()
 
 
 class ProcessTransport:
@@ -51,6 +72,8 @@ class ProcessTransport:
         self._heard = heard
         self._lines: AsyncIterator[bytes] = process.stdout_lines()
         self.garbled = 0
+        #: ``session/update`` kinds unknown to the SDK, and how often each came.
+        self.unknown: Counter[str] = Counter()
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write one message as one line; ``WorkspaceError`` if the agent does not take it."""
@@ -93,17 +116,35 @@ class ProcessTransport:
             message = json.loads(line)
         except ValueError:
             message = None
-        if isinstance(message, dict) and message.get("jsonrpc") == "2.0":
-            return message
-        self.garbled += 1
-        if self.garbled <= REPORTED_LIMIT:
+        if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0"):
             quote = line[:QUOTE_LIMIT].decode(errors="replace")
             more = "…" if len(line) > QUOTE_LIMIT else ""
-            self._report(
-                "protocol",
-                f"unreadable message from the agent (not JSON-RPC): {quote!r}{more}",
-                False,
-            )
+            self._garbled(f"unreadable message from the agent (not JSON-RPC): {quote!r}{more}")
+            return None
+        if message.get("method") == "session/update" and not self._update_ok(message):
+            return None
+        return message
+
+    def _update_ok(self, message: dict[str, Any]) -> bool:
+        """Whether a ``session/update`` can go to the SDK (see the module docstring)."""
+        params = message.get("params")
+        try:
+            SessionNotification.model_validate(params)
+        except ValidationError as exc:
+            update = params.get("update") if isinstance(params, dict) else None
+            kind = update.get("sessionUpdate") if isinstance(update, dict) else None
+            if isinstance(kind, str) and kind not in KNOWN_UPDATE_KINDS:
+                self.unknown[kind[:QUOTE_LIMIT]] += 1
+                return False
+            first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+            where = ".".join(str(part) for part in first["loc"])[:QUOTE_LIMIT]
+            self._garbled(f"malformed session/update from the agent: {where}: {first['msg']}")
+            return False
+        return True
+
+    def _garbled(self, message: str) -> None:
+        self.garbled += 1
+        if self.garbled <= REPORTED_LIMIT:
+            self._report("protocol", message, False)
         elif self.garbled == REPORTED_LIMIT + 1:
             self._report("protocol", "more unreadable messages from the agent; not reported", False)
-        return None
