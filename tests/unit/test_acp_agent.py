@@ -19,6 +19,7 @@ from acp.schema import PermissionOption
 from forgeline.adapters.agents.acp import AcpAgent
 from forgeline.adapters.agents.acp.agent import build_child_env, choose_permission
 from forgeline.adapters.workspace.local import LocalWorkspace
+from forgeline.adapters.workspace.proctree import processes_in
 from forgeline.domain.agent import (
     AgentEvent,
     AgentRequest,
@@ -289,6 +290,21 @@ async def test_cancel_before_start(tmp_path: Path) -> None:
     assert [e.type for e in events] == ["result"]
     assert result_of(events).status is RunStatus.CANCELLED
     assert not (tmp_path / "work" / "hello.txt").exists()
+
+
+async def test_cancel_while_the_agent_starts(tmp_path: Path) -> None:
+    """A cancel that comes while the agent's process is being started ends the run
+    cancelled, with that process gone and no prompt sent."""
+    agent = make_agent(tmp_path)
+    req = request(tmp_path, "write")
+    consumer = asyncio.create_task(run(agent, req))
+    await asyncio.sleep(0)  # the run is registered and starting its process
+    await agent.cancel(req.run_id)
+    events = await consumer
+    assert [e.type for e in events] == ["result"]
+    assert result_of(events).status is RunStatus.CANCELLED
+    assert not (tmp_path / "work" / "hello.txt").exists()
+    assert processes_in(str(tmp_path / "work")) == []
 
 
 async def test_closing_the_stream_early_ends_the_agent(tmp_path: Path) -> None:

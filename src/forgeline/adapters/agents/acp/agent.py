@@ -410,6 +410,13 @@ class AcpAgent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._cancel_grace_s + 0.2):
                 await asyncio.shield(run.reaped.wait())
+        if run.proc is None:
+            # Still starting: the generator sees the stop right after the spawn and ends
+            # what it started.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    await asyncio.shield(run.reaped.wait())
+            return
         await self._kill(run)
 
     async def capabilities(self) -> AgentCapabilities:
@@ -522,8 +529,10 @@ class AcpAgent:
                 "unavailable", f"initialize failed: {reason}; {tail}".strip("; ")
             ) from exc
         finally:
-            await self._close(conn)
-            await self._kill(run)
+            try:
+                await self._close(conn)
+            finally:  # even when cancelled while closing: the process must end
+                await self._kill(run)
 
     # --- one run ---------------------------------------------------------------------------
 
@@ -583,6 +592,10 @@ class AcpAgent:
             yield self._event(AgentResult(status=RunStatus.FAILED, text=message), None)
             return
         run.proc = proc
+        if run.stop_status is not None:  # cancelled during the spawn
+            await self._kill(run)
+            yield self._event(AgentResult(status=run.stop_status, text=run.stop_text), None)
+            return
         log.debug("agent.run.started", provider=self.name, run_id=request.run_id, pid=proc.pid)
         conn = self._connect(run, proc)
         talk = loop.create_task(self._converse(run, conn), name=f"acp-talk-{request.run_id}")
@@ -595,10 +608,11 @@ class AcpAgent:
         finally:
             if not talk.done():
                 talk.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await asyncio.wait({talk})
-            await self._close(conn)
-            await self._kill(run)
+                await self._close(conn)
+            finally:  # even when cancelled meanwhile: the process must end
+                await self._kill(run)
         for data in (*run.pending, *run.translator.flush()):
             yield self._event(data, run.session_id)
         run.pending.clear()
