@@ -52,6 +52,8 @@ NAME_LIMIT = 200
 INPUT_LIMIT = TOOL_OUTPUT_LIMIT
 #: The most plan entries one ``plan`` status carries.
 PLAN_ENTRIES_LIMIT = 50
+#: The most characters of one message (or thought) gathered before it is emitted in part.
+GATHER_LIMIT = 1024 * 1024
 #: The most tool calls remembered per run (their state is small, but agents are untrusted).
 TOOL_CALLS_LIMIT = 10_000
 
@@ -76,13 +78,20 @@ class UpdateTranslator:
     cost_usd: float | None = None
     ignored: Counter[str] = field(default_factory=Counter)
     _calls: dict[str, _ToolCall] = field(default_factory=dict)
+    _gathered: int = 0
 
     def on_update(self, update: Any) -> list[EventData]:
         """The payloads one update gives (often none: chunks are gathered first)."""
         if isinstance(update, AgentMessageChunk):
-            return [*self._end_thought(), *self._chunk(update.content, self.message)]
+            out = self._end_thought()
+            if self._chunk(update.content, self.message):
+                out += self._end_message()
+            return out
         if isinstance(update, AgentThoughtChunk):
-            return [*self._end_message(), *self._chunk(update.content, self.thought)]
+            out = self._end_message()
+            if self._chunk(update.content, self.thought):
+                out += self._end_thought()
+            return out
         out = self.flush()
         if isinstance(update, ToolCallStart | ToolCallProgress):
             out += self._tool(update)
@@ -109,16 +118,18 @@ class UpdateTranslator:
 
     # --- chunks ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _chunk(content: Any, into: list[str]) -> list[EventData]:
+    def _chunk(self, content: Any, into: list[str]) -> bool:
+        """Gather a chunk's text; True when what is gathered must be emitted now (past
+        :data:`GATHER_LIMIT`: an endless message is emitted in parts, never held whole)."""
         if isinstance(content, TextContentBlock):
             into.append(content.text)
-        return []
+            self._gathered += len(content.text)
+        return self._gathered > GATHER_LIMIT
 
     def _end_message(self) -> list[EventData]:
         if not self.message:
             return []
-        text, self.message = "".join(self.message), []
+        text, self.message, self._gathered = "".join(self.message), [], 0
         if not text.strip():
             return []
         self.last_message = text
@@ -127,7 +138,7 @@ class UpdateTranslator:
     def _end_thought(self) -> list[EventData]:
         if not self.thought:
             return []
-        text, self.thought = "".join(self.thought), []
+        text, self.thought, self._gathered = "".join(self.thought), [], 0
         if not text.strip():
             return []
         return [StatusData(state="thinking", detail={"text": cut_output(text)})]
