@@ -55,6 +55,7 @@ from acp.schema import (
     UsageUpdate,
 )
 
+import forgeline
 from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.agents.acp.mapping import NAME_LIMIT, UpdateTranslator
 from forgeline.adapters.agents.acp.transport import ProcessTransport
@@ -660,7 +661,7 @@ class AcpAgent:
                 fs=FileSystemCapabilities(read_text_file=False, write_text_file=False),
                 terminal=False,
             ),
-            client_info=Implementation(name="forgeline", version="0.1.0"),
+            client_info=Implementation(name="forgeline", version=forgeline.__version__),
         )
         self._known = (asyncio.get_running_loop().time(), init)
         return init
