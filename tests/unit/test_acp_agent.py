@@ -9,6 +9,7 @@ real ``opencode acp``.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,16 +33,24 @@ from forgeline.domain.agent import (
     ToolResultData,
     ToolUseData,
 )
+from forgeline.ports.workspace import Workspace
 
 FAKE = Path(__file__).resolve().parents[1] / "support" / "fake_acp_agent.py"
+FAKE_KUBECTL = Path(__file__).resolve().parents[1] / "support" / "fake_kubectl"
 
 
-def make_agent(tmp_path: Path, *, mode: str = "bypassPermissions", **env: str) -> AcpAgent:
-    """The adapter on the fake, unsandboxed (the sandbox has tests of its own)."""
+def make_agent(
+    tmp_path: Path,
+    *,
+    mode: str = "bypassPermissions",
+    workspace: Workspace | None = None,
+    **env: str,
+) -> AcpAgent:
+    """The adapter on the fake, unsandboxed by default (the sandbox has tests of its own)."""
     return AcpAgent(
         name="fake-acp",
         command=[sys.executable, str(FAKE)],
-        workspace=LocalWorkspace(),
+        workspace=workspace or LocalWorkspace(),
         state_dir=str(tmp_path / "state"),
         environ={
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -383,3 +392,26 @@ async def test_a_workspace_without_stdio_is_unavailable(tmp_path: Path) -> None:
     """Where the workspace offers no duplex spawn, the provider says so and runs fail."""
     command = [sys.executable, str(FAKE)]
     await assert_unavailable(tmp_path, command, _NoStdio(), "cannot run ACP agents")
+
+
+async def test_acp_over_kubernetes_exec(tmp_path: Path) -> None:
+    """In a pod (the fake kubectl runs the "pod" on this host) the conversation rides the
+    exec stream: a run succeeds, and a cancelled one leaves no process in the "pod"."""
+    from forgeline.adapters.workspace.kubernetes import KubernetesWorkspace
+
+    pod = KubernetesWorkspace(
+        pod="web-0", kubectl=str(FAKE_KUBECTL), kubectl_env={"PATH": os.environ["PATH"]}
+    )
+    agent = make_agent(tmp_path, workspace=pod)
+    events = await run(agent, request(tmp_path, "write it"))
+    assert result_of(events).status is RunStatus.SUCCEEDED
+    assert (tmp_path / "work" / "hello.txt").exists()
+    req = request(tmp_path, "HANG")
+    hung: list[AgentEvent] = []
+    async with asyncio.timeout(60):
+        async for event in agent.execute(req):
+            hung.append(event)
+            if event.type == "tool_use":
+                await agent.cancel(req.run_id)
+    assert result_of(hung).status is RunStatus.CANCELLED
+    assert not alive(int((tmp_path / "pid").read_text()))

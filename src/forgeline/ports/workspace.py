@@ -186,11 +186,9 @@ class Workspace(Protocol):
 
 @runtime_checkable
 class DuplexWorkspace(Workspace, Protocol):
-    """A workspace that can also start commands forgeline converses with over stdio.
-
-    Offered by the local workspace and its bubblewrap sandbox; not (yet) by the kubernetes
-    workspace, whose ``kubectl exec`` stdin carries the command's own start-up script.
-    """
+    """A workspace that can also start commands forgeline converses with over stdio
+    (all three of forgeline's: local, its bubblewrap sandbox, and kubernetes, where the
+    conversation follows the start-up script on the ``kubectl exec`` stream)."""
 
     async def spawn_duplex(
         self,

@@ -176,6 +176,24 @@ async def follow_lines(
         changes.close()
 
 
+async def write_stdin(proc: asyncio.subprocess.Process, data: bytes, timeout_s: float) -> None:
+    """Write ``data`` to ``proc``'s stdin pipe and wait until it took it, at most
+    ``timeout_s``; ``WorkspaceError`` when the pipe is closed or the child stopped reading."""
+    stdin = proc.stdin
+    if stdin is None or stdin.is_closing():
+        raise WorkspaceError(f"the stdin of process {proc.pid} is closed")
+    try:
+        stdin.write(data)
+        async with asyncio.timeout(timeout_s):
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise WorkspaceError(f"process {proc.pid} stopped reading its stdin") from exc
+    except TimeoutError as exc:
+        raise WorkspaceError(
+            f"process {proc.pid} did not read its stdin within {timeout_s:g} s"
+        ) from exc
+
+
 class LocalProcess:
     """A command started by :class:`LocalWorkspace`, in its own session, marked by a token.
 
@@ -231,19 +249,7 @@ class LocalProcess:
     async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
         """Write ``data`` to stdin (a pipe only for :meth:`LocalWorkspace.spawn_duplex`);
         ``WorkspaceError`` when the child is gone or has not read it within ``timeout_s``."""
-        stdin = self._proc.stdin
-        if stdin is None or stdin.is_closing():
-            raise WorkspaceError(f"the stdin of process {self._proc.pid} is closed")
-        try:
-            stdin.write(data)
-            async with asyncio.timeout(timeout_s):
-                await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise WorkspaceError(f"process {self._proc.pid} stopped reading its stdin") from exc
-        except TimeoutError as exc:
-            raise WorkspaceError(
-                f"process {self._proc.pid} did not read its stdin within {timeout_s:g} s"
-            ) from exc
+        await write_stdin(self._proc, data, timeout_s)
 
     def close_stdin(self) -> None:
         """Close stdin, if it is a pipe (idempotent)."""

@@ -338,8 +338,8 @@ class _ClientSide:
 class AcpAgent:
     """One ACP agent (a name and a command) as a :class:`~forgeline.ports.agent.CodeAgent`.
 
-    ``workspace`` must offer :class:`DuplexWorkspace` (the local one and its sandbox do);
-    elsewhere the provider reports itself unavailable. ``state_dir`` holds per-project
+    ``workspace`` must offer :class:`DuplexWorkspace` (forgeline's three do); one that
+    does not makes the provider report itself unavailable. ``state_dir`` holds per-project
     homes: ``<state_dir>/<state name>/home`` is the agent's ``HOME`` (its sessions live
     there, so ``session/load`` finds them from a later build's checkout). ``pass_env``
     names more variables of ``environ`` the agent gets (its own configuration).
