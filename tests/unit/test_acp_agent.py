@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,20 @@ def result_of(events: list[AgentEvent]) -> AgentResult:
 def errors(events: list[AgentEvent]) -> list[ErrorData]:
     """The error payloads of a run."""
     return [e.data for e in events if isinstance(e.data, ErrorData)]
+
+
+async def cancel_at_tool(
+    agent: AcpAgent, req: AgentRequest, check: Callable[[], bool] = lambda: True
+) -> list[AgentEvent]:
+    """The events of a run cancelled when its tool call shows (``check`` holding then)."""
+    events: list[AgentEvent] = []
+    async with asyncio.timeout(60):
+        async for event in agent.execute(req):
+            events.append(event)
+            if event.type == "tool_use":
+                assert check()
+                await agent.cancel(req.run_id)
+    return events
 
 
 def alive(pid: int) -> bool:
@@ -260,14 +275,8 @@ async def test_cancel_during_a_long_tool_leaves_no_process(
     env = {"FAKE_ACP_HONOUR_CANCEL": "1"} if honours_cancel else {}
     agent = make_agent(tmp_path, **env)
     req = request(tmp_path, "HANG")
-    events: list[AgentEvent] = []
-    async with asyncio.timeout(60):
-        async for event in agent.execute(req):
-            events.append(event)
-            if event.type == "tool_use":
-                pid = int((tmp_path / "pid").read_text())
-                assert alive(pid)
-                await agent.cancel(req.run_id)
+    events = await cancel_at_tool(agent, req, lambda: alive(int((tmp_path / "pid").read_text())))
+    pid = int((tmp_path / "pid").read_text())
     result = result_of(events)
     assert result.status is RunStatus.CANCELLED
     assert not alive(pid)
@@ -406,12 +415,6 @@ async def test_acp_over_kubernetes_exec(tmp_path: Path) -> None:
     events = await run(agent, request(tmp_path, "write it"))
     assert result_of(events).status is RunStatus.SUCCEEDED
     assert (tmp_path / "work" / "hello.txt").exists()
-    req = request(tmp_path, "HANG")
-    hung: list[AgentEvent] = []
-    async with asyncio.timeout(60):
-        async for event in agent.execute(req):
-            hung.append(event)
-            if event.type == "tool_use":
-                await agent.cancel(req.run_id)
+    hung = await cancel_at_tool(agent, request(tmp_path, "HANG"))
     assert result_of(hung).status is RunStatus.CANCELLED
     assert not alive(int((tmp_path / "pid").read_text()))
