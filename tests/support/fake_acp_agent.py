@@ -233,6 +233,8 @@ def main() -> None:
         elif method == "session/new":
             _cwd = params["cwd"]
             send({"id": msg_id, "result": {"sessionId": "sess-1"}})
+        elif method == "session/load" and params["sessionId"] == "unknown":
+            send({"id": msg_id, "error": {"code": -32602, "message": "Invalid session identifier"}})
         elif method == "session/load":
             _cwd = params["cwd"]
             session = params["sessionId"]

@@ -266,6 +266,16 @@ async def test_resume_loads_the_session_without_replaying_it(tmp_path: Path) -> 
     await agent.aclose()
 
 
+async def test_a_session_the_agent_cannot_load_fails_saying_so(tmp_path: Path) -> None:
+    """session/load refused by the agent: failed, with its words and the session named."""
+    agent = make_agent(tmp_path, FAKE_ACP_LOAD="1")
+    events = await run(agent, request(tmp_path, "write", resume_session="unknown"))
+    result = result_of(events)
+    assert result.status is RunStatus.FAILED
+    assert "could not load session unknown: Invalid session identifier" in result.text
+    assert [e.kind for e in errors(events)] == ["resume_failed"]
+
+
 @pytest.mark.parametrize("honours_cancel", [True, False])
 async def test_cancel_during_a_long_tool_leaves_no_process(
     tmp_path: Path, honours_cancel: bool

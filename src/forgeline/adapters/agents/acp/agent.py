@@ -686,6 +686,12 @@ class AcpAgent:
                 )
                 # The replay's notifications were queued before the answer: let them run.
                 await asyncio.sleep(0)
+            except RequestError as exc:
+                raise _Refused(
+                    "resume_failed",
+                    f"{self.name} could not load session {request.resume_session}: "
+                    + _request_error_text(exc),
+                ) from exc
             finally:
                 run.loading = False
             options = (loaded.config_options if loaded is not None else None) or ()
