@@ -126,22 +126,25 @@ class UpdateTranslator:
             self._gathered += len(content.text)
         return self._gathered > GATHER_LIMIT
 
+    def _take(self, parts: list[str]) -> str:
+        """What ``parts`` gathered, emptied (blank text counts as nothing)."""
+        if not parts:
+            return ""  # the other kind may be gathering: its count stays
+        text = "".join(parts)
+        parts.clear()
+        self._gathered = 0
+        return text if text.strip() else ""
+
     def _end_message(self) -> list[EventData]:
-        if not self.message:
-            return []
-        text, self.message, self._gathered = "".join(self.message), [], 0
-        if not text.strip():
+        text = self._take(self.message)
+        if not text:
             return []
         self.last_message = text
         return [MessageData(role="assistant", text=text)]
 
     def _end_thought(self) -> list[EventData]:
-        if not self.thought:
-            return []
-        text, self.thought, self._gathered = "".join(self.thought), [], 0
-        if not text.strip():
-            return []
-        return [StatusData(state="thinking", detail={"text": cut_output(text)})]
+        text = self._take(self.thought)
+        return [StatusData(state="thinking", detail={"text": cut_output(text)})] if text else []
 
     # --- tool calls ------------------------------------------------------------------------
 
