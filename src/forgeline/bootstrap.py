@@ -30,8 +30,8 @@ from forgeline.ports.ci import CIProvider
 from forgeline.ports.credentials import CredentialStore
 from forgeline.ports.templates import TemplateProvider
 from forgeline.services.auth import ADMIN_TOKEN_FILE
-from forgeline.services.registry import ProviderRegistry
-from forgeline.settings import Settings
+from forgeline.services.registry import AgentFactory, ProviderRegistry
+from forgeline.settings import AcpAgentSpec, Settings
 
 if TYPE_CHECKING:
     from forgeline.adapters.agents.jsonl import JsonLinesAgent
@@ -58,11 +58,12 @@ def build_registry(
     *,
     opencode_password: Secret | None = None,
 ) -> ProviderRegistry:
-    """The agent providers, Claude Code first (the default), then OpenCode, Codex, Gemini CLI
-    and Qwen Code, running in ``workspace``
-    (default: the sandbox, :func:`~forgeline.adapters.workspace.build_agent_workspace`).
-    ``opencode_password`` is the password of the server at ``FORGELINE_OPENCODE_URL`` (a
-    credential), when one is set."""
+    """The agent providers, Claude Code first (the default), then OpenCode, Codex, Gemini CLI,
+    Qwen Code and each ACP agent of ``FORGELINE_ACP_AGENTS`` in its order, running in
+    ``workspace`` (default: the sandbox,
+    :func:`~forgeline.adapters.workspace.build_agent_workspace`). ``opencode_password`` is
+    the password of the server at ``FORGELINE_OPENCODE_URL`` (a credential), when one is
+    set."""
     from forgeline.adapters.agents.pricing import load_prices
     from forgeline.adapters.workspace import build_agent_workspace
 
@@ -128,6 +129,27 @@ def build_registry(
     registry.register_factory(AgentProvider.CODEX.value, codex)
     registry.register_factory(AgentProvider.GEMINI.value, gemini)
     registry.register_factory(AgentProvider.QWEN.value, qwen)
+
+    def acp(name: str, spec: AcpAgentSpec) -> AgentFactory:
+        def build() -> CodeAgent:
+            from forgeline.adapters.agents.acp import AcpAgent
+
+            return AcpAgent(
+                name=name,
+                command=spec.command,
+                workspace=agent_workspace,
+                state_dir=str(settings.data_dir / "agents" / "acp" / name),
+                environ=os.environ,
+                pass_env=spec.env,
+                permission_mode=settings.acp_permission_mode,
+                line_limit=settings.agent_line_limit,
+                idle_timeout_s=settings.agent_idle_timeout_s,
+            )
+
+        return build
+
+    for name, spec in settings.acp_agents.items():
+        registry.register_factory(name, acp(name, spec))
     return registry
 
 

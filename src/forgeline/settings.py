@@ -8,10 +8,11 @@ settings file named by ``FORGELINE_CONFIG_FILE`` (TOML, keys without the prefix,
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -21,6 +22,44 @@ from pydantic_settings import (
 )
 
 MiB = 1024 * 1024
+
+
+#: What an ACP provider may be called: a lowercase provider name of forgeline's own style.
+ACP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+#: Provider names the built-in adapters hold (or will): an ACP agent cannot take them.
+RESERVED_PROVIDERS = frozenset({"claude-code", "opencode", "codex", "gemini", "qwen"})
+
+
+class AcpAgentSpec(BaseModel):
+    """One ACP agent of ``FORGELINE_ACP_AGENTS``: how to start it.
+
+    ``command`` is the argv (program first, looked up on PATH); ``env`` names variables of
+    forgeline's own environment to hand on besides the usual ones (e.g. the agent's own
+    configuration variable). Written either as the argv alone or as this object.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: tuple[str, ...]
+    env: tuple[str, ...] = ()
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or not all(part and "\0" not in part for part in value):
+            raise ValueError("command must be a non-empty list of non-empty strings")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _split_commas(value: Any) -> Any:
@@ -117,6 +156,16 @@ class Settings(BaseSettings):
         600.0, gt=0, description="no event for this long ends a run"
     )
     debug_raw_events: bool = Field(False, description="attach the provider's message as data.raw")
+    acp_agents: dict[str, AcpAgentSpec] = Field(
+        default_factory=dict,
+        description='ACP agents as providers, a JSON object of name -> argv (or {"command":'
+        ' argv, "env": [names]}), e.g. {"gemini-acp": ["gemini", "--acp"]}',
+    )
+    acp_permission_mode: Literal["bypassPermissions", "acceptEdits", "default"] = Field(
+        "bypassPermissions",
+        description="how an ACP agent's permission requests are answered: every tool"
+        " allowed; reads and edits only; reads only",
+    )
     claude_state_dir: str | None = Field(
         None,
         description="per-project HOME/CLAUDE_CONFIG_DIR root, a path in the workspace; "
@@ -198,6 +247,23 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("acp_agents", mode="before")
+    @classmethod
+    def _acp_agents(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # pydantic says what is wrong with it
+        specs = {}
+        for name, spec in value.items():
+            if not isinstance(name, str) or not ACP_NAME.fullmatch(name):
+                raise ValueError(
+                    f"ACP agent name {name!r} must be lowercase letters, digits, '.', '_' or"
+                    " '-' (at most 63)"
+                )
+            if name in RESERVED_PROVIDERS:
+                raise ValueError(f"ACP agent name {name!r} is a built-in provider's")
+            specs[name] = {"command": spec} if isinstance(spec, list) else spec
+        return specs
 
     @field_validator("template_path", "sandbox_read_only", mode="before")
     @classmethod

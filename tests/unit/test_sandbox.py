@@ -173,3 +173,11 @@ async def test_the_single_stage_sandbox_of_an_unprivileged_forgeline(
     assert result.ok, result.stderr
     assert result.stdout.decode().split() == ["1000", "key-absent", "git-read-only"]
     assert (checkout / "made.txt").read_text() == "ok\n"
+
+
+async def test_spawn_duplex_converses_in_the_sandbox() -> None:
+    """The sandbox passes the command's stdin through bwrap."""
+    from forgeline.adapters.workspace.sandbox import BubblewrapWorkspace
+    from tests.support.duplex import converse
+
+    await converse(BubblewrapWorkspace(), "/", {"PATH": "/usr/bin:/bin"})

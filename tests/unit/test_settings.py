@@ -76,3 +76,39 @@ def test_toml_file_mirrors_environment(tmp_path: Path, monkeypatch: pytest.Monke
     s = Settings()
     assert s.host == "127.0.0.2"
     assert s.port == 9002
+
+
+def test_acp_agents_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FORGELINE_ACP_AGENTS names ACP agents by argv, or by command and variables to pass."""
+    monkeypatch.setenv(
+        "FORGELINE_ACP_AGENTS",
+        '{"gemini-acp": ["gemini", "--acp"],'
+        ' "oc": {"command": ["opencode", "acp"], "env": ["OPENCODE_CONFIG_CONTENT"]}}',
+    )
+    agents = Settings().acp_agents
+    assert agents["gemini-acp"].command == ("gemini", "--acp")
+    assert agents["gemini-acp"].env == ()
+    assert agents["oc"].env == ("OPENCODE_CONFIG_CONTENT",)
+    assert Settings().acp_permission_mode == "bypassPermissions"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('{"Gemini": ["gemini"]}', "must be lowercase"),
+        ('{"opencode": ["opencode", "acp"]}', "built-in provider"),
+        ('{"g": []}', "non-empty list"),
+        ('{"g": {"command": ["x"], "env": ["NOT A NAME"]}}', "not an environment variable"),
+        ('{"g": {"command": ["x"], "shell": true}}', "Extra inputs"),
+        ('["gemini"]', "valid dictionary"),
+        ("{not json", "acp_agents"),
+    ],
+)
+def test_bad_acp_agents_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    """A bad FORGELINE_ACP_AGENTS stops start-up naming the setting and what is wrong."""
+    monkeypatch.setenv("FORGELINE_ACP_AGENTS", value)
+    with pytest.raises(ValueError, match="acp_agents") as caught:
+        Settings()
+    assert says in str(caught.value)

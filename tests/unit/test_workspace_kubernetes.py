@@ -319,3 +319,12 @@ async def test_list_dir_and_kill_processes_in_a_directory_in_the_pod(
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
+
+
+async def test_spawn_duplex_converses_through_the_exec_stream(
+    workspace: KubernetesWorkspace, tmp_path: Path
+) -> None:
+    """spawn_duplex: after the script line the exec stream is the command's stdin."""
+    from tests.support.duplex import converse
+
+    await converse(workspace, str(tmp_path), ENV)

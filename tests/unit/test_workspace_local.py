@@ -269,3 +269,10 @@ async def test_kill_processes_in_a_directory(tmp_path: Path) -> None:
         for proc in (stray, bystander):
             proc.kill()
             proc.wait()
+
+
+async def test_spawn_duplex_converses(tmp_path: Path) -> None:
+    """spawn_duplex: what is sent reaches the command's stdin, its answers come back."""
+    from tests.support.duplex import converse
+
+    await converse(LocalWorkspace(), str(tmp_path), {"PATH": "/usr/bin:/bin"})

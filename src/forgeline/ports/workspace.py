@@ -6,7 +6,9 @@ inside the pod where the checkout lives. Two shapes of command exist:
 - :meth:`Workspace.run` for short commands run to their end (git, ``mkdir``, a version
   check), with their output collected;
 - :meth:`Workspace.spawn` for long-lived ones whose stdout is streamed line by line (the
-  agent CLI), returning a :class:`Process` handle that can be interrupted and killed.
+  agent CLI), returning a :class:`Process` handle that can be interrupted and killed;
+- :meth:`DuplexWorkspace.spawn_duplex`, where offered, for a long-lived one that is also
+  written to: an agent speaking a protocol over its stdin and stdout (ACP's JSON-RPC).
 
 Every spawned command is *tracked*: the workspace can find and end every process it started,
 including those that left its process group or session (the Claude Code Bash tool runs each
@@ -98,6 +100,24 @@ class Process(Protocol):
 
 
 @runtime_checkable
+class DuplexProcess(Process, Protocol):
+    """A :class:`Process` whose stdin is a pipe forgeline writes to.
+
+    Duties beyond :class:`Process`: :meth:`send` is bounded (a child that stops reading
+    makes it raise ``WorkspaceError`` after ``timeout_s``, never wait forever) and raises
+    ``WorkspaceError`` once the child has gone; :meth:`close_stdin` is idempotent.
+    """
+
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write ``data`` to the command's stdin and wait until the pipe took it."""
+        ...
+
+    def close_stdin(self) -> None:
+        """Close the command's stdin (end of input: most programs then exit)."""
+        ...
+
+
+@runtime_checkable
 class Workspace(Protocol):
     """Runs commands with an explicit environment in a working directory.
 
@@ -161,4 +181,23 @@ class Workspace(Protocol):
         with its worker, but a pod's processes outlive the ``kubectl exec`` that started
         them, and so do the processes of an unsandboxed local run.
         """
+        ...
+
+
+@runtime_checkable
+class DuplexWorkspace(Workspace, Protocol):
+    """A workspace that can also start commands forgeline converses with over stdio
+    (all three of forgeline's: local, its bubblewrap sandbox, and kubernetes, where the
+    conversation follows the start-up script on the ``kubectl exec`` stream)."""
+
+    async def spawn_duplex(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str] = (),
+    ) -> DuplexProcess:
+        """As :meth:`Workspace.spawn`, but with stdin a pipe (see :class:`DuplexProcess`)."""
         ...

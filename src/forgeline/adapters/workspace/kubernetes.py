@@ -7,8 +7,10 @@ runs ``env -i <the explicit environment> <argv>``. The environment (credentials 
 thus travels over the exec stream, never in an argv that ``ps`` would show on either side.
 The command gets ``/dev/null`` as stdin (an open, idle stdin costs the Claude CLI 3 s a
 run), unless :meth:`KubernetesWorkspace.run` was given stdin data, which then follows the
-script line. A streamed command (:meth:`KubernetesWorkspace.spawn`) writes its stdout to a
-file in the pod that the script copies out as it grows.
+script line, or it was started with :meth:`KubernetesWorkspace.spawn_duplex`, whose stdin
+is the rest of the stream (an ACP agent's side of the conversation). A streamed command
+(:meth:`KubernetesWorkspace.spawn`) writes its stdout to a file in the pod that the script
+copies out as it grows.
 
 How it is stopped: killing ``kubectl`` leaves the command running in the pod, so signals
 are delivered *inside* the pod by a second ``kubectl exec`` running :data:`_SIGNAL_SCRIPT`:
@@ -32,6 +34,7 @@ from forgeline.adapters.workspace.local import (
     drain_stderr,
     read_lines,
     terminate_tree,
+    write_stdin,
 )
 from forgeline.domain.errors import WorkspaceError
 from forgeline.ports.workspace import RUN_MARKER_VAR, CommandResult
@@ -115,8 +118,17 @@ def script_line(
     )
 
 
-def follow_script_line(argv: Sequence[str], *, cwd: str, env: Mapping[str, str], token: str) -> str:
-    """The one-line script for a streamed command (the agent CLI).
+def follow_script_line(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    token: str,
+    stdin_from_stream: bool = False,
+) -> str:
+    """The one-line script for a streamed command (the agent CLI); its stdin is the rest of
+    the exec stream when ``stdin_from_stream`` (a conversation over stdio, ACP), else
+    ``/dev/null``.
 
     Inside the pod the command writes stdout to a file, and a background loop copies what
     is new to the exec stream until the command has ended — for the same reason as the
@@ -129,6 +141,9 @@ def follow_script_line(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
     removes its files.
     """
     run = f"{_PID_DIR}/{token}"
+    # An asynchronous list of a non-interactive shell reads /dev/null, so only the command
+    # reads the stream: the copy loop started below cannot take its input.
+    redirect = "" if stdin_from_stream else " </dev/null"
     return (
         f'{_NEWLINE}mkdir -p "{_PID_DIR}" || exit 126; f="{run}.out"; '
         ': > "$f" || exit 126; rm -f "$f.done"; '
@@ -143,7 +158,7 @@ def follow_script_line(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
         f"env {RUN_MARKER_VAR}={token} sh -c {_word(_FOLLOW_LOOP)} forgeline-follow "
         '"$f" $$ 3>&- & w=$!; '
         f'sh -c \'echo $$ > "$0"; exec "$@" 2>&3 3>&-\' "{run}.pid" '
-        f'{_env_and_command(argv, env, token)} </dev/null >"$f"; r=$?; '
+        f'{_env_and_command(argv, env, token)}{redirect} >"$f"; r=$?; '
         ': > "$f.done"; wait "$w"; '
         f'rm -f "$f" "$f.done" "{run}.pid"; exit $r\n'
     )
@@ -221,6 +236,16 @@ class KubectlProcess:
     def stderr_tail(self, lines: int = 20) -> str:
         """The last lines of stderr (the command's and kubectl's own)."""
         return self._stderr.tail(lines)
+
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write to the command's stdin through the exec stream (a
+        :meth:`KubernetesWorkspace.spawn_duplex` command's only)."""
+        await write_stdin(self._proc, data, timeout_s)
+
+    def close_stdin(self) -> None:
+        """Close the exec stream's stdin: the command in the pod reads its end."""
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
 
     async def wait(self) -> int:
         """Wait for ``kubectl`` (and so the remote command) to end."""
@@ -350,16 +375,41 @@ class KubernetesWorkspace:
     ) -> KubectlProcess:
         """Start ``argv`` in the pod; its stdin is ``/dev/null`` there. The pod is the
         sandbox: ``writable`` is not enforced inside it."""
+        return await self._spawn(argv, cwd=cwd, env=env, line_limit=line_limit, duplex=False)
+
+    async def spawn_duplex(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str] = (),
+    ) -> KubectlProcess:
+        """As :meth:`spawn`, with the command's stdin the exec stream after the script line
+        (what :meth:`KubectlProcess.send` writes)."""
+        return await self._spawn(argv, cwd=cwd, env=env, line_limit=line_limit, duplex=True)
+
+    async def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        duplex: bool,
+    ) -> KubectlProcess:
         if not argv:
             raise WorkspaceError("empty command")
         proc, local_token = await self._start(["sh", "-c", _READER], stdin=True, limit=line_limit)
         token = uuid.uuid4().hex
-        line = follow_script_line(argv, cwd=cwd, env=env, token=token)
+        line = follow_script_line(argv, cwd=cwd, env=env, token=token, stdin_from_stream=duplex)
         assert proc.stdin is not None  # noqa: S101 - piped above
         try:
             proc.stdin.write(line.encode())
             await proc.stdin.drain()
-            proc.stdin.close()
+            if not duplex:
+                proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError) as exc:
             await terminate_tree(proc, local_token, 0.2)
             raise WorkspaceError(f"kubectl exec into {self._pod!r} failed at start") from exc

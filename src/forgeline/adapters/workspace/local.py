@@ -176,6 +176,24 @@ async def follow_lines(
         changes.close()
 
 
+async def write_stdin(proc: asyncio.subprocess.Process, data: bytes, timeout_s: float) -> None:
+    """Write ``data`` to ``proc``'s stdin pipe and wait until it took it, at most
+    ``timeout_s``; ``WorkspaceError`` when the pipe is closed or the child stopped reading."""
+    stdin = proc.stdin
+    if stdin is None or stdin.is_closing():
+        raise WorkspaceError(f"the stdin of process {proc.pid} is closed")
+    try:
+        stdin.write(data)
+        async with asyncio.timeout(timeout_s):
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise WorkspaceError(f"process {proc.pid} stopped reading its stdin") from exc
+    except TimeoutError as exc:
+        raise WorkspaceError(
+            f"process {proc.pid} did not read its stdin within {timeout_s:g} s"
+        ) from exc
+
+
 class LocalProcess:
     """A command started by :class:`LocalWorkspace`, in its own session, marked by a token.
 
@@ -227,6 +245,16 @@ class LocalProcess:
     def stderr_tail(self, lines: int = 20) -> str:
         """The last lines of stderr."""
         return self._stderr.tail(lines)
+
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write ``data`` to stdin (a pipe only for :meth:`LocalWorkspace.spawn_duplex`);
+        ``WorkspaceError`` when the child is gone or has not read it within ``timeout_s``."""
+        await write_stdin(self._proc, data, timeout_s)
+
+    def close_stdin(self) -> None:
+        """Close stdin, if it is a pipe (idempotent)."""
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
 
     async def wait(self) -> int:
         """The exit code, once the child ended and stderr was read to its end."""
@@ -376,6 +404,29 @@ class LocalWorkspace:
         """Start ``argv`` with stdin on ``/dev/null`` and stdout in an unlinked temporary
         file (see :class:`LocalProcess` for why not a pipe). Unconfined: ``writable`` is
         not enforced."""
+        return await self._spawn(argv, cwd=cwd, env=env, line_limit=line_limit, duplex=False)
+
+    async def spawn_duplex(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str] = (),
+    ) -> LocalProcess:
+        """As :meth:`spawn`, with stdin a pipe that :meth:`LocalProcess.send` writes to."""
+        return await self._spawn(argv, cwd=cwd, env=env, line_limit=line_limit, duplex=True)
+
+    async def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        duplex: bool,
+    ) -> LocalProcess:
         try:
             write_fd, path = tempfile.mkstemp(prefix="forgeline-stdout-")
         except OSError as exc:
@@ -392,7 +443,7 @@ class LocalWorkspace:
                     cwd=cwd,
                     env=env,
                     limit=line_limit,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE if duplex else asyncio.subprocess.DEVNULL,
                     stdout=write_fd,
                 )
             except BaseException:

@@ -37,7 +37,7 @@ import os
 import shutil
 import signal
 import stat
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -205,6 +205,14 @@ class SandboxedProcess:
         """The last lines of stderr (the command's, and bwrap's own complaints)."""
         return self._inner.stderr_tail(lines)
 
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write to the command's stdin (``bwrap`` hands its own stdin on)."""
+        await self._inner.send(data, timeout_s)
+
+    def close_stdin(self) -> None:
+        """Close the command's stdin."""
+        self._inner.close_stdin()
+
     async def wait(self) -> int:
         """The exit code, once the sandbox ended."""
         return await self._inner.wait()
@@ -274,9 +282,43 @@ class BubblewrapWorkspace:
         writable: Sequence[str] = (),
     ) -> SandboxedProcess:
         """Start ``argv`` in a new sandbox where only ``writable`` can be written."""
+        return await self._spawn(
+            self._local.spawn, argv, cwd=cwd, env=env, line_limit=line_limit, writable=writable
+        )
+
+    async def spawn_duplex(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str] = (),
+    ) -> SandboxedProcess:
+        """As :meth:`spawn`, with the command's stdin a pipe forgeline writes to."""
+        return await self._spawn(
+            self._local.spawn_duplex,
+            argv,
+            cwd=cwd,
+            env=env,
+            line_limit=line_limit,
+            writable=writable,
+        )
+
+    async def _spawn(
+        self,
+        start: Callable[..., Awaitable[LocalProcess]],
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        line_limit: int,
+        writable: Sequence[str],
+    ) -> SandboxedProcess:
+        """``argv`` wrapped in ``bwrap`` and started by ``start`` (a local spawn)."""
         wrapped, owners = await self._prepare(argv, cwd=cwd, env=env, writable=writable)
         try:
-            process = await self._local.spawn(wrapped, cwd="/", env=env, line_limit=line_limit)
+            process = await start(wrapped, cwd="/", env=env, line_limit=line_limit)
         except BaseException:
             await _give_back(owners)
             raise
