@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import structlog
 
 from forgeline.adapters._aio import finish_despite_cancel
+from forgeline.adapters.agents.environment import child_env
 from forgeline.domain.agent import (
     DEFAULT_AVAILABILITY_TIMEOUT,
     AgentCapabilities,
@@ -64,32 +65,6 @@ from forgeline.ports.workspace import Process, Workspace
 
 log = structlog.get_logger(__name__)
 
-#: Variables of forgeline's own environment that any CLI may see. Everything else is left
-#: out (unrelated secrets of the host have no business in an agent's shell); each adapter
-#: adds the prefixes of its own CLI (``ANTHROPIC_``, ``OPENAI_`` …).
-ENV_ALLOW_LIST = (
-    "PATH",
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_CTYPE",
-    "LC_MESSAGES",
-    "TZ",
-    "TMPDIR",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "NODE_EXTRA_CA_CERTS",
-)
-
 #: Lines read ahead of the consumer; beyond this the reader stops, and so does the CLI
 #: (its stdout pipe fills), which is the back-pressure we want.
 _READ_AHEAD = 64
@@ -104,29 +79,6 @@ _EXIT_DRAIN_S = 1.0
 _REMEMBERED_RUNS = 4096
 #: What a session id may look like to name a file or be carried between checkouts.
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-
-
-def child_env(
-    environ: Mapping[str, str],
-    request_env: Mapping[str, str],
-    *,
-    prefixes: tuple[str, ...],
-    fixed: Mapping[str, str],
-) -> dict[str, str]:
-    """The whole environment of a CLI: nothing is inherited implicitly.
-
-    In order, later wins: the allow-list from forgeline's ``environ``; every variable of
-    ``environ`` with one of ``prefixes`` (an operator's gateway, ``OPENAI_BASE_URL``); the
-    request's variables (the build's credentials); then the adapter's ``fixed`` ones
-    (``HOME``, the CLI's state directory, no telemetry).
-    """
-    env = {key: environ[key] for key in ENV_ALLOW_LIST if key in environ}
-    env.update({k: v for k, v in environ.items() if k.startswith(prefixes)})
-    env.update(request_env)
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.setdefault("LANG", "C.UTF-8")
-    env.update(fixed)
-    return env
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ import forgeline
 from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.agents.acp.mapping import NAME_LIMIT, UpdateTranslator
 from forgeline.adapters.agents.acp.transport import ProcessTransport
+from forgeline.adapters.agents.environment import child_env
 from forgeline.domain.agent import (
     DEFAULT_AVAILABILITY_TIMEOUT,
     AgentCapabilities,
@@ -86,30 +87,6 @@ PERMISSION_MODES: Mapping[str, frozenset[str] | None] = {
     "default": frozenset({"read", "search", "think"}),
 }
 
-#: Variables of forgeline's own environment the agent may see: what a shell, git and the
-#: agent's tools need. Everything else stays out unless named (see ``pass_env``).
-ENV_ALLOW_LIST = (
-    "PATH",
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_CTYPE",
-    "LC_MESSAGES",
-    "TZ",
-    "TERM",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "NODE_EXTRA_CA_CERTS",
-)
 #: Model providers' variables are handed on, so an operator's keys and gateways
 #: (``OPENAI_BASE_URL``, ``GEMINI_API_KEY``) reach whichever CLI speaks ACP.
 ENV_PASS_PREFIXES = (
@@ -162,20 +139,15 @@ def build_child_env(
     build's credentials (``request_env``); then ``HOME`` and the ``XDG_*`` directories
     under the project's agent home, so sessions persist per project and can be loaded.
     """
-    env = {key: environ[key] for key in ENV_ALLOW_LIST if key in environ}
-    env.update({k: v for k, v in environ.items() if k.startswith(ENV_PASS_PREFIXES)})
-    env.update({k: environ[k] for k in pass_env if k in environ})
-    env.update(request_env)
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.setdefault("LANG", "C.UTF-8")
-    env.update(
-        HOME=home,
-        XDG_CONFIG_HOME=f"{home}/.config",
-        XDG_DATA_HOME=f"{home}/.local/share",
-        XDG_CACHE_HOME=f"{home}/.cache",
-        XDG_STATE_HOME=f"{home}/.local/state",
-    )
-    return env
+    named = {k: environ[k] for k in pass_env if k in environ}
+    fixed = {
+        "HOME": home,
+        "XDG_CONFIG_HOME": f"{home}/.config",
+        "XDG_DATA_HOME": f"{home}/.local/share",
+        "XDG_CACHE_HOME": f"{home}/.cache",
+        "XDG_STATE_HOME": f"{home}/.local/state",
+    }
+    return child_env(environ, {**named, **request_env}, prefixes=ENV_PASS_PREFIXES, fixed=fixed)
 
 
 def choose_permission(

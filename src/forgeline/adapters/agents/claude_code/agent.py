@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from forgeline.adapters.agents.claude_code.parser import StreamJsonParser
-from forgeline.adapters.agents.jsonl import SESSION_ID, JsonLinesAgent, Launch, child_env
+from forgeline.adapters.agents.environment import child_env
+from forgeline.adapters.agents.jsonl import SESSION_ID, JsonLinesAgent, Launch
 from forgeline.domain.agent import AgentProvider, AgentRequest, CostSource
 
 PERMISSION_MODES = ("bypassPermissions", "acceptEdits", "default", "plan")
@@ -39,7 +40,7 @@ def build_child_env(
 ) -> dict[str, str]:
     """The whole environment of the CLI: nothing is inherited implicitly.
 
-    In order, later wins (:func:`~forgeline.adapters.agents.jsonl.child_env`): the
+    In order, later wins (:func:`~forgeline.adapters.agents.environment.child_env`): the
     allow-list from forgeline's ``environ``; every ``ANTHROPIC_*``/``CLAUDE_CODE_*`` of
     ``environ``; the request's variables (the build's credentials); then the fixed ones:
     ``HOME`` and ``CLAUDE_CONFIG_DIR`` (stable per project, so sessions can be resumed), no
