@@ -30,11 +30,9 @@ from typing import TYPE_CHECKING
 
 from forgeline.adapters._aio import finish_despite_cancel
 from forgeline.adapters.workspace.local import (
-    StderrTail,
-    drain_stderr,
+    ChildProcess,
     read_lines,
     terminate_tree,
-    write_stdin,
 )
 from forgeline.domain.errors import WorkspaceError
 from forgeline.ports.workspace import RUN_MARKER_VAR, CommandResult
@@ -194,7 +192,7 @@ _LIST_SCRIPT = (
 )
 
 
-class KubectlProcess:
+class KubectlProcess(ChildProcess):
     """A command running in the pod, seen through the local ``kubectl exec`` process."""
 
     def __init__(
@@ -205,27 +203,10 @@ class KubectlProcess:
         token: str,
         line_limit: int,
     ) -> None:
+        super().__init__(proc, line_limit, "kubectl")
         self._ws = workspace
-        self._proc = proc
         self._local_token = local_token
         self._token = token
-        self._line_limit = line_limit
-        self._stderr = StderrTail()
-        self._kill_task: asyncio.Task[int | None] | None = None
-        assert proc.stderr is not None  # noqa: S101 - always piped
-        self._stderr_task = asyncio.get_running_loop().create_task(
-            drain_stderr(proc.stderr, self._stderr), name=f"kubectl-stderr-{proc.pid}"
-        )
-
-    @property
-    def pid(self) -> int | None:
-        """The local ``kubectl`` pid."""
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """``kubectl``'s exit code, which is the remote command's."""
-        return self._proc.returncode
 
     async def stdout_lines(self) -> AsyncIterator[bytes]:
         """The remote command's stdout, line by line."""
@@ -233,42 +214,13 @@ class KubectlProcess:
         async for line in read_lines(self._proc.stdout, self._line_limit):
             yield line
 
-    def stderr_tail(self, lines: int = 20) -> str:
-        """The last lines of stderr (the command's and kubectl's own)."""
-        return self._stderr.tail(lines)
-
-    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
-        """Write to the command's stdin through the exec stream (a
-        :meth:`KubernetesWorkspace.spawn_duplex` command's only)."""
-        await write_stdin(self._proc, data, timeout_s)
-
-    def close_stdin(self) -> None:
-        """Close the exec stream's stdin: the command in the pod reads its end."""
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-
-    async def wait(self) -> int:
-        """Wait for ``kubectl`` (and so the remote command) to end."""
-        code = await self._proc.wait()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await asyncio.shield(self._stderr_task)
-        return code
-
     async def interrupt(self) -> None:
         """SIGINT to the command inside the pod (kubectl does not forward signals)."""
         if self._proc.returncode is None:
             await self._ws.signal_in_pod(self._token, "root", timeout_s=1.5)
 
-    async def kill(self, grace_s: float = 1.0) -> int | None:
-        """End every marked process in the pod, then the local ``kubectl``; bounded."""
-        if self._kill_task is None:
-            self._kill_task = asyncio.get_running_loop().create_task(
-                self._terminate(grace_s), name=f"kubectl-kill-{self._proc.pid}"
-            )
-        return await finish_despite_cancel(self._kill_task)
-
     async def _terminate(self, grace_s: float) -> int | None:
+        # Every marked process in the pod first, then the local ``kubectl``.
         # Budget (the port's 5 s for a whole cancel): the in-pod sweep gets grace + 1.5 s,
         # kubectl 0.5 s to notice, then the local side is killed regardless.
         tenths = max(1, round(grace_s * 10))

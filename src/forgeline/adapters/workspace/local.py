@@ -9,6 +9,7 @@ for why not a pipe); a short command (:meth:`LocalWorkspace.run`) uses pipes.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import io
@@ -194,7 +195,70 @@ async def write_stdin(proc: asyncio.subprocess.Process, data: bytes, timeout_s: 
         ) from exc
 
 
-class LocalProcess:
+class ChildProcess(abc.ABC):
+    """What a command's handle shares in every workspace: the asyncio child (``forgeline``'s
+    own, or the ``kubectl exec`` standing for a command in a pod), its stderr drained into a
+    bounded tail, its stdin, and one kill sequence however often :meth:`kill` is called."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, line_limit: int, label: str) -> None:
+        self._proc = proc
+        self._line_limit = line_limit
+        self._label = label
+        self._stderr = StderrTail()
+        self._kill_task: asyncio.Task[int | None] | None = None
+        assert proc.stderr is not None  # noqa: S101 - spawn always pipes stderr
+        self._stderr_task = asyncio.get_running_loop().create_task(
+            drain_stderr(proc.stderr, self._stderr), name=f"{label}-stderr-{proc.pid}"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid (for a pod's command, the local ``kubectl``'s)."""
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, once reaped (``kubectl``'s is the remote command's)."""
+        return self._proc.returncode
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last lines of stderr."""
+        return self._stderr.tail(lines)
+
+    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
+        """Write ``data`` to stdin (a pipe only for a ``spawn_duplex`` command);
+        ``WorkspaceError`` when the child is gone or has not read it within ``timeout_s``."""
+        await write_stdin(self._proc, data, timeout_s)
+
+    def close_stdin(self) -> None:
+        """Close stdin, if it is a pipe (idempotent): the command reads its end."""
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+
+    async def wait(self) -> int:
+        """The exit code, once the child ended and stderr was read to its end."""
+        code = await self._proc.wait()
+        # stderr may still hold the child's last words; they matter for error reports.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._stderr_task)
+        return code
+
+    async def kill(self, grace_s: float = 1.0) -> int | None:
+        """End the command and everything it started (:meth:`_terminate`), once; bounded,
+        and finished even when the caller is cancelled."""
+        if self._kill_task is None:
+            self._kill_task = asyncio.get_running_loop().create_task(
+                self._terminate(grace_s), name=f"{self._label}-kill-{self._proc.pid}"
+            )
+        return await finish_despite_cancel(self._kill_task)
+
+    @abc.abstractmethod
+    async def _terminate(self, grace_s: float) -> int | None:
+        """The kill sequence of this kind of command."""
+
+
+class LocalProcess(ChildProcess):
     """A command started by :class:`LocalWorkspace`, in its own session, marked by a token.
 
     Its stdout is a regular (already unlinked) file that :meth:`stdout_lines` follows, not a
@@ -211,59 +275,19 @@ class LocalProcess:
         line_limit: int,
         stdout: io.FileIO,
     ) -> None:
-        self._proc = proc
+        super().__init__(proc, line_limit, "local")
         self._token = token
-        self._line_limit = line_limit
         self._stdout_file = stdout
-        self._stderr = StderrTail()
-        self._kill_task: asyncio.Task[int | None] | None = None
-        assert proc.stderr is not None  # noqa: S101 - spawn always pipes stderr
-        self._stderr_task = asyncio.get_running_loop().create_task(
-            drain_stderr(proc.stderr, self._stderr), name=f"stderr-{proc.pid}"
-        )
-
-    @property
-    def pid(self) -> int | None:
-        """The child's pid."""
-        return self._proc.pid
 
     @property
     def token(self) -> str:
         """The marker value every process of this command carries."""
         return self._token
 
-    @property
-    def returncode(self) -> int | None:
-        """The exit code, once reaped."""
-        return self._proc.returncode
-
     async def stdout_lines(self) -> AsyncIterator[bytes]:
         """Stdout line by line; ``LineTooLongError`` past the line limit."""
         async for line in follow_lines(self._stdout_file, self._proc, self._line_limit):
             yield line
-
-    def stderr_tail(self, lines: int = 20) -> str:
-        """The last lines of stderr."""
-        return self._stderr.tail(lines)
-
-    async def send(self, data: bytes, timeout_s: float = 10.0) -> None:
-        """Write ``data`` to stdin (a pipe only for :meth:`LocalWorkspace.spawn_duplex`);
-        ``WorkspaceError`` when the child is gone or has not read it within ``timeout_s``."""
-        await write_stdin(self._proc, data, timeout_s)
-
-    def close_stdin(self) -> None:
-        """Close stdin, if it is a pipe (idempotent)."""
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-
-    async def wait(self) -> int:
-        """The exit code, once the child ended and stderr was read to its end."""
-        code = await self._proc.wait()
-        # stderr may still hold the child's last words; they matter for error reports.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await asyncio.shield(self._stderr_task)
-        return code
 
     async def interrupt(self) -> None:
         """SIGINT to the command itself (not its group: it decides what to tell its tools)."""
@@ -271,15 +295,8 @@ class LocalProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGINT)
 
-    async def kill(self, grace_s: float = 1.0) -> int | None:
-        """SIGTERM to the command's group and every marked process, then SIGKILL."""
-        if self._kill_task is None:
-            self._kill_task = asyncio.get_running_loop().create_task(
-                self._terminate(grace_s), name=f"kill-{self._proc.pid}"
-            )
-        return await finish_despite_cancel(self._kill_task)
-
     async def _terminate(self, grace_s: float) -> int | None:
+        # SIGTERM to the command's group and every marked process, then SIGKILL.
         code = await terminate_tree(self._proc, self._token, grace_s)
         self._stdout_file.close()  # the reader, if any, ends at its next look
         if not self._stderr_task.done():
